@@ -1,0 +1,77 @@
+"""Timing helpers behind `experiments/benchmark*.py` (not used by the library)."""
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase.build import bulk
+from ase.neighborlist import neighbor_list
+
+from jaxcrystal import neighbors
+
+
+def best_time(fn, repeats: int) -> float:
+  """Best wall time of `repeats` calls of `fn()` (seconds)."""
+  best = float('inf')
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - t0)
+  return best
+
+
+def benchmark_neighbor_lists(repeats_per_side, cutoff: float, repeats: int):
+  """Time cell-list graphs of fcc Cu supercells against ASE (and vesin)."""
+  try:
+    import vesin
+  except ImportError:
+    vesin = None
+  graph = jax.jit(neighbors.cell_list_graph, static_argnums=2)
+  rows = []
+  for n in repeats_per_side:
+    atoms = bulk('Cu', 'fcc', a=3.61, cubic=True) * (n, n, n)
+    atoms.rattle(0.01, seed=0)
+    atoms.wrap()
+    frac = jnp.asarray(atoms.get_scaled_positions(), jnp.float32)
+    lat = jnp.asarray(atoms.cell[:], jnp.float32)
+    spec = neighbors.allocate_cell_list(np.asarray(frac), atoms.cell[:], cutoff)
+    t0 = time.perf_counter()
+    out = graph(frac, lat, spec)
+    jax.block_until_ready(out)
+    compile_s = time.perf_counter() - t0
+    if out.did_overflow():
+      raise RuntimeError(f'cell list overflowed at N={len(atoms)}')
+    ours = best_time(lambda: jax.block_until_ready(graph(frac, lat, spec)), repeats)
+    ase_s = best_time(lambda: neighbor_list('ijS', atoms, cutoff), max(1, repeats - 1))
+    row = dict(n_atoms=len(atoms), edges=int(out.num_edges()),
+               jaxcrystal_s=ours, first_call_s=compile_s, ase_s=ase_s,
+               speedup_vs_ase=ase_s / ours)
+    if vesin is not None:
+      nl = vesin.NeighborList(cutoff=cutoff, full_list=True)
+      pts, box = atoms.positions, atoms.cell[:]
+      row['vesin_s'] = best_time(
+          lambda: nl.compute(points=pts, box=box, periodic=True, quantities='ijS'),
+          repeats)
+    rows.append(row)
+    print(row, flush=True)
+  return rows
+
+
+def neighbor_table_markdown(rows) -> str:
+  has_vesin = 'vesin_s' in rows[0]
+  head = '| atoms | edges | jaxcrystal (ms) | us/atom | ASE (ms) | speed-up vs ASE |'
+  sep = '|---|---|---|---|---|---|'
+  if has_vesin:
+    head += ' vesin (ms) |'
+    sep += '---|'
+  lines = [head, sep]
+  for r in rows:
+    line = (f"| {r['n_atoms']} | {r['edges']} | {r['jaxcrystal_s'] * 1e3:.1f} | "
+            f"{r['jaxcrystal_s'] / r['n_atoms'] * 1e6:.2f} | {r['ase_s'] * 1e3:.1f} | "
+            f"{r['speedup_vs_ase']:.1f}x |")
+    if has_vesin:
+      line += f" {r['vesin_s'] * 1e3:.1f} |"
+    lines.append(line)
+  return '\n'.join(lines)

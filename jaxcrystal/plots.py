@@ -1,0 +1,60 @@
+"""Figures (matplotlib, PNG, one function per figure, one style).
+
+Every function takes data and an output path, writes the PNG atomically and
+returns the path. The Agg backend is used so figures work with no display.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxcrystal import io as io_lib  # noqa: E402
+
+STYLE = {
+    'figure.dpi': 110, 'axes.grid': True, 'grid.alpha': 0.3,
+    'axes.spines.top': False, 'axes.spines.right': False, 'font.size': 10,
+}
+
+
+def _save(fig, path) -> Path:
+  path = Path(path)
+  with io_lib.atomic_path(path) as tmp:
+    fig.savefig(tmp, format='png', bbox_inches='tight')
+  plt.close(fig)
+  return path
+
+
+def plot_rdf(r: np.ndarray, curves: Mapping[str, np.ndarray], path,
+             title: str = 'Radial distribution function') -> Path:
+  """g(r) curves on one axis. `r: [B]` Angstrom, each curve `[B]`."""
+  with plt.rc_context(STYLE):
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, g in curves.items():
+      ax.plot(r, g, label=label, lw=1.5)
+    ax.set_xlabel('r (Angstrom)')
+    ax.set_ylabel('g(r)')
+    ax.set_title(title)
+    ax.legend(frameon=False)
+    return _save(fig, path)
+
+
+def plot_histograms(values: Mapping[str, Sequence[float]], path,
+                    title: str = '') -> Path:
+  """One histogram panel per named quantity (e.g. density, min distance)."""
+  with plt.rc_context(STYLE):
+    n = len(values)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3), squeeze=False)
+    for ax, (label, v) in zip(axes[0], values.items()):
+      v = np.asarray(v, float)
+      ax.hist(v[np.isfinite(v)], bins=20, color='tab:blue', alpha=0.8)
+      ax.set_xlabel(label)
+    axes[0][0].set_ylabel('count')
+    if title:
+      fig.suptitle(title)
+    return _save(fig, path)

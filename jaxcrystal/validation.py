@@ -1,0 +1,130 @@
+"""Host-side checks and summaries of single structures (numpy/ASE).
+
+`check_structure` is what loaders call on every row; `structure_summary` gives
+the per-structure fields written to `.npz` and JSON summaries.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import ase
+import numpy as np
+from ase.neighborlist import neighbor_list
+
+# 1 atomic mass unit per Angstrom^3 in g/cm^3.
+AMU_PER_A3_TO_G_PER_CM3 = 1.66053906660
+
+DEFAULT_MIN_DISTANCE = 0.5  # Angstrom, the field's structural-validity cutoff
+DEFAULT_MIN_VOLUME = 1e-3   # Angstrom^3; anything smaller is a degenerate cell
+
+
+class StructureError(ValueError):
+  """A structure that cannot be used, with the reason."""
+
+
+def check_structure(atoms: ase.Atoms,
+                    min_distance: float = DEFAULT_MIN_DISTANCE,
+                    max_atoms: int | None = None) -> None:
+  """Raise `StructureError` naming the problem, or return None if usable.
+
+  Checks, in order: non-empty, finite cell and positions, 3D periodicity,
+  positive volume, atom count within `max_atoms`, and no pair of atoms (over
+  all periodic images) closer than `min_distance` Angstrom.
+  """
+  if len(atoms) == 0:
+    raise StructureError('no atoms')
+  cell = np.asarray(atoms.cell[:], float)
+  if not np.all(np.isfinite(cell)):
+    raise StructureError('non-finite lattice')
+  if not np.all(np.isfinite(atoms.positions)):
+    raise StructureError('NaN or infinite coordinates')
+  if not np.all(atoms.pbc):
+    raise StructureError(f'not periodic in 3D (pbc={atoms.pbc.tolist()})')
+  vol = float(np.linalg.det(cell))
+  if vol <= DEFAULT_MIN_VOLUME:
+    raise StructureError(f'cell volume {vol:.4g} A^3 is zero or negative')
+  if max_atoms is not None and len(atoms) > max_atoms:
+    raise StructureError(f'{len(atoms)} atoms exceed the budget of {max_atoms}')
+  dmin = min_interatomic_distance(atoms, search=min_distance)
+  if dmin < min_distance:
+    raise StructureError(
+        f'atoms overlap: minimum distance {dmin:.3f} A < {min_distance} A')
+
+
+def min_interatomic_distance(atoms: ase.Atoms, search: float | None = None) -> float:
+  """Smallest distance between two atoms over all periodic images (Angstrom).
+
+  Args:
+    atoms: a periodic structure.
+    search: if given, only distances below it are looked for and `inf` means
+      "none below"; otherwise the search radius grows until a pair is found.
+  """
+  radius = search if search is not None else 2.0
+  while True:
+    d = neighbor_list('d', atoms, radius)
+    if len(d) or search is not None:
+      return float(d.min()) if len(d) else float('inf')
+    radius *= 2.0
+
+
+def coordination_by_nearest_shell(atoms: ase.Atoms,
+                                  shell_tolerance: float = 0.1) -> np.ndarray:
+  """Per-atom coordination: neighbours within (1 + tol) x the atom's nearest
+  neighbour distance. With tol = 0.1 this separates fcc (12), bcc (8; the
+  second shell is 15 % further) and diamond (4). Returns `[N]` int."""
+  n = len(atoms)
+  radius = 2.0
+  while True:
+    i, d = neighbor_list('id', atoms, radius)
+    if n and np.all(np.bincount(i, minlength=n) > 0):
+      break
+    radius *= 1.5
+  nearest = np.full(n, np.inf)
+  np.minimum.at(nearest, i, d)
+  cut = nearest * (1.0 + shell_tolerance)
+  if np.any(cut >= radius):  # the shell must be fully inside the search
+    i, d = neighbor_list('id', atoms, float(cut.max()) + 1e-6)
+  return np.bincount(i[d <= cut[i]], minlength=n)
+
+
+def density_g_cm3(atoms: ase.Atoms) -> float:
+  """Mass density in g/cm^3."""
+  return float(atoms.get_masses().sum() / atoms.get_volume() *
+               AMU_PER_A3_TO_G_PER_CM3)
+
+
+@dataclasses.dataclass
+class StructureSummary:
+  """Per-structure physics summary (units in the field names' docs)."""
+  n_atoms: int
+  volume: float            # Angstrom^3
+  volume_per_atom: float   # Angstrom^3
+  density: float           # g/cm^3
+  min_distance: float      # Angstrom, periodic
+  mean_coordination: float
+  valid: bool
+  reason: str              # '' when valid
+
+
+def structure_summary(atoms: ase.Atoms,
+                      min_distance: float = DEFAULT_MIN_DISTANCE,
+                      shell_tolerance: float = 0.1) -> StructureSummary:
+  """Summarise one structure; never raises on bad geometry (reports it)."""
+  try:
+    check_structure(atoms, min_distance)
+    reason = ''
+  except StructureError as err:
+    reason = str(err)
+  finite = np.all(np.isfinite(atoms.positions)) and np.all(
+      np.isfinite(atoms.cell[:]))
+  vol = float(abs(np.linalg.det(atoms.cell[:]))) if finite else float('nan')
+  usable = finite and vol > DEFAULT_MIN_VOLUME and len(atoms) > 0
+  return StructureSummary(
+      n_atoms=len(atoms), volume=vol,
+      volume_per_atom=vol / max(len(atoms), 1),
+      density=density_g_cm3(atoms) if usable else float('nan'),
+      min_distance=(min_interatomic_distance(atoms)
+                    if usable and len(atoms) else float('nan')),
+      mean_coordination=(float(coordination_by_nearest_shell(
+          atoms, shell_tolerance).mean()) if usable else float('nan')),
+      valid=not reason, reason=reason)

@@ -1,0 +1,46 @@
+"""Shared fixtures: PRNG keys, random triclinic cells, NaN debugging on."""
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from ase.geometry import cellpar_to_cell
+
+jax.config.update('jax_debug_nans', True)
+
+DATASETS = Path(__file__).resolve().parents[1].parent / 'shared' / 'datasets'
+
+
+@pytest.fixture
+def keys():
+  """An endless supply of independent PRNG keys."""
+  def gen(seed=0):
+    key = jax.random.PRNGKey(seed)
+    while True:
+      key, sub = jax.random.split(key)
+      yield sub
+  return gen()
+
+
+def random_cells(rng: np.random.Generator, count: int, min_angle: float = 30.0,
+                 lengths=(3.0, 9.0)) -> list[np.ndarray]:
+  """Random triclinic cells with angles in [min_angle, 180 - min_angle] and
+  a volume at least 10 % of the orthogonal box's (so they are real cells)."""
+  cells = []
+  while len(cells) < count:
+    par = np.r_[rng.uniform(*lengths, 3), rng.uniform(min_angle, 180 - min_angle, 3)]
+    try:
+      cell = cellpar_to_cell(par)
+    except Exception:  # impossible angle triple
+      continue
+    if np.all(np.isfinite(cell)) and np.linalg.det(cell) > 0.1 * np.prod(par[:3]):
+      cells.append(cell)
+  return cells
+
+
+@pytest.fixture
+def datasets_dir():
+  if not DATASETS.is_dir():
+    pytest.skip(f'benchmark datasets not present at {DATASETS}')
+  return DATASETS
