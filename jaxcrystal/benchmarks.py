@@ -75,3 +75,54 @@ def neighbor_table_markdown(rows) -> str:
       line += f" {r['vesin_s'] * 1e3:.1f} |"
     lines.append(line)
   return '\n'.join(lines)
+
+
+def benchmark_csp_model(structures, hidden: int, num_layers: int, num_freqs: int,
+                        batch_size: int, num_steps: int, train_repeats: int = 5,
+                        sample: bool = True) -> dict:
+  """Training and sampling throughput of a CSP model on given crystals.
+
+  Training: structures/s of the jitted train step at `batch_size` (best of
+  `train_repeats` timed steps after compilation). Sampling: one batch of
+  `batch_size` compositions through `num_steps` predictor-corrector steps
+  (2 network calls each), compile time reported separately.
+  """
+  from jaxcrystal import batch as batch_lib
+  from jaxcrystal import diffusion
+  from jaxcrystal import generate
+  from jaxcrystal import train
+  config = diffusion.ModelConfig(task='csp', hidden=hidden, num_layers=num_layers,
+                                 num_freqs=num_freqs, num_steps=num_steps)
+  spec = diffusion.build(config)
+  structures = list(structures)[:batch_size]
+  host = batch_lib.batch_from_atoms(structures)
+  batch = batch_lib.to_device(host)
+  opt = train.make_optimizer(train.OptimConfig(), 1000)
+  state = train.create_train_state(jax.random.PRNGKey(0), spec, host, opt)
+  n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+  step = jax.jit(train.make_train_step(diffusion.get_loss_fn(spec), opt, 0.999),
+                 donate_argnums=0)
+  t0 = time.perf_counter()
+  state, m = step(state, batch)
+  jax.block_until_ready(m)
+  train_compile = time.perf_counter() - t0
+  holder = {'state': state}
+
+  def one():
+    holder['state'], metrics = step(holder['state'], batch)
+    jax.block_until_ready(metrics)
+  step_s = best_time(one, train_repeats)
+  row = dict(hidden=hidden, num_layers=num_layers, num_freqs=num_freqs,
+             params=int(n_params), batch=len(structures),
+             atoms=int(sum(len(s) for s in structures)),
+             train_compile_s=train_compile, train_step_s=step_s,
+             train_structures_per_s=len(structures) / step_s)
+  if sample:
+    comps = [s.numbers for s in structures]
+    _, timing = generate.sample_structures(spec, holder['state'].ema_params, comps,
+                                           batch_size=len(comps), progress=False)
+    row.update(sample_steps=num_steps, sample_compile_s=timing['compile_s'],
+               sample_s=timing['sample_s'],
+               sample_structures_per_s=len(comps) / timing['sample_s'])
+  print(row, flush=True)
+  return row

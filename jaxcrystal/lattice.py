@@ -154,3 +154,24 @@ def niggli_reduce_atoms(atoms):
   reduced = atoms.copy()
   niggli_reduce(reduced)
   return reduced
+
+
+def make_right_handed(lattice: jax.Array, frac: jax.Array,
+                      graph_index: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Same crystals with right-handed cells (positive determinant).
+
+  An O(3)-equivariant generator cannot prefer a handedness, so about half of
+  its cells come out left-handed. Swapping lattice vectors a and b (and the
+  first two fractional columns) keeps every Cartesian position, i.e. the
+  identical structure, and flips the sign of the determinant.
+
+  Args:
+    lattice: [G, 3, 3]; frac: [N, 3]; graph_index: [N] crystal of each atom.
+  """
+  chex.assert_rank([lattice, frac, graph_index], [3, 2, 1])
+  flip = jnp.linalg.det(lattice) < 0
+  swapped_lattice = lattice[:, jnp.array([1, 0, 2])]
+  swapped_frac = frac[:, jnp.array([1, 0, 2])]
+  lattice = jnp.where(flip[:, None, None], swapped_lattice, lattice)
+  frac = jnp.where(flip[graph_index][:, None], swapped_frac, frac)
+  return lattice, frac

@@ -158,20 +158,26 @@ def radius_graph(batch: batch_lib.CrystalBatch, cutoff: float, max_image: int,
 
 
 def fully_connected_graph(batch: batch_lib.CrystalBatch,
-                          self_edges: bool = True) -> NeighborList:
+                          self_edges: bool = True,
+                          nearest_image: bool = True) -> NeighborList:
   """Every ordered pair of atoms within each crystal, at its nearest image.
 
   The graph DiffCSP uses for small cells: G * A^2 edge slots, where A is the
   batch's static `max_atoms_per_graph`. Shifts are minimum-image offsets
   (exact for any triclinic cell), so `edge_vectors` gives the shortest vector.
   Self edges (i == i, shift 0) are included unless `self_edges=False`.
+  With `nearest_image=False` shifts are zero: enough for networks that see
+  only periodic (Fourier) features of the pair, and cheaper in a hot loop.
   """
   batch.validate_shapes()
   index, mask = batch.dense_atom_index()
   frac = batch.frac[index]
   delta = frac[:, None, :, :] - frac[:, :, None, :]       # [G, Ai, Aj, 3]
-  reduced = lattice_lib.reduce_lattice(batch.lattice)
-  shifts = jax.vmap(pbc.minimum_image_shift)(delta, batch.lattice, reduced)
+  if nearest_image:
+    reduced = lattice_lib.reduce_lattice(batch.lattice)
+    shifts = jax.vmap(pbc.minimum_image_shift)(delta, batch.lattice, reduced)
+  else:
+    shifts = jnp.zeros_like(delta)
   keep = mask[:, :, None] & mask[:, None, :]
   if not self_edges:
     keep = keep & ~jnp.eye(batch.max_atoms_per_graph, dtype=bool)[None]

@@ -58,3 +58,30 @@ def plot_histograms(values: Mapping[str, Sequence[float]], path,
     if title:
       fig.suptitle(title)
     return _save(fig, path)
+
+
+def plot_training_curve(records: Sequence[dict], path,
+                        keys: Sequence[str] = ('loss', 'lattice', 'coords', 'types')
+                        ) -> Path:
+  """Train and validation losses against step, log scale.
+
+  `records` are metrics.jsonl rows: dicts with `step`, `split` and losses.
+  """
+  with plt.rc_context(STYLE):
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    colors = dict(zip(keys, ['k', 'tab:blue', 'tab:orange', 'tab:green']))
+    for split, style in (('train', '-'), ('val', 'o--')):
+      rows = [r for r in records if r.get('split') == split]
+      for key in keys:
+        pts = [(r['step'], r[key]) for r in rows if key in r and r[key] > 0]
+        if pts:
+          s, v = zip(*pts)
+          ax.plot(s, v, style, color=colors[key], lw=1.2, ms=3,
+                  label=f'{split} {key}', alpha=0.9 if split == 'val' else 0.7)
+    ax.set_yscale('log')
+    ax.set_xlabel('step')
+    ax.set_ylabel('loss')
+    ax.set_title('Training curve')
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(frameon=False, fontsize=8, ncol=2)
+    return _save(fig, path)

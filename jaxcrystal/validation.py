@@ -16,6 +16,7 @@ AMU_PER_A3_TO_G_PER_CM3 = 1.66053906660
 
 DEFAULT_MIN_DISTANCE = 0.5  # Angstrom, the field's structural-validity cutoff
 DEFAULT_MIN_VOLUME = 1e-3   # Angstrom^3; anything smaller is a degenerate cell
+MAX_IMAGES = 20000          # image budget of one coordination count
 
 
 class StructureError(ValueError):
@@ -45,26 +46,36 @@ def check_structure(atoms: ase.Atoms,
     raise StructureError(f'cell volume {vol:.4g} A^3 is zero or negative')
   if max_atoms is not None and len(atoms) > max_atoms:
     raise StructureError(f'{len(atoms)} atoms exceed the budget of {max_atoms}')
-  dmin = min_interatomic_distance(atoms, search=min_distance)
+  dmin = min_interatomic_distance(atoms)
   if dmin < min_distance:
     raise StructureError(
         f'atoms overlap: minimum distance {dmin:.3f} A < {min_distance} A')
 
 
-def min_interatomic_distance(atoms: ase.Atoms, search: float | None = None) -> float:
-  """Smallest distance between two atoms over all periodic images (Angstrom).
+def nearest_neighbor_distances(atoms: ase.Atoms) -> np.ndarray:
+  """Distance from each atom to its nearest other atom or own periodic image,
+  `[N]` Angstrom. Robust for any cell, however skewed or sparse: pairs by the
+  minimum image (ASE's Minkowski-reduced search) and images by the shortest
+  vector of the reduced lattice; no search radius to grow."""
+  from ase.geometry import find_mic
+  from ase.geometry.minkowski_reduction import minkowski_reduce
+  n = len(atoms)
+  cell = np.asarray(atoms.cell[:], float)
+  shortest = np.linalg.norm(minkowski_reduce(cell)[0], axis=1).min()
+  nearest = np.full(n, shortest)
+  if n > 1:
+    pos = atoms.positions
+    i, j = np.triu_indices(n, 1)
+    _, d = find_mic(pos[j] - pos[i], cell, pbc=True)
+    np.minimum.at(nearest, i, d)
+    np.minimum.at(nearest, j, d)
+  return nearest
 
-  Args:
-    atoms: a periodic structure.
-    search: if given, only distances below it are looked for and `inf` means
-      "none below"; otherwise the search radius grows until a pair is found.
-  """
-  radius = search if search is not None else 2.0
-  while True:
-    d = neighbor_list('d', atoms, radius)
-    if len(d) or search is not None:
-      return float(d.min()) if len(d) else float('inf')
-    radius *= 2.0
+
+def min_interatomic_distance(atoms: ase.Atoms) -> float:
+  """Smallest distance between two atoms over all periodic images (Angstrom).
+  O(N^2) pairs: meant for crystals of up to a few hundred atoms."""
+  return float(nearest_neighbor_distances(atoms).min())
 
 
 def coordination_by_nearest_shell(atoms: ase.Atoms,
@@ -72,19 +83,16 @@ def coordination_by_nearest_shell(atoms: ase.Atoms,
   """Per-atom coordination: neighbours within (1 + tol) x the atom's nearest
   neighbour distance. With tol = 0.1 this separates fcc (12), bcc (8; the
   second shell is 15 % further) and diamond (4). Returns `[N]` int."""
-  n = len(atoms)
-  radius = 2.0
-  while True:
-    i, d = neighbor_list('id', atoms, radius)
-    if n and np.all(np.bincount(i, minlength=n) > 0):
-      break
-    radius *= 1.5
-  nearest = np.full(n, np.inf)
-  np.minimum.at(nearest, i, d)
-  cut = nearest * (1.0 + shell_tolerance)
-  if np.any(cut >= radius):  # the shell must be fully inside the search
-    i, d = neighbor_list('id', atoms, float(cut.max()) + 1e-6)
-  return np.bincount(i[d <= cut[i]], minlength=n)
+  cut = nearest_neighbor_distances(atoms) * (1.0 + shell_tolerance)
+  radius = float(cut.max()) + 1e-6
+  spacings = atoms.cell.volume / np.linalg.norm(
+      np.cross(atoms.cell[[1, 2, 0]], atoms.cell[[2, 0, 1]]), axis=1)
+  images = np.prod(2 * np.ceil(radius / spacings) + 1)
+  if images > MAX_IMAGES:
+    raise StructureError(f'cell too skewed or sparse for a coordination count '
+                         f'({images:.3g} periodic images within {radius:.3g} A)')
+  i, d = neighbor_list('id', atoms, radius)
+  return np.bincount(i[d <= cut[i]], minlength=len(atoms))
 
 
 def density_g_cm3(atoms: ase.Atoms) -> float:
@@ -106,6 +114,17 @@ class StructureSummary:
   reason: str              # '' when valid
 
 
+def _safe_mean_coordination(atoms, shell_tolerance, reason) -> float:
+  """Mean coordination, or NaN where it is meaningless (overlapping atoms)
+  or too costly to count (absurdly skewed cells of a failed sample)."""
+  if reason:
+    return float('nan')
+  try:
+    return float(coordination_by_nearest_shell(atoms, shell_tolerance).mean())
+  except StructureError:
+    return float('nan')
+
+
 def structure_summary(atoms: ase.Atoms,
                       min_distance: float = DEFAULT_MIN_DISTANCE,
                       shell_tolerance: float = 0.1) -> StructureSummary:
@@ -125,6 +144,5 @@ def structure_summary(atoms: ase.Atoms,
       density=density_g_cm3(atoms) if usable else float('nan'),
       min_distance=(min_interatomic_distance(atoms)
                     if usable and len(atoms) else float('nan')),
-      mean_coordination=(float(coordination_by_nearest_shell(
-          atoms, shell_tolerance).mean()) if usable else float('nan')),
+      mean_coordination=_safe_mean_coordination(atoms, shell_tolerance, reason),
       valid=not reason, reason=reason)

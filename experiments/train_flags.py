@@ -1,0 +1,108 @@
+"""Flags shared by train_ddpm.py and quickstart.py, and their mapping to a
+`TrainConfig`. Only parsing lives here; all logic is in `jaxcrystal`."""
+import os
+
+from absl import flags
+
+from jaxcrystal import diffusion
+from jaxcrystal import train
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, metrics, plots).')
+flags.DEFINE_bool('resume', False, 'Continue from the latest checkpoint in --workdir.')
+flags.DEFINE_enum('task', 'csp', list(diffusion.TASKS), 'What is generated.')
+flags.DEFINE_string('train_data', 'builtin', "'builtin' or a CSV/extxyz/CIF path.")
+flags.DEFINE_string('val_data', '', 'Validation file (empty: none).')
+flags.DEFINE_integer('hidden', 128, 'Network width.')
+flags.DEFINE_integer('num_layers', 4, 'Message-passing layers.')
+flags.DEFINE_integer('num_freqs', 128, 'Fourier frequencies per axis.')
+flags.DEFINE_integer('time_dim', 256, 'Time-embedding width.')
+flags.DEFINE_integer('num_steps', 1000, 'Diffusion steps T.')
+flags.DEFINE_enum('beta_schedule', 'cosine', ['linear', 'cosine', 'sigmoid'],
+                  'Lattice/type beta schedule.')
+flags.DEFINE_float('sigma_begin', 0.005, 'Smallest fractional-coordinate sigma.')
+flags.DEFINE_float('sigma_end', 0.5, 'Largest fractional-coordinate sigma.')
+flags.DEFINE_float('cart_sigma_begin', 0.01, 'Smallest Cartesian sigma (A).')
+flags.DEFINE_float('cart_sigma_end', 1.0, 'Largest Cartesian sigma (A).')
+flags.DEFINE_enum('graph', 'fc', ['fc', 'radius'], 'Fully connected or radius graph.')
+flags.DEFINE_float('cutoff', 6.0, 'Radius-graph cutoff (A).')
+flags.DEFINE_integer('distance_basis', 0, 'Gaussian distance features (0: off).')
+flags.DEFINE_integer('max_image', 2, 'Image range searched by radius graphs.')
+flags.DEFINE_integer('batch_size', 64, 'Crystals per batch.')
+flags.DEFINE_integer('num_buckets', 4, 'Size buckets of the input pipeline.')
+flags.DEFINE_integer('train_steps', 1000, 'Optimizer steps.')
+flags.DEFINE_float('lr', 1e-3, 'Peak learning rate.')
+flags.DEFINE_integer('warmup_steps', 100, 'Linear warm-up steps.')
+flags.DEFINE_enum('lr_schedule', 'cosine', ['cosine', 'constant', 'plateau'],
+                  'Learning-rate schedule after warm-up.')
+flags.DEFINE_float('weight_decay', 0.0, 'AdamW weight decay.')
+flags.DEFINE_float('grad_clip', 1.0, 'Global gradient-norm clip.')
+flags.DEFINE_float('ema_decay', 0.999, 'EMA decay of the parameters.')
+flags.DEFINE_float('lattice_weight', 1.0, 'Loss weight of the lattice term.')
+flags.DEFINE_float('coord_weight', 1.0, 'Loss weight of the coordinate term.')
+flags.DEFINE_float('type_weight', 1.0, 'Loss weight of the type term (dng).')
+flags.DEFINE_integer('eval_every', 200, 'Validation loss every N steps.')
+flags.DEFINE_integer('checkpoint_every', 200, 'Checkpoint every N steps.')
+flags.DEFINE_integer('keep_checkpoints', 3, 'Periodic checkpoints kept.')
+flags.DEFINE_integer('seed', 0, 'Seed of parameters, data order and noise.')
+flags.DEFINE_integer('max_atoms', 64, 'Reject (or skip) crystals with more atoms.')
+flags.DEFINE_bool('skip_bad', True, 'Skip unusable rows and report them.')
+flags.DEFINE_string('cache_dir', '', 'Cache of parsed datasets (empty: none).')
+flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+flags.DEFINE_string('coordinator_address', '',
+                    'Multi-host: host:port of process 0 (empty: single host).')
+flags.DEFINE_integer('num_processes', 1, 'Multi-host: number of processes.')
+flags.DEFINE_integer('process_id', 0, 'Multi-host: index of this process.')
+
+flags.mark_flag_as_required('workdir')
+for _name in ('hidden', 'num_layers', 'num_freqs', 'time_dim', 'num_steps',
+              'batch_size', 'train_steps', 'eval_every', 'checkpoint_every',
+              'keep_checkpoints', 'max_atoms', 'num_buckets'):
+  flags.register_validator(_name, lambda v: v >= 1, message=f'--{_name} must be >= 1')
+flags.register_validator('lr', lambda v: v > 0, message='--lr must be > 0')
+flags.register_validator('ema_decay', lambda v: 0 <= v < 1,
+                         message='--ema_decay must be in [0, 1)')
+for _name in ('train_data', 'val_data'):
+  flags.register_validator(
+      _name, lambda v: v in ('', 'builtin') or os.path.isfile(v),
+      message=f'--{_name} must be "builtin" or an existing file')
+
+
+def config_from_flags() -> train.TrainConfig:
+  model = diffusion.ModelConfig(
+      task=FLAGS.task, hidden=FLAGS.hidden, num_layers=FLAGS.num_layers,
+      num_freqs=FLAGS.num_freqs, time_dim=FLAGS.time_dim, num_steps=FLAGS.num_steps,
+      beta_schedule=FLAGS.beta_schedule, sigma_begin=FLAGS.sigma_begin,
+      sigma_end=FLAGS.sigma_end, cart_sigma_begin=FLAGS.cart_sigma_begin,
+      cart_sigma_end=FLAGS.cart_sigma_end, graph=FLAGS.graph, cutoff=FLAGS.cutoff,
+      distance_basis=FLAGS.distance_basis, max_image=FLAGS.max_image)
+  optim = train.OptimConfig(
+      learning_rate=FLAGS.lr, warmup_steps=FLAGS.warmup_steps,
+      schedule=FLAGS.lr_schedule, weight_decay=FLAGS.weight_decay,
+      grad_clip=FLAGS.grad_clip, ema_decay=FLAGS.ema_decay)
+  weights = diffusion.LossWeights(FLAGS.lattice_weight, FLAGS.coord_weight,
+                                  FLAGS.type_weight)
+  config = train.TrainConfig(
+      model=model, optim=optim, loss_weights=weights, train_data=FLAGS.train_data,
+      val_data=FLAGS.val_data, batch_size=FLAGS.batch_size,
+      num_buckets=FLAGS.num_buckets, train_steps=FLAGS.train_steps,
+      eval_every=FLAGS.eval_every, checkpoint_every=FLAGS.checkpoint_every,
+      keep_checkpoints=FLAGS.keep_checkpoints, seed=FLAGS.seed,
+      max_atoms=FLAGS.max_atoms, skip_bad=FLAGS.skip_bad, cache_dir=FLAGS.cache_dir,
+      progress=FLAGS.progress)
+  config.model.validate()
+  return config
+
+
+def maybe_initialize_distributed() -> None:
+  if FLAGS.coordinator_address:
+    from jaxcrystal import sharding
+    sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                    FLAGS.process_id)
+
+
+def save_flags(workdir: str) -> None:
+  """Write the flags used as a reusable flag file."""
+  from jaxcrystal import io
+  io.write_text_atomic(os.path.join(workdir, 'flags.txt'), FLAGS.flags_into_string())

@@ -1,0 +1,197 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcrystal import batch as batch_lib
+from jaxcrystal import datasets
+from jaxcrystal import diffusion
+from jaxcrystal import generate
+from jaxcrystal import train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = diffusion.ModelConfig(hidden=16, num_layers=1, num_freqs=4, time_dim=8,
+                                   num_steps=50)
+TINY_FLAGS = ['--hidden=16', '--num_layers=1', '--num_freqs=4', '--time_dim=8',
+              '--num_steps=50', '--batch_size=7', '--progress=false']
+
+
+def _state_and_step(task='csp', lr=3e-3):
+  spec = diffusion.build(diffusion.ModelConfig(**{**TINY_MODEL.__dict__, 'task': task}))
+  loss_fn = diffusion.get_loss_fn(spec)
+  opt = train.make_optimizer(train.OptimConfig(learning_rate=lr, warmup_steps=1,
+                                               schedule='constant'), 100)
+  batch = batch_lib.to_device(batch_lib.batch_from_atoms(datasets.builtin_structures()))
+  state = train.create_train_state(jax.random.PRNGKey(0), spec, batch, opt)
+  return spec, loss_fn, state, jax.jit(train.make_train_step(loss_fn, opt, 0.9)), batch
+
+
+@pytest.mark.parametrize('task', ['csp', 'dng'])
+def test_training_lowers_the_loss(task):
+  spec, loss_fn, state, step, batch = _state_and_step(task)
+  keys = [jax.random.PRNGKey(k) for k in range(16)]
+  evaluate = jax.jit(lambda p: jnp.mean(jnp.stack(
+      [loss_fn(k, p, batch)[0] for k in keys])))
+  before = float(evaluate(state.params))
+  for _ in range(150):
+    state, metrics = step(state, batch)
+  after = float(evaluate(state.params))
+  assert after < 0.8 * before, (before, after)
+  assert int(state.step) == 150 and int(state.skipped) == 0
+  assert set(metrics) >= {'loss', 'lattice', 'coords', 'grad_norm'}
+  if task == 'dng':
+    assert 'types' in metrics
+  # EMA moved towards the parameters but is not equal to them
+  leaf = lambda t: jax.tree_util.tree_leaves(t)[0]
+  assert not np.allclose(leaf(state.ema_params), leaf(state.params))
+
+
+def test_non_finite_loss_skips_update_and_counts():
+  _, _, state, step, batch = _state_and_step()
+  with jax.debug_nans(False):
+    bad = batch.replace(frac=batch.frac.at[0, 0].set(jnp.nan))
+    new, metrics = step(state, bad)
+  assert int(new.skipped) == 1 and int(new.step) == 1
+  assert not bool(metrics['finite'])
+  chex.assert_trees_all_equal(new.params, state.params)
+  chex.assert_trees_all_equal(new.opt_state, state.opt_state)
+  chex.assert_trees_all_equal(new.ema_params, state.ema_params)
+  good, _ = step(*step(new, batch)[:1], batch)  # and training goes on
+  assert int(good.skipped) == 1
+  flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(t)])
+  assert not np.allclose(flat(good.params), flat(state.params))
+
+
+def _run(args, **kw):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  return subprocess.run([sys.executable, *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, **kw)
+
+
+def _final_params(workdir):
+  _, params, _, step = generate.load_run(workdir, which='latest', use_ema=False)
+  _, ema, _, _ = generate.load_run(workdir, which='latest', use_ema=True)
+  return params, ema, step
+
+
+def test_sigkill_and_resume_gives_identical_parameters(tmp_path):
+  args = ['experiments/train_ddpm.py', *TINY_FLAGS, '--train_steps=200',
+          '--checkpoint_every=20', '--keep_checkpoints=2', '--lr_schedule=cosine',
+          '--warmup_steps=20', '--eval_every=100']
+  full = tmp_path / 'full'
+  res = _run(args + [f'--workdir={full}'], timeout=300)
+  assert res.returncode == 0, res.stderr[-2000:]
+
+  killed = tmp_path / 'killed'
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  proc = subprocess.Popen([sys.executable, *args, f'--workdir={killed}'], cwd=ROOT,
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    steps = [int(p.name) for p in (killed / 'checkpoints').glob('[0-9]*')
+             if p.name.isdigit()] if (killed / 'checkpoints').is_dir() else []
+    if steps and max(steps) >= 60:
+      break
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed / 'train_summary.json').exists(), 'run finished before the kill'
+  # refuses to overwrite a run without --resume
+  again = _run(args + [f'--workdir={killed}'], timeout=300)
+  assert again.returncode != 0 and '--resume' in again.stderr
+  res = _run(args + [f'--workdir={killed}', '--resume'], timeout=300)
+  assert res.returncode == 0, res.stderr[-2000:]
+  p_full, ema_full, s_full = _final_params(full)
+  p_res, ema_res, s_res = _final_params(killed)
+  assert s_full == s_res == 200
+  chex.assert_trees_all_close(p_res, p_full, atol=1e-6, rtol=1e-6)
+  chex.assert_trees_all_close(ema_res, ema_full, atol=1e-6, rtol=1e-6)
+  # metrics read as one run, with the training curve written
+  steps = [r['step'] for r in map(json.loads, (killed / 'metrics.jsonl').read_text()
+                                  .splitlines()) if r['split'] == 'train']
+  assert steps == sorted(set(steps)) and steps[-1] == 200
+  assert (killed / 'training_curve.png').stat().st_size > 1000
+  assert (killed / 'flags.txt').read_text().count('--hidden=16') == 1
+
+
+def test_bad_flags_and_paths_are_rejected_clearly(tmp_path):
+  res = _run(['experiments/train_ddpm.py', f'--workdir={tmp_path}',
+              '--train_data=/no/such/file.csv'], timeout=120)
+  assert res.returncode != 0 and '--train_data must be "builtin" or an existing' \
+      in res.stderr
+  res = _run(['experiments/train_ddpm.py', f'--workdir={tmp_path}', '--hiden=3'],
+             timeout=120)
+  assert res.returncode != 0 and 'hiden' in res.stderr
+  res = _run(['experiments/train_ddpm.py', f'--workdir={tmp_path}', '--batch_size=0'],
+             timeout=120)
+  assert res.returncode != 0 and '--batch_size must be >= 1' in res.stderr
+
+
+SHARDED_SCRIPT = r'''
+import os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+import jax, jax.numpy as jnp, numpy as np, chex
+from jaxcrystal import data, datasets, diffusion, sharding, train
+assert jax.local_device_count() == 4, jax.devices()
+spec = diffusion.build(diffusion.ModelConfig(hidden=16, num_layers=1, num_freqs=4,
+                                             time_dim=8, num_steps=50))
+ds = data.BucketedDataset(datasets.builtin_structures(), 7, (16,), num_devices=4)
+host = ds.batch_for_step(0, 0)
+opt = train.make_optimizer(train.OptimConfig(warmup_steps=1), 10)
+loss_fn = diffusion.get_loss_fn(spec)
+step = jax.jit(train.make_train_step(loss_fn, opt, 0.9))
+single_dev = jax.devices()[:1]
+state = train.create_train_state(jax.random.PRNGKey(0), spec, host, opt)
+s1 = jax.device_put(state, single_dev[0])
+b1 = jax.device_put(host, single_dev[0])
+for _ in range(3):
+  s1, m1 = step(s1, b1)
+mesh = sharding.make_mesh()
+s4 = sharding.replicate(state, mesh)
+b4 = sharding.shard_batch(host, mesh)
+assert len(b4.frac.sharding.device_set) == 4
+for _ in range(3):
+  s4, m4 = step(s4, b4)
+chex.assert_trees_all_close(jax.device_get(s4.params), jax.device_get(s1.params),
+                            atol=2e-5, rtol=2e-5)
+np.testing.assert_allclose(float(m4["loss"]), float(m1["loss"]), rtol=1e-5)
+assert float(m1["loss"]) > 0
+print("SHARDED_OK", float(m1["loss"]))
+'''
+
+
+def test_sharded_step_matches_single_device():
+  res = _run(['-c', SHARDED_SCRIPT], timeout=300)
+  assert res.returncode == 0 and 'SHARDED_OK' in res.stdout, res.stderr[-3000:]
+
+
+def test_train_then_sample_cli_end_to_end(tmp_path):
+  run = tmp_path / 'run'
+  res = _run(['experiments/train_ddpm.py', *TINY_FLAGS, '--train_steps=20',
+              '--checkpoint_every=10', '--val_data=builtin', '--eval_every=10',
+              f'--workdir={run}'], timeout=300)
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert (run / 'best').is_dir() and (run / 'config.json').is_file()
+  out = tmp_path / 'samples'
+  res = _run(['experiments/sample.py', f'--checkpoint={run}', '--formula=Fe2',
+              '--num_samples=6', '--batch_size=4', f'--out={out}', '--progress=false'],
+             timeout=300)
+  assert res.returncode == 0, res.stderr[-2000:]
+  summary = json.loads((out / 'summary.json').read_text())
+  assert summary['num_samples'] == 6
+  assert len(list((out / 'cifs').glob('*.cif'))) == 6
+  arrays = np.load(out / 'samples.npz')
+  assert arrays['num_atoms'].tolist() == [2] * 6
+  assert set(arrays['atom_types'].tolist()) == {26}
+  res = _run(['experiments/sample.py', f'--checkpoint={run}', f'--out={out}'],
+             timeout=120)
+  assert res.returncode != 0 and 'needs --formula or --compositions_from' in res.stderr
