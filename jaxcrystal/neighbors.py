@@ -36,12 +36,17 @@ class NeighborList:
     shifts: [E, 3] integer-valued image offsets (float dtype of the batch).
     edge_mask: [E] bool, True for real edges.
     overflow: [] int32, edges (or images) that did not fit; 0 when complete.
+    dense_block: static (G, A) when the edges are every ordered pair of a
+      crystal laid out as [G, A(receiver), A(sender)] (the fully connected
+      graph); lets networks exploit the pair symmetry. None otherwise.
   """
   senders: jax.Array
   receivers: jax.Array
   shifts: jax.Array
   edge_mask: jax.Array
   overflow: jax.Array
+  dense_block: tuple[int, int] | None = flax.struct.field(pytree_node=False,
+                                                         default=None)
 
   @property
   def capacity(self) -> int:
@@ -190,7 +195,9 @@ def fully_connected_graph(batch: batch_lib.CrystalBatch,
       receivers=jnp.where(keep, recv, 0).astype(jnp.int32),
       shifts=jnp.where(keep[:, None], shifts.reshape(-1, 3), 0.0),
       edge_mask=keep,
-      overflow=jnp.zeros((), jnp.int32))
+      overflow=jnp.zeros((), jnp.int32),
+      dense_block=((batch.num_graph_slots, batch.max_atoms_per_graph)
+                   if self_edges else None))
 
 
 # ----------------------------------------------------------------------------

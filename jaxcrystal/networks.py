@@ -18,6 +18,7 @@ import math
 from typing import Optional
 
 import chex
+import numpy as np
 import flax.linen as nn
 import flax.struct
 import jax
@@ -86,25 +87,73 @@ class ScoreOutput:
   type_logits: jax.Array
 
 
+@flax.struct.dataclass
+class PairFourier:
+  """sin and cos parts of the Fourier features of each unordered pair (i < j)
+  of a fully connected [G, A, A] graph: `sin, cos: [G, P, 3 F]`."""
+  sin: jax.Array
+  cos: jax.Array
+  block: tuple[int, int] = flax.struct.field(pytree_node=False)
+
+
+def pair_fourier(batch: batch_lib.CrystalBatch, block: tuple[int, int],
+                 num_freqs: int) -> PairFourier:
+  """Fourier features of f_j - f_i for the unordered pairs i < j only."""
+  g, a = block
+  index, _ = batch.dense_atom_index()
+  frac = batch.frac[index]                          # [G, A, 3]
+  iu, ju = np.triu_indices(a, 1)
+  delta = frac[:, ju] - frac[:, iu]                 # [G, P, 3]
+  k = 2.0 * jnp.pi * jnp.arange(num_freqs, dtype=delta.dtype)
+  x = (delta[..., None] * k).reshape(g, len(iu), 3 * num_freqs)
+  return PairFourier(jnp.sin(x), jnp.cos(x), block)
+
+
+def project_pair_fourier(pf: PairFourier, kernel: jax.Array) -> jax.Array:
+  """`fourier_features(f_j - f_i) @ kernel` for every edge of the dense block,
+  `-> [G * A * A, H]`, from one matmul per unordered pair.
+
+  With kernel = [W_sin; W_cos], edge (i, j) gets sin W_sin + cos W_cos and
+  edge (j, i) the same with the sine part negated (sine is odd, cosine even);
+  self edges get the constant sum of W_cos rows (cos 0 = 1, sin 0 = 0).
+  """
+  g, a = pf.block
+  half = pf.sin.shape[-1]
+  s = pf.sin @ kernel[:half]                        # [G, P, H]
+  c = pf.cos @ kernel[half:]
+  iu, ju = np.triu_indices(a, 1)
+  out = jnp.broadcast_to(jnp.sum(kernel[half:], 0), (g, a, a, kernel.shape[1]))
+  out = out.at[:, iu, ju].set(c + s).at[:, ju, iu].set(c - s)
+  return out.reshape(g * a * a, -1)
+
+
 class CSPLayer(nn.Module):
   """One residual message-passing layer of CSPNet.
 
   The first edge layer W [h_i; h_j; gram; fourier] is evaluated as
   W_i h_i + W_j h_j + W_g gram + W_f fourier: the node parts per atom and the
-  lattice part per crystal, then gathered, instead of one matmul per edge.
+  lattice part per crystal, then gathered, instead of one matmul per edge;
+  on fully connected graphs the Fourier part is one matmul per atom pair.
   """
   hidden: int
 
   @nn.compact
-  def __call__(self, h, gram, edge_features, graph_index, nbrs: neighbors.NeighborList):
+  def __call__(self, h, gram, edge_features, graph_index, nbrs: neighbors.NeighborList,
+               pairs: Optional[PairFourier] = None):
     num_atoms = h.shape[0]
     x = nn.LayerNorm(name='norm')(h)
     recv, send = nbrs.receivers, nbrs.senders
+    feat_dim = (2 * pairs.sin.shape[-1] if pairs is not None
+                else edge_features.shape[-1])
+    kernel = self.param('edge_features', nn.initializers.lecun_normal(),
+                        (feat_dim, self.hidden))
+    edge_term = (project_pair_fourier(pairs, kernel) if pairs is not None
+                 else edge_features @ kernel)
     pre = (nn.Dense(self.hidden, name='edge_receiver')(x)[recv]
            + nn.Dense(self.hidden, use_bias=False, name='edge_sender')(x)[send]
            + nn.Dense(self.hidden, use_bias=False, name='edge_lattice')(gram)[
                graph_index[recv]]
-           + nn.Dense(self.hidden, use_bias=False, name='edge_features')(edge_features))
+           + edge_term)
     m = nn.silu(nn.Dense(self.hidden, name='edge_out')(nn.silu(pre)))
     agg = segment_mean(m, recv, num_atoms, nbrs.edge_mask)
     upd = nn.Dense(self.hidden, name='node_in')(jnp.concatenate([x, agg], -1))
@@ -140,7 +189,8 @@ class CSPNet(nn.Module):
   @nn.compact
   def __call__(self, batch: batch_lib.CrystalBatch, t: jax.Array,
                nbrs: neighbors.NeighborList,
-               type_features: Optional[jax.Array] = None) -> ScoreOutput:
+               type_features: Optional[jax.Array] = None,
+               use_pair_symmetry: bool = True) -> ScoreOutput:
     """
     Args:
       batch: noisy crystals (lattice, frac); species used unless types are
@@ -148,6 +198,8 @@ class CSPNet(nn.Module):
       t: [G] diffusion time in [0, 1].
       nbrs: the graph (`fully_connected_graph` or `radius_graph`).
       type_features: [N, K] noisy one-hot types (required if predict_types).
+      use_pair_symmetry: on fully connected graphs, project Fourier features
+        once per atom pair (same result, about half the arithmetic).
     """
     batch.validate_shapes()
     g, n = batch.num_graph_slots, batch.num_atom_slots
@@ -161,12 +213,20 @@ class CSPNet(nn.Module):
       node = nn.Embed(self.num_species, self.hidden, name='species_embed')(
           jnp.clip(batch.species - 1, 0, self.num_species - 1))
     t_emb = sinusoidal_embedding(t, self.time_dim)[batch.graph_index]
-    h = nn.Dense(self.hidden, name='node_embed')(jnp.concatenate([node, t_emb], -1))
+    # Mean pooling cannot count atoms, yet the cell volume scales with them
+    # (an Al4 cell vs its Al8 supercell): give each atom log(atoms in crystal).
+    log_count = jnp.log(jnp.maximum(batch.n_atoms, 1).astype(t_emb.dtype))
+    h = nn.Dense(self.hidden, name='node_embed')(jnp.concatenate(
+        [node, t_emb, log_count[batch.graph_index][:, None]], -1))
 
     lattice = batch.lattice
     gram = jnp.einsum('gij,gkj->gik', lattice, lattice).reshape(g, 9)
-    delta = batch.frac[nbrs.senders] - batch.frac[nbrs.receivers]
-    edge_features = fourier_features(delta, self.num_freqs)
+    pairs = edge_features = None
+    if nbrs.dense_block is not None and not self.distance_basis and use_pair_symmetry:
+      pairs = pair_fourier(batch, nbrs.dense_block, self.num_freqs)
+    else:
+      delta = batch.frac[nbrs.senders] - batch.frac[nbrs.receivers]
+      edge_features = fourier_features(delta, self.num_freqs)
     if self.distance_basis:
       vec = neighbors.edge_vectors(batch.frac, batch.atom_lattice(), nbrs)
       edge_features = jnp.concatenate(
@@ -175,7 +235,7 @@ class CSPNet(nn.Module):
 
     for layer in range(self.num_layers):
       h = CSPLayer(self.hidden, name=f'layer_{layer}')(
-          h, gram, edge_features, batch.graph_index, nbrs)
+          h, gram, edge_features, batch.graph_index, nbrs, pairs)
     h = nn.LayerNorm(name='final_norm')(h)
 
     atom_mask = batch.atom_mask[:, None]
