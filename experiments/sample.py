@@ -25,7 +25,8 @@ flags.DEFINE_string('atom_counts_from', '',
                     "run's training data).")
 flags.DEFINE_integer('batch_size', 256, 'Structures per sampling batch.')
 flags.DEFINE_float('step_lr', 1e-5, 'Langevin corrector step scale.')
-flags.DEFINE_integer('corrector_steps', 1, '0: predictor only; 1: predictor-corrector.')
+flags.DEFINE_integer('corrector_steps', 1,
+                     'Langevin corrector steps per noise level (0: predictor only).')
 flags.DEFINE_integer('seed', 0, 'Sampling seed.')
 flags.DEFINE_string('out', None, 'Output folder.')
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')

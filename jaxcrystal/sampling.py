@@ -86,7 +86,8 @@ def get_sampler(spec: diffusion.DiffusionSpec, step_lr: float = 1e-5,
   Args:
     spec: the model.
     step_lr: Langevin step scale of the coordinate corrector.
-    corrector_steps: 0 (predictor only) or 1 (predictor-corrector).
+    corrector_steps: Langevin corrector steps per noise level (0: predictor
+      only; DiffCSP uses 1). Each costs one network call.
     trajectory_every: if k > 0, also return the state every k steps
       (T must be divisible by k); trajectory arrays are `[T / k, ...]`.
 
@@ -97,8 +98,8 @@ def get_sampler(spec: diffusion.DiffusionSpec, step_lr: float = 1e-5,
   config = spec.config
   T = config.num_steps
   task = config.task
-  if corrector_steps not in (0, 1):
-    raise ValueError('corrector_steps must be 0 or 1')
+  if corrector_steps < 0:
+    raise ValueError(f'corrector_steps must be >= 0, got {corrector_steps}')
   if trajectory_every and T % trajectory_every:
     raise ValueError(f'num_steps {T} is not divisible by trajectory_every '
                      f'{trajectory_every}')
@@ -155,11 +156,13 @@ def get_sampler(spec: diffusion.DiffusionSpec, step_lr: float = 1e-5,
     t_atom = jnp.full((n,), t, jnp.int32)
     sigma = sig_sched.sigmas[t]
     sigma_prev = sig_sched.sigmas[t - 1]
-    if corrector_steps:
+    def correct(state, rng_k):
       score, _, _ = coord_score(params, template, state, t_graph, t_atom)
-      x, _ = langevin_corrector(r_c, coords_of(template, state), score, sigma,
+      x, _ = langevin_corrector(rng_k, coords_of(template, state), score, sigma,
                                 sigma_min, step_lr, (t > 1).astype(score.dtype))
-      state = state.replace(frac=move_coords(template, state, x))
+      return state.replace(frac=move_coords(template, state, x)), None
+    if corrector_steps:
+      state, _ = jax.lax.scan(correct, state, jax.random.split(r_c, corrector_steps))
     score, eps_l, eps_a = coord_score(params, template, state, t_graph, t_atom)
     x, _ = ve_predictor(r_x, coords_of(template, state), score, sigma, sigma_prev)
     state = state.replace(frac=move_coords(template, state, x))

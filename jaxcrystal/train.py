@@ -196,11 +196,15 @@ def load_structures(path: str, config: TrainConfig):
   if path == 'builtin':
     s = datasets.builtin_structures()
     return s, f'builtin: {len(s)} structures'
-  structures, report = io_lib.read_structures(
-      path, skip_bad=config.skip_bad, max_atoms=config.max_atoms) if not \
-      path.endswith('.csv') else io_lib.read_cdvae_csv(
-          path, skip_bad=config.skip_bad, max_atoms=config.max_atoms,
-          cache_dir=config.cache_dir or None)
+  if path.endswith('.csv'):
+    structures, report = io_lib.read_cdvae_csv(
+        path, skip_bad=config.skip_bad, max_atoms=config.max_atoms,
+        cache_dir=config.cache_dir or None, progress=config.progress)
+  else:
+    structures, report = io_lib.read_structures(
+        path, skip_bad=config.skip_bad, max_atoms=config.max_atoms)
+  if not structures:
+    raise io_lib.DataError(f'{path}: no usable structures\n{report.summary()}')
   return structures, report.summary()
 
 

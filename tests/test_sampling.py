@@ -71,6 +71,18 @@ def test_sampler_reproducible_and_masks_padding(task):
                                 np.asarray(template.frac)[~np.asarray(template.atom_mask)])
 
 
+@pytest.mark.parametrize('corrector_steps', [0, 2])
+def test_corrector_steps_change_the_sample(corrector_steps):
+  spec, params, template = _setup('csp')
+  base, _ = jax.jit(sampling.get_sampler(spec))(jax.random.PRNGKey(0), params, template)
+  other, _ = jax.jit(sampling.get_sampler(spec, corrector_steps=corrector_steps))(
+      jax.random.PRNGKey(0), params, template)
+  chex.assert_tree_all_finite(other)
+  assert not np.allclose(base.frac[base.atom_mask], other.frac[other.atom_mask])
+  with pytest.raises(ValueError, match='corrector_steps'):
+    sampling.get_sampler(spec, corrector_steps=-1)
+
+
 def test_trajectory_every_k_steps():
   spec, params, template = _setup('csp')
   sample = jax.jit(sampling.get_sampler(spec, trajectory_every=5))
