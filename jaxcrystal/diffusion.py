@@ -23,6 +23,7 @@ from jaxcrystal import batch as batch_lib
 from jaxcrystal import forward
 from jaxcrystal import networks
 from jaxcrystal import neighbors
+from jaxcrystal import schedules
 
 TASKS = ('csp', 'dng', 'cartesian')
 
@@ -169,7 +170,7 @@ def get_loss_fn(spec: DiffusionSpec, weights: LossWeights = LossWeights()):
   def loss_fn(rng, params, batch: batch_lib.CrystalBatch):
     batch.validate_shapes()
     rng_t, rng_l, rng_f, rng_a = jax.random.split(rng, 4)
-    t = jax.random.randint(rng_t, (batch.num_graph_slots,), 1, T + 1)
+    t = schedules.sample_timesteps(rng_t, batch.num_graph_slots, T)
     t_atom = t[batch.graph_index]
     gmask, amask = batch.graph_mask, batch.atom_mask
     aux = {}

@@ -4,6 +4,7 @@ Used by `experiments/sample.py` and the quickstart.
 """
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -33,7 +34,6 @@ def load_run(workdir: str | Path, which: str = 'best', use_ema: bool = True):
   if not config_path.is_file():
     raise FileNotFoundError(f'{workdir}: no config.json; is this a training '
                             'workdir (--workdir of train_ddpm.py)?')
-  import json
   config = train.TrainConfig.from_dict(json.loads(config_path.read_text()))
   spec = diffusion.build(config.model)
   example = _example_batch()
