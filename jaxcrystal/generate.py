@@ -21,7 +21,6 @@ from jaxcrystal import diffusion
 from jaxcrystal import io as io_lib
 from jaxcrystal import sampling
 from jaxcrystal import train
-from jaxcrystal import validation
 
 
 def load_run(workdir: str | Path, which: str = 'best', use_ema: bool = True):
@@ -98,8 +97,7 @@ def write_samples(outdir: str | Path, structures: Sequence[ase.Atoms],
       'mean_coordination_mean': float(np.nanmean(arrays['mean_coordination'])),
   }
   reasons = {}
-  for s in structures:
-    reason = validation.structure_summary(s).reason
+  for reason in arrays['reason']:
     if reason:  # group by the reason's words, numbers masked
       key = re.sub(r'-?\d[\d.e+-]*', '#', reason)
       reasons[key] = reasons.get(key, 0) + 1

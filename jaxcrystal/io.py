@@ -321,7 +321,8 @@ def write_npz(path, structures: Sequence[ase.Atoms], **extra) -> dict:
   `frac_coords [T, 3]`, `atom_types [T]`, `num_atoms [S]`, `lattices [S, 3, 3]`
   (Angstrom), `lengths [S, 3]`, `angles [S, 3]` (degrees), `valid [S]`,
   `min_distance [S]` (Angstrom), `density [S]` (g/cm^3), `volume [S]`
-  (Angstrom^3), `mean_coordination [S]`; plus any `extra` arrays.
+  (Angstrom^3), `mean_coordination [S]`, `reason [S]` (why invalid, '' if
+  valid); plus any `extra` arrays.
   Returns the dict written.
   """
   arrays = _atoms_to_arrays(structures)
@@ -333,7 +334,8 @@ def write_npz(path, structures: Sequence[ase.Atoms], **extra) -> dict:
       min_distance=np.array([s.min_distance for s in summaries]),
       density=np.array([s.density for s in summaries]),
       volume=np.array([s.volume for s in summaries]),
-      mean_coordination=np.array([s.mean_coordination for s in summaries]))
+      mean_coordination=np.array([s.mean_coordination for s in summaries]),
+      reason=np.array([s.reason for s in summaries], dtype=str))
   arrays.update(extra)
   with atomic_path(path) as tmp:
     with open(tmp, 'wb') as f:

@@ -8,12 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import ase
+import jax
 import numpy as np
 
+from jaxcrystal import batch as batch_lib
 from jaxcrystal import datasets
 from jaxcrystal import descriptors
 from jaxcrystal import generate
 from jaxcrystal import io as io_lib
+from jaxcrystal import neighbors
 from jaxcrystal import plots
 from jaxcrystal import train
 from jaxcrystal import validation
@@ -68,13 +71,13 @@ def run_quickstart(config: train.TrainConfig, workdir: str | Path,
 
 
 def _plots(workdir: Path, real, samples) -> None:
-  import jax
-  from jaxcrystal import batch as batch_lib
-  from jaxcrystal import neighbors
-
   def rdf(group):
     b = batch_lib.to_device(batch_lib.batch_from_atoms(group))
-    nbrs = neighbors.radius_graph(b, 6.0, 4, 64 * b.num_atom_slots * 8)
+    max_image = neighbors.estimate_max_image(b.lattice, 6.0)
+    capacity = neighbors.estimate_capacity(b, 6.0, max_image)
+    nbrs = neighbors.radius_graph(b, 6.0, max_image, capacity)
+    if nbrs.did_overflow():
+      raise RuntimeError('RDF radius graph overflowed its capacity')
     r, g = descriptors.radial_distribution(b, nbrs, 6.0, 120)
     g = np.asarray(jax.device_get(g))[np.asarray(b.graph_mask)]
     return np.asarray(r), g.mean(0)
@@ -90,11 +93,13 @@ def _plots(workdir: Path, real, samples) -> None:
       curves[f'{symbol} generated ({len(gen)})'] = rdf(gen)[1]
   plots.plot_rdf(r, curves, workdir / 'samples' / 'rdf_real_vs_generated.png',
                  title='RDF: training vs generated (passing samples)')
-  summaries = [validation.structure_summary(s) for s in samples]
+  with np.load(workdir / 'samples' / 'samples.npz') as arrays:  # from write_samples
+    histograms = {'density (g/cm^3)': arrays['density'],
+                  'min distance (A)': arrays['min_distance'],
+                  'mean coordination': arrays['mean_coordination']}
   plots.plot_histograms(
-      {'density (g/cm^3)': [s.density for s in summaries],
-       'min distance (A)': [s.min_distance for s in summaries],
-       'mean coordination': [s.mean_coordination for s in summaries]},
+      histograms,
       workdir / 'samples' / 'batch_histograms.png', title='Generated structures')
-  io_lib.write_extxyz(workdir / 'samples' / 'passing.extxyz',
-                      [s for s in samples if s.info.get('prototype_ok')] or samples[:1])
+  passing = [s for s in samples if s.info.get('prototype_ok')]
+  if passing:
+    io_lib.write_extxyz(workdir / 'samples' / 'passing.extxyz', passing)
