@@ -44,12 +44,16 @@ class BucketedDataset:
     self.sizes = sizes
     self.bucket_of = np.searchsorted(np.array(edges), sizes)
     self.members = [np.flatnonzero(self.bucket_of == b) for b in range(len(edges))]
-    self.budgets = [self._budget(edge) for edge in edges]
+    # A bucket smaller than a batch gets a budget of its own size: padding a
+    # lone 16-atom crystal to a full batch would waste most of its step.
+    self.budgets = [self._budget(edge, min(self.batch_size, len(m)))
+                    for edge, m in zip(edges, self.members)]
 
-  def _budget(self, max_per_graph: int) -> batch_lib.Budget:
+  def _budget(self, max_per_graph: int, per_batch: int) -> batch_lib.Budget:
     d = self.num_devices
-    graphs = int(np.ceil((self.batch_size + 1) / d) * d)
-    atoms = int(np.ceil((self.batch_size * max_per_graph + 1) / (8 * d)) * 8 * d)
+    per_batch = max(per_batch, 1)
+    graphs = int(np.ceil((per_batch + 1) / d) * d)
+    atoms = int(np.ceil((per_batch * max_per_graph + 1) / (8 * d)) * 8 * d)
     return batch_lib.Budget(graphs, atoms, max_per_graph)
 
   def steps_per_epoch(self) -> int:
@@ -58,6 +62,15 @@ class BucketedDataset:
 
   def epoch_plan(self, seed: int, epoch: int) -> list[tuple[int, np.ndarray]]:
     """The (bucket, indices) of every batch of one epoch, in order."""
+    # Memoised for the current epoch only: it is asked for at every step.
+    cached = getattr(self, '_plan_cache', None)
+    if cached is not None and cached[0] == (seed, epoch):
+      return cached[1]
+    plan = self._make_plan(seed, epoch)
+    self._plan_cache = ((seed, epoch), plan)
+    return plan
+
+  def _make_plan(self, seed: int, epoch: int) -> list[tuple[int, np.ndarray]]:
     rng = np.random.default_rng([seed, epoch])
     plan = []
     for b, members in enumerate(self.members):

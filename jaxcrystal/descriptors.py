@@ -1,8 +1,12 @@
 """Structure descriptors from periodic graphs: RDF and coordination numbers."""
 from __future__ import annotations
 
+from typing import Sequence
+
+import ase
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxcrystal import batch as batch_lib
 from jaxcrystal import neighbors
@@ -63,3 +67,34 @@ def radial_distribution(batch: batch_lib.CrystalBatch,
   shell = 4.0 / 3.0 * jnp.pi * (edges[1:]**3 - edges[:-1]**3)
   g = hist / (n[:, None] * (n / vol)[:, None] * shell[None, :])
   return centres, jnp.where(batch.graph_mask[:, None], g, 0.0)
+
+
+def mean_rdf(structures: Sequence[ase.Atoms], cutoff: float = 6.0,
+             bins: int = 120, max_image: int = 3) -> tuple[np.ndarray, np.ndarray]:
+  """Mean g(r) over host structures: (r `[bins]` Angstrom, g `[bins]`).
+
+  Builds one padded batch and a radius graph sized by estimate. Cells so thin
+  that the cutoff spans more than `max_image` periodic images along an axis
+  (failed samples: needles and sheets) are left out, since one of them would
+  set the image grid of the whole batch. Raises ValueError if none is left.
+  """
+  def images_needed(atoms):
+    cell = np.asarray(atoms.cell[:], float)
+    normals = np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]])
+    spacing = abs(np.linalg.det(cell)) / np.maximum(np.linalg.norm(normals, axis=1),
+                                                   1e-12)
+    return np.ceil(cutoff / np.maximum(spacing, 1e-12)).max()
+  kept = [a for a in structures if np.all(np.isfinite(a.positions)) and
+          np.all(np.isfinite(a.cell[:])) and images_needed(a) <= max_image]
+  if not kept:
+    raise ValueError(f'mean_rdf: none of {len(structures)} structures has a cell '
+                     f'within {max_image} images of the {cutoff} A cutoff')
+  b = batch_lib.to_device(batch_lib.batch_from_atoms(kept))
+  max_image = neighbors.estimate_max_image(b.lattice, cutoff)
+  capacity = neighbors.estimate_capacity(b, cutoff, max_image)
+  nbrs = neighbors.radius_graph(b, cutoff, max_image, capacity)
+  if nbrs.did_overflow():
+    raise RuntimeError('RDF radius graph overflowed its capacity')
+  r, g = radial_distribution(b, nbrs, cutoff, bins)
+  g = np.asarray(jax.device_get(g))[np.asarray(b.graph_mask)]
+  return np.asarray(r), g.mean(0)

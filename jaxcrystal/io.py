@@ -321,21 +321,18 @@ def write_npz(path, structures: Sequence[ase.Atoms], **extra) -> dict:
   `frac_coords [T, 3]`, `atom_types [T]`, `num_atoms [S]`, `lattices [S, 3, 3]`
   (Angstrom), `lengths [S, 3]`, `angles [S, 3]` (degrees), `valid [S]`,
   `min_distance [S]` (Angstrom), `density [S]` (g/cm^3), `volume [S]`
-  (Angstrom^3), `mean_coordination [S]`, `reason [S]` (why invalid, '' if
-  valid); plus any `extra` arrays.
+  (Angstrom^3), `volume_per_atom [S]`, `mean_coordination [S]`, `reason [S]`
+  (why invalid, '' if valid), `space_group [S]` and `space_group_symbol [S]`
+  (spglib, symprec 0.1 A; 0 and '' when undetermined); plus any `extra` arrays.
   Returns the dict written.
   """
   arrays = _atoms_to_arrays(structures)
-  summaries = [validation.structure_summary(a) for a in structures]
+  summary = validation.summary_arrays(structures)
+  summary.pop('n_atoms')  # num_atoms already holds it
   arrays.update(
       lengths=np.array([a.cell.lengths() for a in structures]).reshape(-1, 3),
       angles=np.array([a.cell.angles() for a in structures]).reshape(-1, 3),
-      valid=np.array([s.valid for s in summaries], bool),
-      min_distance=np.array([s.min_distance for s in summaries]),
-      density=np.array([s.density for s in summaries]),
-      volume=np.array([s.volume for s in summaries]),
-      mean_coordination=np.array([s.mean_coordination for s in summaries]),
-      reason=np.array([s.reason for s in summaries], dtype=str))
+      **summary)
   arrays.update(extra)
   with atomic_path(path) as tmp:
     with open(tmp, 'wb') as f:

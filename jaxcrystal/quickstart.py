@@ -16,8 +16,9 @@ from jaxcrystal import datasets
 from jaxcrystal import descriptors
 from jaxcrystal import generate
 from jaxcrystal import io as io_lib
-from jaxcrystal import neighbors
 from jaxcrystal import plots
+from jaxcrystal import process_views
+from jaxcrystal import structure_plots
 from jaxcrystal import train
 from jaxcrystal import validation
 
@@ -66,31 +67,40 @@ def run_quickstart(config: train.TrainConfig, workdir: str | Path,
       'sampling_s': timing['sample_s'],
       'train': train_summary,
   })
-  _plots(workdir, structures, samples)
+  _plots(workdir, structures, samples, summary)
+  _process_plots(workdir, spec, params, structures, seed, step_lr)
   return summary
 
 
-def _plots(workdir: Path, real, samples) -> None:
-  def rdf(group):
-    b = batch_lib.to_device(batch_lib.batch_from_atoms(group))
-    max_image = neighbors.estimate_max_image(b.lattice, 6.0)
-    capacity = neighbors.estimate_capacity(b, 6.0, max_image)
-    nbrs = neighbors.radius_graph(b, 6.0, max_image, capacity)
-    if nbrs.did_overflow():
-      raise RuntimeError('RDF radius graph overflowed its capacity')
-    r, g = descriptors.radial_distribution(b, nbrs, 6.0, 120)
-    g = np.asarray(jax.device_get(g))[np.asarray(b.graph_mask)]
-    return np.asarray(r), g.mean(0)
+def _process_plots(workdir: Path, spec, params, structures, seed, step_lr) -> None:
+  """Schedule analysis, forward process and one sampling trajectory."""
+  out = workdir / 'samples'
+  structure_plots.plot_schedule(
+      spec.lattice_process.schedule.betas, spec.lattice_process.schedule.alpha_bars,
+      spec.frac_process.schedule.sigmas, out / 'schedule.png')
+  diamond = next(s for s in structures if s.info.get('base') == 'diamond')
+  rng = jax.random.PRNGKey(seed)
+  frames, labels = process_views.forward_snapshots(rng, spec, diamond)
+  structure_plots.plot_structure_snapshots(
+      frames, labels, out / 'forward_process.png',
+      title=f'Forward process: {diamond.get_chemical_formula()} (diamond)')
+  frames, labels = process_views.sampling_trajectory(
+      jax.random.fold_in(rng, 1), spec, params, diamond.numbers, step_lr=step_lr)
+  structure_plots.plot_structure_snapshots(
+      frames, labels, out / 'reverse_process.png',
+      title=f'Reverse process: sampling {diamond.get_chemical_formula()}')
 
+
+def _plots(workdir: Path, real, samples, summary) -> None:
   curves = {}
   for symbol in ELEMENT_COORDINATION:
     gen = [s for s in samples if s.get_chemical_symbols()[0] == symbol and
            s.info.get('prototype_ok')]
     ref = [s for s in real if s.get_chemical_symbols()[0] == symbol]
-    r, g = rdf(ref)
+    r, g = descriptors.mean_rdf(ref)
     curves[f'{symbol} training'] = g
-    if gen:
-      curves[f'{symbol} generated ({len(gen)})'] = rdf(gen)[1]
+    if gen:  # passing samples have sensible cells
+      curves[f'{symbol} generated ({len(gen)})'] = descriptors.mean_rdf(gen)[1]
   plots.plot_rdf(r, curves, workdir / 'samples' / 'rdf_real_vs_generated.png',
                  title='RDF: training vs generated (passing samples)')
   with np.load(workdir / 'samples' / 'samples.npz') as arrays:  # from write_samples
@@ -100,6 +110,23 @@ def _plots(workdir: Path, real, samples) -> None:
   plots.plot_histograms(
       histograms,
       workdir / 'samples' / 'batch_histograms.png', title='Generated structures')
+  with np.load(workdir / 'samples' / 'samples.npz') as arrays:
+    structure_plots.plot_batch_analysis(
+        dict(arrays), samples, workdir / 'samples' / 'batch_analysis.png',
+        title='Quickstart samples')
+  shown = {'prototype match': summary['prototype_match_fraction'],
+           'valid (min dist 0.5 A)': summary['valid_fraction'],
+           'mean density (g/cm^3)': summary['density_mean'],
+           'samples': summary['num_samples']}
+  # One ideal crystal per element beside a passing sample of the same element.
+  shown_real = real[::len(datasets.VARIANTS)]
+  pool = [s for s in samples if s.info.get('prototype_ok')] or samples
+  shown_generated = [next((s for s in pool if s.get_chemical_symbols()[0] ==
+                           ref.get_chemical_symbols()[0]), pool[0])
+                     for ref in shown_real]
+  structure_plots.plot_real_vs_generated(
+      shown_real, shown_generated, r, curves, shown, workdir / 'samples' / 'real_vs_generated.png',
+      title='Built-in crystals against quickstart samples')
   passing = [s for s in samples if s.info.get('prototype_ok')]
   if passing:
     io_lib.write_extxyz(workdir / 'samples' / 'passing.extxyz', passing)

@@ -6,6 +6,7 @@ the per-structure fields written to `.npz` and JSON summaries.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import ase
 import numpy as np
@@ -17,6 +18,7 @@ AMU_PER_A3_TO_G_PER_CM3 = 1.66053906660
 DEFAULT_MIN_DISTANCE = 0.5  # Angstrom, the field's structural-validity cutoff
 DEFAULT_MIN_VOLUME = 1e-3   # Angstrom^3; anything smaller is a degenerate cell
 MAX_IMAGES = 20000          # image budget of one coordination count
+MAX_SYMMETRY_LENGTH = 1000.0  # Angstrom; longer lattice vectors get no space group
 
 
 class StructureError(ValueError):
@@ -112,6 +114,8 @@ class StructureSummary:
   mean_coordination: float
   valid: bool
   reason: str              # '' when valid
+  space_group: int         # international number by spglib; 0 if undetermined
+  space_group_symbol: str  # Hermann-Mauguin symbol; '' if undetermined
 
 
 def _safe_mean_coordination(atoms, shell_tolerance, reason) -> float:
@@ -123,6 +127,41 @@ def _safe_mean_coordination(atoms, shell_tolerance, reason) -> float:
     return float(coordination_by_nearest_shell(atoms, shell_tolerance).mean())
   except StructureError:
     return float('nan')
+
+
+def space_group(atoms: ase.Atoms, symprec: float = 0.1) -> tuple[int, str]:
+  """(international number, Hermann-Mauguin symbol) by spglib with tolerance
+  `symprec` Angstrom (0.1, as CDVAE/DiffCSP analyses); (0, '') when spglib
+  finds none, as for an overlapping or degenerate sample."""
+  import spglib
+  lattice = np.asarray(atoms.cell[:], float)
+  lengths = np.linalg.norm(lattice, axis=1)
+  # spglib can crash (not raise) on absurd cells such as an untrained model's
+  # 1e5 A needles; symmetry is meaningless there anyway.
+  if (not np.all(np.isfinite(lattice)) or lengths.max() > MAX_SYMMETRY_LENGTH or
+      abs(np.linalg.det(lattice)) < 1e-3 * np.prod(lengths)):
+    return 0, ''
+  cell = (lattice, atoms.get_scaled_positions(wrap=True), atoms.numbers)
+  try:
+    with warnings.catch_warnings():  # spglib's deprecation notice, per call
+      warnings.simplefilter('ignore', DeprecationWarning)
+      dataset = spglib.get_symmetry_dataset(cell, symprec=symprec)
+  except Exception:  # spglib raises on degenerate cells in recent versions
+    dataset = None
+  if dataset is None:
+    return 0, ''
+  return int(dataset.number), str(dataset.international)
+
+
+def summary_arrays(structures) -> dict[str, np.ndarray]:
+  """`structure_summary` of every structure as arrays `[S]` keyed by field."""
+  summaries = [structure_summary(a) for a in structures]
+  fields = [f.name for f in dataclasses.fields(StructureSummary)]
+  out = {name: np.array([getattr(s, name) for s in summaries]) for name in fields}
+  out['reason'] = out['reason'].astype(str)
+  out['space_group_symbol'] = out['space_group_symbol'].astype(str)
+  out['valid'] = out['valid'].astype(bool)
+  return out
 
 
 def structure_summary(atoms: ase.Atoms,
@@ -138,6 +177,7 @@ def structure_summary(atoms: ase.Atoms,
       np.isfinite(atoms.cell[:]))
   vol = float(abs(np.linalg.det(atoms.cell[:]))) if finite else float('nan')
   usable = finite and vol > DEFAULT_MIN_VOLUME and len(atoms) > 0
+  sg_number, sg_symbol = space_group(atoms) if usable and not reason else (0, '')
   return StructureSummary(
       n_atoms=len(atoms), volume=vol,
       volume_per_atom=vol / max(len(atoms), 1),
@@ -145,4 +185,5 @@ def structure_summary(atoms: ase.Atoms,
       min_distance=(min_interatomic_distance(atoms)
                     if usable and len(atoms) else float('nan')),
       mean_coordination=_safe_mean_coordination(atoms, shell_tolerance, reason),
-      valid=not reason, reason=reason)
+      valid=not reason, reason=reason,
+      space_group=sg_number, space_group_symbol=sg_symbol)

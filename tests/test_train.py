@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = diffusion.ModelConfig(hidden=16, num_layers=1, num_freqs=4, time_dim=8,
                                    num_steps=50)
 TINY_FLAGS = ['--hidden=16', '--num_layers=1', '--num_freqs=4', '--time_dim=8',
-              '--num_steps=50', '--batch_size=7', '--progress=false']
+              '--num_steps=50', '--batch_size=7', '--num_buckets=1', '--progress=false']
 
 
 def _state_and_step(task='csp', lr=3e-3):

@@ -1,0 +1,123 @@
+"""Evaluation pipeline: grouping, the evaluate.py CLI, and every figure."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxcrystal import datasets
+from jaxcrystal import diffusion
+from jaxcrystal import evaluation
+from jaxcrystal import io as io_lib
+from jaxcrystal import process_views
+from jaxcrystal import structure_plots
+from jaxcrystal import validation
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rattled(structures, sigma, seed):
+  rng = np.random.default_rng(seed)
+  out = []
+  for a in structures:
+    b = a.copy()
+    b.positions += rng.normal(0, sigma, b.positions.shape)
+    out.append(b)
+  return out
+
+
+def test_group_predictions_checks_order_and_counts():
+  test = datasets.builtin_structures()[:3]
+  samples = [s for s in test for _ in range(2)]
+  groups = evaluation.group_predictions(samples, test)
+  assert [len(g) for g in groups] == [2, 2, 2]
+  with pytest.raises(ValueError, match='not a multiple'):
+    evaluation.group_predictions(samples[:-1], test)
+  shuffled = [datasets.builtin_structures()[10]] + samples[1:]  # Fe2 where Al4 is due
+  with pytest.raises(ValueError, match='sample 0 has composition Fe2'):
+    evaluation.group_predictions(shuffled, test)
+
+
+def test_evaluate_cli_csp_end_to_end(tmp_path):
+  # Low-symmetry targets: StructureMatcher reduces an ideal fcc cell to its
+  # one-atom primitive cell, which a noisy 4-atom prediction cannot match.
+  test = _rattled(datasets.builtin_structures(), 0.3, 5)
+  io_lib.write_extxyz(tmp_path / 'test.extxyz', test)
+  # K = 2: a badly perturbed and a mildly perturbed prediction per test row.
+  bad, good = _rattled(test, 0.08, 0), _rattled(test, 0.01, 1)
+  io_lib.write_npz(tmp_path / 'samples.npz', [s for pair in zip(bad, good) for s in pair])
+  cmd = [sys.executable, str(ROOT / 'experiments' / 'evaluate.py'),
+         f'--samples={tmp_path / "samples.npz"}', f'--test_csv={tmp_path / "test.extxyz"}',
+         '--task=csp', f'--out={tmp_path / "out"}', '--workers=1', '--noprogress']
+  done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  result = json.loads((tmp_path / 'out' / 'metrics.json').read_text())
+  assert result['k'] == 2 and result['match_rate_k'] >= 0.9
+  # The first prediction of each pair is the worse one: best of 2 beats it.
+  assert result['match_rate'] <= result['match_rate_k']
+  assert 0 < result['rmse_k'] < result['rmse']
+  table = (tmp_path / 'out' / 'metrics.md').read_text()
+  assert '| jaxcrystal | ' in table and 'DiffCSP (published' in table
+  for name in ('batch_analysis.png', 'real_vs_generated.png'):
+    assert (tmp_path / 'out' / name).stat().st_size > 10_000
+  missing = subprocess.run(cmd[:2] + ['--samples=/nonexistent.npz'] + cmd[3:],
+                           capture_output=True, text=True, timeout=120)
+  assert missing.returncode != 0 and '--samples must be an existing file' in missing.stderr
+
+
+@pytest.fixture(scope='module')
+def tiny_spec():
+  return diffusion.build(diffusion.ModelConfig(hidden=16, num_layers=1, num_freqs=4,
+                                               time_dim=8, num_steps=20))
+
+
+def test_forward_snapshots_follow_the_schedule(tiny_spec):
+  diamond = datasets.builtin_structures()[14]
+  frames, labels = process_views.forward_snapshots(jax.random.PRNGKey(0), tiny_spec,
+                                                   diamond)
+  assert len(frames) == len(labels) == 5 and labels[0].startswith('t = 0')
+  np.testing.assert_allclose(frames[0].positions, diamond.positions)
+  def moved_by(frame):  # largest periodic fractional displacement
+    d = frame.get_scaled_positions() - diamond.get_scaled_positions()
+    return np.abs(d - np.round(d)).max()
+  moved = [moved_by(f) for f in frames[1:]]
+  assert moved[0] < 0.05 and moved[-1] > 0.1  # small noise first, then large
+  assert not np.allclose(frames[-1].cell[:], diamond.cell[:])  # the lattice is noised too
+
+
+def test_sampling_trajectory_ends_at_a_sample(tiny_spec, keys):
+  from jaxcrystal import batch as batch_lib
+  diamond = datasets.builtin_structures()[14]
+  params = diffusion.init_params(tiny_spec, next(keys),
+                                 batch_lib.to_device(batch_lib.batch_from_atoms([diamond])))
+  frames, labels = process_views.sampling_trajectory(next(keys), tiny_spec, params,
+                                                     diamond.numbers)
+  assert len(frames) == 5 and labels[-1].startswith('step 20 of 20')
+  assert all(len(f) == 8 for f in frames)
+  assert not np.allclose(frames[0].positions, frames[-1].positions)
+
+
+def test_every_figure_is_written(tmp_path, tiny_spec):
+  real = datasets.builtin_structures()
+  generated = _rattled(real, 0.3, 0)
+  generated[0].positions[1] = generated[0].positions[0]  # one invalid sample
+  sched = tiny_spec.lattice_process.schedule
+  paths = [
+      structure_plots.plot_schedule(sched.betas, sched.alpha_bars,
+                                    tiny_spec.frac_process.schedule.sigmas,
+                                    tmp_path / 'schedule.png'),
+      structure_plots.plot_structure_snapshots(real[:3], ['a', 'b', 'c'],
+                                               tmp_path / 'snapshots.png', 'x'),
+      structure_plots.plot_real_vs_generated(
+          real, generated, np.linspace(0, 6, 10), {'g': np.ones(10)}, {'rate': 0.5},
+          tmp_path / 'real_vs_generated.png'),
+      structure_plots.plot_batch_analysis(validation.summary_arrays(generated),
+                                          generated, tmp_path / 'batch.png'),
+  ]
+  for path in paths:
+    assert path.stat().st_size > 10_000
+  with pytest.raises(ValueError, match='3 frames and 2 labels'):
+    structure_plots.plot_structure_snapshots(real[:3], ['a', 'b'], tmp_path / 'x.png', '')

@@ -1,0 +1,36 @@
+"""Per-structure physics validation: space groups and batched summaries."""
+import numpy as np
+from ase import Atoms
+from ase.build import bulk
+
+from jaxcrystal import validation
+
+
+def test_space_groups_of_prototypes_and_absurd_cells():
+  assert validation.space_group(bulk('Al', 'fcc', a=4.05)) == (225, 'Fm-3m')
+  assert validation.space_group(bulk('Fe', 'bcc', a=2.87, cubic=True)) == (229, 'Im-3m')
+  assert validation.space_group(bulk('C', 'diamond', a=3.57)) == (227, 'Fd-3m')
+  rattled = bulk('Al', 'fcc', a=4.05, cubic=True)
+  rattled.rattle(0.3, seed=0)
+  assert validation.space_group(rattled) == (1, 'P1')
+  assert validation.space_group(rattled, symprec=1.0)[0] > 1  # tolerance matters
+  # An untrained model's needle cell: no crash, no space group.
+  needle = Atoms('Fe2', cell=[[1.6e5, 0, 0], [-1.2e5, 1e3, 0], [0, 0, 1.1e5]],
+                 scaled_positions=[[0.1, 0.5, 0.1], [0.7, 0.9, 0.4]], pbc=True)
+  assert validation.space_group(needle) == (0, '')
+
+
+def test_summary_arrays_of_a_batch():
+  good = bulk('Cu', 'fcc', a=3.6, cubic=True)
+  bad = good.copy()
+  bad.positions[1] = bad.positions[0] + [0.2, 0, 0]
+  arrays = validation.summary_arrays([good, bad])
+  assert arrays['valid'].tolist() == [True, False]
+  assert arrays['reason'][0] == '' and 'overlap' in arrays['reason'][1]
+  assert arrays['space_group'].tolist() == [225, 0]
+  np.testing.assert_allclose(arrays['volume'], [3.6**3, 3.6**3])
+  np.testing.assert_allclose(arrays['volume_per_atom'][0], 3.6**3 / 4)
+  np.testing.assert_allclose(arrays['density'][0], 4 * 63.546 / 3.6**3 * 1.66054,
+                             rtol=1e-4)  # g/cm^3 of 4 Cu atoms in the cube
+  assert arrays['mean_coordination'][0] == 12 and np.isnan(arrays['mean_coordination'][1])
+  np.testing.assert_allclose(arrays['min_distance'][0], 3.6 / np.sqrt(2))
