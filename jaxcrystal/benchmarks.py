@@ -126,3 +126,27 @@ def benchmark_csp_model(structures, hidden: int, num_layers: int, num_freqs: int
                sample_structures_per_s=len(comps) / timing['sample_s'])
   print(row, flush=True)
   return row
+
+
+def benchmark_healing_step(model, params, config, repeats_per_side, repeats: int = 3,
+                           sigma: float = 0.05, seed: int = 0) -> list[dict]:
+  """Time one healing step (denoiser call and update, cell-list graph built
+  beforehand) on damaged supercells of `4 n^3` atoms (fcc); also the graph
+  build. Best of `repeats` after a warm-up (compilation excluded)."""
+  from jaxcrystal import defects, denoiser, healing
+  heal_one = jax.jit(denoiser.get_healer(model, num_steps=1, tolerance=0.0))
+  rng = np.random.default_rng(seed)
+  rows = []
+  for n in repeats_per_side:
+    atoms = defects.damage(rng, defects.supercell(config.element, config.structure,
+                                                  config.lattice_constant, n), sigma)
+    cutoff = model.config.cutoff + healing.GRAPH_SKIN
+    nbrs = healing.build_graph(atoms, cutoff)
+    frac = jnp.asarray(atoms.get_scaled_positions(wrap=True), jnp.float32)
+    lattice = jnp.asarray(atoms.cell[:], jnp.float32)
+    species = jnp.asarray(atoms.numbers, jnp.int32)
+    step = lambda: jax.block_until_ready(heal_one(params, frac, lattice, species, nbrs))
+    graph = lambda: jax.block_until_ready(healing.build_graph(atoms, cutoff).senders)
+    rows.append(dict(atoms=len(atoms), edges=int(nbrs.num_edges()),
+                     step_s=best_time(step, repeats), graph_s=best_time(graph, repeats)))
+  return rows

@@ -90,7 +90,7 @@ def mean_rdf(structures: Sequence[ase.Atoms], cutoff: float = 6.0,
     raise ValueError(f'mean_rdf: none of {len(structures)} structures has a cell '
                      f'within {max_image} images of the {cutoff} A cutoff')
   b = batch_lib.to_device(batch_lib.batch_from_atoms(kept))
-  max_image = neighbors.estimate_max_image(b.lattice, cutoff)
+  max_image = neighbors.estimate_max_image(b.lattice, cutoff, b.graph_mask)
   capacity = neighbors.estimate_capacity(b, cutoff, max_image)
   nbrs = neighbors.radius_graph(b, cutoff, max_image, capacity)
   if nbrs.did_overflow():

@@ -301,6 +301,18 @@ def write_extxyz(path, structures: Iterable[ase.Atoms]) -> None:
     ase.io.write(tmp, structures, format='extxyz')
 
 
+def write_ase_db(path, structures: Iterable[ase.Atoms]) -> None:
+  """Write structures to an ASE database (SQLite), atomically; `info` keys
+  with plain values become key-value pairs."""
+  import ase.db
+  with atomic_path(path) as tmp:
+    with ase.db.connect(str(tmp), type='db', append=False) as db:
+      for atoms in structures:
+        pairs = {k: v for k, v in atoms.info.items()
+                 if isinstance(v, (int, float, str, bool)) and k.isidentifier()}
+        db.write(atoms, **pairs)
+
+
 def write_cifs(directory, structures: Iterable[ase.Atoms],
                prefix: str = 'structure') -> list[Path]:
   """Write one CIF per structure into `directory` (`{prefix}_{k:05d}.cif`)."""

@@ -99,8 +99,14 @@ def required_images(lattice: jax.Array, cutoff: float) -> jax.Array:
       jnp.int32) + 1
 
 
-def estimate_max_image(lattice: np.ndarray, cutoff: float) -> int:
-  """Host helper: static image range for `radius_graph` over given lattices."""
+def estimate_max_image(lattice: np.ndarray, cutoff: float,
+                       graph_mask: np.ndarray | None = None) -> int:
+  """Host helper: static image range for `radius_graph` over given lattices
+  (only those where `graph_mask` is True: a padding graph's placeholder cell
+  must not set the image grid)."""
+  lattice = np.asarray(lattice)
+  if graph_mask is not None:
+    lattice = lattice[np.asarray(graph_mask, bool)]
   return int(np.max(np.asarray(required_images(jnp.asarray(lattice), cutoff))))
 
 

@@ -49,14 +49,18 @@ def fourier_features(frac_delta: jax.Array, num_freqs: int) -> jax.Array:
   return jnp.concatenate([jnp.sin(x), jnp.cos(x)], axis=-1)
 
 
+def cosine_envelope(d: jax.Array, cutoff: float) -> jax.Array:
+  """1 at d = 0 falling smoothly to 0 at the cutoff (and 0 beyond)."""
+  return jnp.where(d < cutoff, 0.5 * (jnp.cos(jnp.pi * d / cutoff) + 1.0), 0.0)
+
+
 def gaussian_basis(d: jax.Array, num_basis: int, cutoff: float) -> jax.Array:
   """Gaussian radial basis of distances `[E] -> [E, num_basis]`, times a
   smooth cosine envelope so features go to zero at the cutoff."""
   centers = jnp.linspace(0.0, cutoff, num_basis)
   width = cutoff / num_basis
   rbf = jnp.exp(-((d[:, None] - centers[None, :]) / width)**2)
-  envelope = jnp.where(d < cutoff, 0.5 * (jnp.cos(jnp.pi * d / cutoff) + 1.0), 0.0)
-  return rbf * envelope[:, None]
+  return rbf * cosine_envelope(d, cutoff)[:, None]
 
 
 def segment_mean(x: jax.Array, segment_ids: jax.Array, num_segments: int,

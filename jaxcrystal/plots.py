@@ -85,3 +85,24 @@ def plot_training_curve(records: Sequence[dict], path,
     if ax.get_legend_handles_labels()[0]:
       ax.legend(frameon=False, fontsize=8, ncol=2)
     return _save(fig, path)
+
+
+def plot_curve(x: Sequence[float], curves: Mapping[str, Sequence[float]], path, *,
+               xlabel: str, ylabel: str, title: str = '', log_x: bool = False,
+               log_y: bool = False, markers: bool = False) -> Path:
+  """Named y(x) curves on one axis (e.g. RMSD per healing step, time
+  against atom count on log-log axes)."""
+  with plt.rc_context(STYLE):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, y in curves.items():
+      ax.plot(x, y, 'o-' if markers else '-', label=label, lw=1.5, ms=4)
+    if log_x:
+      ax.set_xscale('log')
+    if log_y:
+      ax.set_yscale('log')
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+      ax.set_title(title)
+    ax.legend(frameon=False)
+    return _save(fig, path)
