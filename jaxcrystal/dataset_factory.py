@@ -195,14 +195,16 @@ def sample_one(args) -> tuple[ase.Atoms, int]:
   """(valid structure, redraws) for plan row `index` (a pure function)."""
   seed, index, row, config = args
   rng = np.random.default_rng([seed, index])
+  inner = 0  # retries inside generators (e.g. random crystals) count too
   for redraws in range(MAX_REDRAWS):
     try:
       atoms = _draw(rng, row, config)
     except (RuntimeError, ValueError):  # a generator could not fit the request
       continue
+    inner += atoms.info.pop('rejected_draws', 0)
     if not check(atoms, row['kind'], config):
       atoms.info['sample_index'] = index
-      return atoms, redraws
+      return atoms, redraws + inner
   raise RuntimeError(f'sample {index} ({row}): no valid structure in '
                      f'{MAX_REDRAWS} draws; widen the size range or elements')
 

@@ -140,9 +140,10 @@ def random_symmetric_crystal(rng: np.random.Generator, elements,
   duplicates merged), cell volume set from the atoms' covalent volumes.
   Draws again (up to `tries` times) while the cell has more than `max_atoms`
   atoms or two atoms closer than half a covalent bond."""
-  for _ in range(tries):
+  for attempt in range(tries):
     atoms = _random_symmetric_draw(rng, elements, num_sites)
     if len(atoms) <= max_atoms and min_bond_ratio(atoms) >= 0.5:
+      atoms.info['rejected_draws'] = attempt  # counted by the dataset factory
       return atoms
   raise RuntimeError(f'no valid random crystal in {tries} draws')
 

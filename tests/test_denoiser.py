@@ -71,17 +71,25 @@ def test_permutation_and_the_perfect_lattice_stays_put(model_and_params, damaged
 
 def test_cell_list_and_radius_graph_paths_agree(model_and_params):
   model, params = model_and_params
-  big = defects.damage(np.random.default_rng(1), defects.supercell('Pt', 'fcc', 3.924, 5),
+  # 4x4x4 Pt (15.7 A) is three 4 A bins wide: the cell list applies at 4 A.
+  big = defects.damage(np.random.default_rng(1), defects.supercell('Pt', 'fcc', 3.924, 4),
                        0.05)
-  via_cells = _displacement(model, params, big)  # 19.6 A cell: cell list
+  cutoff = 4.0
+  frac = jnp.asarray(big.get_scaled_positions(), jnp.float32)
+  lattice = jnp.asarray(big.cell[:], jnp.float32)
+  via_cells = healing.build_graph(big, cutoff)
   from jaxcrystal import batch as batch_lib
   from jaxcrystal import neighbors
+  assert via_cells.dense_block is None and via_cells.capacity < 64 * len(big)  # cell list
   b = batch_lib.to_device(batch_lib.batch_from_atoms([big]))
-  cutoff = CONFIG.cutoff + healing.GRAPH_SKIN
   max_image, capacity = denoiser.graph_capacity(b, cutoff)
-  nbrs = neighbors.radius_graph(b, cutoff, max_image, capacity)
-  via_images = np.asarray(model.apply(params, b.frac, b.atom_lattice(), b.species, nbrs))
-  np.testing.assert_allclose(via_cells, via_images[:len(big)], atol=2e-4)
+  via_images = neighbors.radius_graph(b, cutoff, max_image, capacity)
+  assert int(via_cells.num_edges()) == int(via_images.num_edges()) > 0
+  apply = lambda nbrs, f, l, z: np.asarray(model.apply(params, f, l, z, nbrs))
+  got = apply(via_cells, frac, lattice, jnp.asarray(big.numbers))
+  want = apply(via_images, b.frac, b.atom_lattice(), b.species)[:len(big)]
+  np.testing.assert_allclose(got, want, atol=2e-4)
+  assert np.abs(got).max() > 1e-3
 
 
 def test_healing_report_measures_what_it_says():

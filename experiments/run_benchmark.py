@@ -1,0 +1,86 @@
+"""Sample from a trained run and evaluate on a given test (or val) file.
+
+  python experiments/run_benchmark.py --task=csp --dataset=perov_5 \
+      --checkpoint=runs/perov5_csp_cpu --test_csv=../shared/datasets/perov_5/val.csv \
+      --num_samples=20 --out=runs/bench_perov5_csp
+  python experiments/run_benchmark.py --task=dng --dataset=perov_5 \
+      --checkpoint=runs/perov5_dng --test_csv=FILE --num_samples=10000 --out=DIR
+
+CSP: --num_samples samples per composition of --test_csv (one-sample figures
+use the first of each). DNG: --num_samples de novo structures, atom counts
+from the run's training data; novelty against the run's training file. Only
+the files named by flags are read. Writes samples/ and the metrics report.
+"""
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from jaxcrystal import evaluation
+from jaxcrystal import generate
+from jaxcrystal import io as io_lib
+from jaxcrystal import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum('task', None, ['csp', 'dng'], 'Benchmark task.')
+flags.DEFINE_enum('dataset', None, ['perov_5', 'carbon_24', 'mp_20'], 'Dataset.')
+flags.DEFINE_string('checkpoint', None, 'Training workdir.')
+flags.DEFINE_enum('which', 'best', ['best', 'latest'], 'Which checkpoint.')
+flags.DEFINE_string('test_csv', None, 'Test (or val) CSV to evaluate against.')
+flags.DEFINE_integer('num_samples', 1, 'CSP: samples per composition; DNG: total.')
+flags.DEFINE_integer('batch_size', 512, 'Structures per sampling batch.')
+flags.DEFINE_float('step_lr', 1e-5, 'Langevin corrector step scale.')
+flags.DEFINE_integer('seed', 0, 'Sampling seed.')
+flags.DEFINE_integer('workers', os.cpu_count() or 1, 'Processes for the metrics.')
+flags.DEFINE_string('out', None, 'Output folder.')
+flags.DEFINE_bool('progress', True, 'Show progress bars.')
+flags.mark_flags_as_required(['task', 'dataset', 'checkpoint', 'test_csv', 'out'])
+flags.register_validator('checkpoint', lambda v: v is None or os.path.isdir(v),
+                         message='--checkpoint must be a training workdir')
+flags.register_validator('test_csv', lambda v: v is None or os.path.isfile(v),
+                         message='--test_csv must be an existing file')
+flags.register_validator('num_samples', lambda v: v >= 1,
+                         message='--num_samples must be >= 1')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)
+  spec, params, config, step = generate.load_run(FLAGS.checkpoint, FLAGS.which)
+  if config.model.task != FLAGS.task:
+    raise app.UsageError(f'--checkpoint is a {config.model.task} model, not {FLAGS.task}')
+  test, _ = io_lib.read_cdvae_csv(FLAGS.test_csv, progress=FLAGS.progress)
+  if FLAGS.task == 'csp':
+    compositions, _ = generate.compositions_for_request(
+        config, compositions_from=FLAGS.test_csv,
+        samples_per_composition=FLAGS.num_samples)
+  else:
+    compositions, _ = generate.compositions_for_request(
+        config, num_samples=FLAGS.num_samples, seed=FLAGS.seed)
+  start = time.perf_counter()
+  samples, timing = generate.sample_structures(
+      spec, params, compositions, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
+      step_lr=FLAGS.step_lr, progress=FLAGS.progress)
+  sample_wall = time.perf_counter() - start
+  generate.write_samples(os.path.join(FLAGS.out, 'samples'), samples, dict(
+      checkpoint=FLAGS.checkpoint, checkpoint_step=step, **timing))
+  if FLAGS.task == 'csp':
+    result = evaluation.evaluate_csp(samples, test, workers=FLAGS.workers,
+                                     progress=FLAGS.progress)
+  else:
+    train_structures, _ = train.load_structures(config.train_data, config)
+    result = evaluation.evaluate_dng(samples, test, train_structures,
+                                     dataset=FLAGS.dataset, workers=FLAGS.workers,
+                                     progress=FLAGS.progress)
+  result.update(checkpoint=FLAGS.checkpoint, checkpoint_step=step,
+                test_csv=FLAGS.test_csv, sampling_seconds=sample_wall,
+                num_generated=len(samples))
+  evaluation.write_report(FLAGS.out, result, samples, test, FLAGS.dataset)
+  print(evaluation.markdown_report(result, FLAGS.dataset))
+
+
+if __name__ == '__main__':
+  app.run(main)
