@@ -9,6 +9,7 @@ depends only on (config, seed), never on how samples are spread over workers.
 from __future__ import annotations
 
 import concurrent.futures
+import multiprocessing
 import dataclasses
 import math
 from typing import Sequence
@@ -218,7 +219,9 @@ def generate(config: SamplingConfig, num_samples: int, seed: int = 0,
   if workers <= 1:
     results = [sample_one(j) for j in tqdm(jobs, **bar)]
   else:
-    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+    # spawn, not fork: the caller may hold JAX's threads, which fork can deadlock.
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context('spawn')) as pool:
       results = list(tqdm(pool.map(sample_one, jobs,
                                    chunksize=max(1, len(jobs) // (4 * workers))), **bar))
   return [a for a, _ in results], sum(r for _, r in results)

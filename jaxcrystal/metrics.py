@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import multiprocessing
 import functools
 import json
 import math
@@ -108,7 +109,9 @@ def _pool_map(fn: Callable, items: Sequence, workers: int, desc: str,
   if workers <= 1 or len(items) < 2 * workers:
     return [fn(x) for x in tqdm(items, **bar)]
   chunk = max(1, len(items) // (workers * 8))
-  with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+  # spawn, not fork: JAX's threads in this process can deadlock a fork.
+  with concurrent.futures.ProcessPoolExecutor(
+      workers, mp_context=multiprocessing.get_context('spawn')) as pool:
     return list(tqdm(pool.map(fn, items, chunksize=chunk), **bar))
 
 
