@@ -7,6 +7,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from helpers import rattled
 
 from jaxcrystal import datasets
 from jaxcrystal import diffusion
@@ -17,16 +18,6 @@ from jaxcrystal import structure_plots
 from jaxcrystal import validation
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _rattled(structures, sigma, seed):
-  rng = np.random.default_rng(seed)
-  out = []
-  for a in structures:
-    b = a.copy()
-    b.positions += rng.normal(0, sigma, b.positions.shape)
-    out.append(b)
-  return out
 
 
 def test_group_predictions_checks_order_and_counts():
@@ -44,10 +35,10 @@ def test_group_predictions_checks_order_and_counts():
 def test_evaluate_cli_csp_end_to_end(tmp_path):
   # Low-symmetry targets: StructureMatcher reduces an ideal fcc cell to its
   # one-atom primitive cell, which a noisy 4-atom prediction cannot match.
-  test = _rattled(datasets.builtin_structures(), 0.3, 5)
+  test = rattled(datasets.builtin_structures(), 0.3, 5)
   io_lib.write_extxyz(tmp_path / 'test.extxyz', test)
   # K = 2: a badly perturbed and a mildly perturbed prediction per test row.
-  bad, good = _rattled(test, 0.08, 0), _rattled(test, 0.01, 1)
+  bad, good = rattled(test, 0.08, 0), rattled(test, 0.01, 1)
   io_lib.write_npz(tmp_path / 'samples.npz', [s for pair in zip(bad, good) for s in pair])
   cmd = [sys.executable, str(ROOT / 'experiments' / 'evaluate.py'),
          f'--samples={tmp_path / "samples.npz"}', f'--test_csv={tmp_path / "test.extxyz"}',
@@ -102,7 +93,7 @@ def test_sampling_trajectory_ends_at_a_sample(tiny_spec, keys):
 
 def test_every_figure_is_written(tmp_path, tiny_spec):
   real = datasets.builtin_structures()
-  generated = _rattled(real, 0.3, 0)
+  generated = rattled(real, 0.3, 0)
   generated[0].positions[1] = generated[0].positions[0]  # one invalid sample
   sched = tiny_spec.lattice_process.schedule
   paths = [

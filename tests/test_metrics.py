@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import rattled
 from ase import Atoms
 from ase.build import bulk
 
@@ -14,16 +15,6 @@ from jaxcrystal import metrics
 @pytest.fixture(scope='module')
 def builtin():
   return datasets.builtin_structures()
-
-
-def _rattled(structures, sigma, seed=0):
-  rng = np.random.default_rng(seed)
-  out = []
-  for a in structures:
-    b = a.copy()
-    b.positions += rng.normal(0.0, sigma, b.positions.shape)
-    out.append(b)
-  return out
 
 
 def test_validity_definitions():
@@ -51,7 +42,7 @@ def test_self_match_is_perfect_and_noise_lowers_matching(builtin):
   assert result['match_rate'] == 1.0 and result['rmse'] < 1e-6
   rates, rmses = [], []
   for sigma in (0.02, 0.1, 0.4):
-    r = metrics.csp_match(_rattled(builtin, sigma), builtin, progress=False)
+    r = metrics.csp_match(rattled(builtin, sigma), builtin, progress=False)
     rates.append(r['match_rate'])
     rmses.append(r['rmse'])
   assert rmses[0] > 1e-3  # noise is seen
@@ -64,8 +55,8 @@ def test_invalid_prediction_is_a_miss_and_best_of_k_takes_the_best(builtin):
   broken = target.copy()
   broken.positions[1] = broken.positions[0] + [0.1, 0, 0]
   assert metrics.csp_match([broken], [target], progress=False)['match_rate'] == 0.0
-  slightly = _rattled([target], 0.05, seed=1)[0]
-  a_lot = _rattled([target], 0.15, seed=2)[0]
+  slightly = rattled([target], 0.05, seed=1)[0]
+  a_lot = rattled([target], 0.15, seed=2)[0]
   best = metrics.csp_match([[broken, a_lot, slightly]], [target], progress=False)
   alone = metrics.csp_match([slightly], [target], progress=False)
   assert best['k'] == 3 and best['match_rate'] == 1.0
