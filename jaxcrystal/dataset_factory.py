@@ -158,38 +158,14 @@ def check(atoms: ase.Atoms, kind: str, config: SamplingConfig) -> str:
     return f'periodicity {atoms.pbc.tolist()} is not that of a {kind}'
   if any(periodic) and abs(np.linalg.det(atoms.cell[:])) < 1e-3:
     return 'degenerate cell'
-  radii = np.array([generators.radius(s) for s in atoms.get_chemical_symbols()])
-  if n > 1:
-    i, j, d = pair_distances(atoms)
-    ratio = d / (radii[i] + radii[j])
-    if ratio.min() < MIN_BOND_FRACTION[kind]:
-      return f'atoms too close ({d[np.argmin(ratio)]:.2f} A)'
-  if any(periodic):  # an atom and its own periodic image
-    from ase.geometry.minkowski_reduction import minkowski_reduce
-    cell = np.asarray(atoms.cell[:], float)[list(periodic)]
-    shortest = np.linalg.norm(minkowski_reduce(cell, pbc=[True] * len(cell))[0]
-                              if len(cell) == 3 else cell, axis=1).min()
-    if shortest < MIN_BOND_FRACTION[kind] * 2 * radii.max():
-      return f'cell too small ({shortest:.2f} A periodic repeat)'
+  ratio = generators.min_bond_ratio(atoms)
+  if ratio < MIN_BOND_FRACTION[kind]:
+    return f'atoms too close ({ratio:.2f} of a covalent bond)'
   if not any(periodic):
     frac = atoms.get_scaled_positions(wrap=False)
     if np.any(frac < 0) or np.any(frac > 1):
       return 'atoms outside the box'
   return ''
-
-
-def pair_distances(atoms: ase.Atoms):
-  """(i, j, d) of every pair i < j, minimum image along periodic axes (A).
-  O(N^2) pairs, fast for the factory's sizes."""
-  n = len(atoms)
-  i, j = np.triu_indices(n, 1)
-  vec = atoms.positions[j] - atoms.positions[i]
-  if atoms.pbc.any():
-    from ase.geometry import find_mic
-    _, d = find_mic(vec, atoms.cell[:], pbc=atoms.pbc)
-  else:
-    d = np.linalg.norm(vec, axis=1)
-  return i, j, d
 
 
 def sample_one(args) -> tuple[ase.Atoms, int]:
@@ -238,7 +214,7 @@ def distance_fingerprint(atoms: ase.Atoms, cutoff: float = 6.0, bins: int = 24
                          ) -> np.ndarray:
   """Normalised histogram of pair distances (minimum image along periodic
   axes) up to `cutoff` A, `[bins]`."""
-  d = pair_distances(atoms)[2] if len(atoms) > 1 else np.zeros(0)
+  d = generators.pair_distances(atoms)[2] if len(atoms) > 1 else np.zeros(0)
   hist, _ = np.histogram(d, bins=bins, range=(0, cutoff))
   return hist / max(hist.sum(), 1)
 

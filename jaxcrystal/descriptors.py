@@ -78,14 +78,9 @@ def mean_rdf(structures: Sequence[ase.Atoms], cutoff: float = 6.0,
   (failed samples: needles and sheets) are left out, since one of them would
   set the image grid of the whole batch. Raises ValueError if none is left.
   """
-  def images_needed(atoms):
-    cell = np.asarray(atoms.cell[:], float)
-    normals = np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]])
-    spacing = abs(np.linalg.det(cell)) / np.maximum(np.linalg.norm(normals, axis=1),
-                                                   1e-12)
-    return np.ceil(cutoff / np.maximum(spacing, 1e-12)).max()
   kept = [a for a in structures if np.all(np.isfinite(a.positions)) and
-          np.all(np.isfinite(a.cell[:])) and images_needed(a) <= max_image]
+          np.all(np.isfinite(a.cell[:])) and
+          neighbors.estimate_max_image(np.asarray(a.cell[:])[None], cutoff) <= max_image]
   if not kept:
     raise ValueError(f'mean_rdf: none of {len(structures)} structures has a cell '
                      f'within {max_image} images of the {cutoff} A cutoff')

@@ -151,8 +151,7 @@ def write_report(outdir: str | Path, result: dict, samples: Sequence[ase.Atoms],
   outdir.mkdir(parents=True, exist_ok=True)
   paths = {'json': outdir / 'metrics.json', 'markdown': outdir / 'metrics.md'}
   io_lib.write_json_atomic(paths['json'], result)
-  with io_lib.atomic_path(paths['markdown']) as tmp:
-    Path(tmp).write_text(markdown_report(result, dataset, label))
+  io_lib.write_text_atomic(paths['markdown'], markdown_report(result, dataset, label))
   summary = validation.summary_arrays(samples)
   paths['batch'] = structure_plots.plot_batch_analysis(
       summary, samples, outdir / 'batch_analysis.png',

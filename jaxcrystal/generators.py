@@ -148,21 +148,32 @@ def random_symmetric_crystal(rng: np.random.Generator, elements,
   raise RuntimeError(f'no valid random crystal in {tries} draws')
 
 
-def min_bond_ratio(atoms: ase.Atoms) -> float:
-  """Smallest pair distance over the sum of covalent radii (minimum image
-  along periodic axes, own periodic images included); inf for one atom."""
+def pair_distances(atoms: ase.Atoms):
+  """(i, j, d) of every pair i < j, minimum image along periodic axes (A).
+  O(N^2) pairs: fast at the sizes generated here."""
   from ase.geometry import find_mic
+  i, j = np.triu_indices(len(atoms), 1)
+  vec = atoms.positions[j] - atoms.positions[i]
+  if atoms.pbc.any():
+    return i, j, find_mic(vec, atoms.cell[:], pbc=atoms.pbc)[1]
+  return i, j, np.linalg.norm(vec, axis=1)
+
+
+def min_bond_ratio(atoms: ase.Atoms) -> float:
+  """Smallest interatomic distance over the sum of covalent radii (minimum
+  image along periodic axes, an atom's own periodic images included); inf
+  for a single non-periodic atom."""
   r = np.array([radius(s) for s in atoms.get_chemical_symbols()])
   best = float('inf')
   if len(atoms) > 1:
-    i, j = np.triu_indices(len(atoms), 1)
-    vec = atoms.positions[j] - atoms.positions[i]
-    d = (find_mic(vec, atoms.cell[:], pbc=atoms.pbc)[1] if atoms.pbc.any()
-         else np.linalg.norm(vec, axis=1))
+    i, j, d = pair_distances(atoms)
     best = float((d / (r[i] + r[j])).min())
-  if atoms.pbc.all():
+  if atoms.pbc.any():
     from ase.geometry.minkowski_reduction import minkowski_reduce
-    shortest = np.linalg.norm(minkowski_reduce(atoms.cell[:])[0], axis=1).min()
+    periodic = np.asarray(atoms.cell[:], float)[atoms.pbc]
+    if len(periodic) == 3:
+      periodic = minkowski_reduce(periodic)[0]
+    shortest = np.linalg.norm(periodic, axis=1).min()
     best = min(best, float(shortest / (2 * r.max())))
   return best
 

@@ -129,11 +129,7 @@ def _state(config, gm: GraphModel, optimizer):
   rng = jax.random.PRNGKey(config.seed)
   x = jnp.zeros((1, gm.process.num_nodes, 3))
   params = gm.net.init(rng, x, jnp.zeros(1), gm.senders, gm.receivers, gm.node_features)
-  return train_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                              ema_params=jax.tree_util.tree_map(jnp.copy, params),
-                              opt_state=optimizer.init(params),
-                              rng=jax.random.fold_in(rng, 1),
-                              skipped=jnp.zeros((), jnp.int32))
+  return train_lib.initial_state(params, optimizer, jax.random.fold_in(rng, 1))
 
 
 def train_graph_diffusion(config: GraphTrainConfig, workdir: str | Path) -> dict:

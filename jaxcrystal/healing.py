@@ -112,11 +112,7 @@ def train_denoiser(config: HealingTrainConfig, workdir: str | Path,
                                               config.optim.ema_decay), donate_argnums=0)
   rng = jax.random.PRNGKey(config.seed)
   params = denoiser.init_params(model, rng, batch_lib.to_device(example))
-  state = train_lib.TrainState(
-      step=jnp.zeros((), jnp.int32), params=params,
-      ema_params=jax.tree_util.tree_map(jnp.copy, params),
-      opt_state=optimizer.init(params), rng=jax.random.fold_in(rng, 1),
-      skipped=jnp.zeros((), jnp.int32))
+  state = train_lib.initial_state(params, optimizer, jax.random.fold_in(rng, 1))
   order_rng = np.random.default_rng(config.seed)
   metrics_path = workdir / 'metrics.jsonl'
   t0, last = time.perf_counter(), {}
@@ -159,10 +155,7 @@ def load_denoiser(workdir: str | Path, use_ema: bool = True):
   params = denoiser.init_params(model, jax.random.PRNGKey(0),
                                 batch_lib.to_device(example))
   optimizer = train_lib.make_optimizer(config.optim, config.train_steps)
-  like = train_lib.TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-      opt_state=optimizer.init(params), rng=jax.random.PRNGKey(0),
-      skipped=jnp.zeros((), jnp.int32))
+  like = train_lib.initial_state(params, optimizer, jax.random.PRNGKey(0))
   state, _, _ = checkpoints.restore_from_workdir(workdir, like, 'latest')
   return model, (state.ema_params if use_ema else state.params), config
 

@@ -103,17 +103,15 @@ def _plots(workdir: Path, real, samples, summary) -> None:
       curves[f'{symbol} generated ({len(gen)})'] = descriptors.mean_rdf(gen)[1]
   plots.plot_rdf(r, curves, workdir / 'samples' / 'rdf_real_vs_generated.png',
                  title='RDF: training vs generated (passing samples)')
-  with np.load(workdir / 'samples' / 'samples.npz') as arrays:  # from write_samples
-    histograms = {'density (g/cm^3)': arrays['density'],
-                  'min distance (A)': arrays['min_distance'],
-                  'mean coordination': arrays['mean_coordination']}
+  with np.load(workdir / 'samples' / 'samples.npz') as npz:  # from write_samples
+    arrays = dict(npz)
   plots.plot_histograms(
-      histograms,
+      {'density (g/cm^3)': arrays['density'], 'min distance (A)': arrays['min_distance'],
+       'mean coordination': arrays['mean_coordination']},
       workdir / 'samples' / 'batch_histograms.png', title='Generated structures')
-  with np.load(workdir / 'samples' / 'samples.npz') as arrays:
-    structure_plots.plot_batch_analysis(
-        dict(arrays), samples, workdir / 'samples' / 'batch_analysis.png',
-        title='Quickstart samples')
+  structure_plots.plot_batch_analysis(
+      arrays, samples, workdir / 'samples' / 'batch_analysis.png',
+      title='Quickstart samples')
   shown = {'prototype match': summary['prototype_match_fraction'],
            'valid (min dist 0.5 A)': summary['valid_fraction'],
            'mean density (g/cm^3)': summary['density_mean'],

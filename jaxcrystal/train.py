@@ -84,15 +84,22 @@ def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfor
   return optax.chain(*parts)
 
 
+def initial_state(params, optimizer: optax.GradientTransformation,
+                  rng: jax.Array) -> TrainState:
+  """A fresh state: step 0, EMA equal to `params`, no skips. Shared by every
+  trainer (crystal diffusion, the healing denoiser, graph diffusion)."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    ema_params=jax.tree_util.tree_map(jnp.copy, params),
+                    opt_state=optimizer.init(params), rng=rng,
+                    skipped=jnp.zeros((), jnp.int32))
+
+
 def create_train_state(rng: jax.Array, spec: diffusion.DiffusionSpec,
                        example: batch_lib.CrystalBatch,
                        optimizer: optax.GradientTransformation) -> TrainState:
   init_rng, rng = jax.random.split(rng)
   params = diffusion.init_params(spec, init_rng, batch_lib.to_device(example))
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    ema_params=jax.tree_util.tree_map(jnp.copy, params),
-                    opt_state=optimizer.init(params), rng=rng,
-                    skipped=jnp.zeros((), jnp.int32))
+  return initial_state(params, optimizer, rng)
 
 
 def _all_finite(tree) -> jax.Array:
