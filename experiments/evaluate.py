@@ -22,6 +22,8 @@ flags.DEFINE_string('samples', None, 'Generated structures (.npz, extxyz, ...).'
 flags.DEFINE_string('test_csv', None, 'Test (or val) structures to compare with.')
 flags.DEFINE_enum('task', None, ['csp', 'dng'], 'Which metrics.')
 flags.DEFINE_string('train_csv', '', 'DNG: training structures for novelty.')
+flags.DEFINE_bool('unique_novel', True, 'DNG: also compute uniqueness and novelty '
+                  '(quadratic StructureMatcher work on one-element sets).')
 flags.DEFINE_enum('dataset', 'perov_5', ['perov_5', 'carbon_24', 'mp_20'],
                   'Sets the COV cutoffs and the published rows of the table.')
 flags.DEFINE_integer('num_eval_samples', 1000,
@@ -59,7 +61,8 @@ def main(argv):
     result = evaluation.evaluate_dng(
         samples, reference, train, dataset=FLAGS.dataset,
         num_eval_samples=FLAGS.num_eval_samples, seed=FLAGS.seed,
-        workers=FLAGS.workers, progress=FLAGS.progress)
+        unique_novel=FLAGS.unique_novel, workers=FLAGS.workers,
+        progress=FLAGS.progress)
   result.update(samples=FLAGS.samples, test_csv=FLAGS.test_csv)
   paths = evaluation.write_report(FLAGS.out, result, samples, reference,
                                   FLAGS.dataset)

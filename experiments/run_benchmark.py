@@ -10,6 +10,11 @@ CSP: --num_samples samples per composition of --test_csv (one-sample figures
 use the first of each). DNG: --num_samples de novo structures, atom counts
 from the run's training data; novelty against the run's training file. Only
 the files named by flags are read. Writes samples/ and the metrics report.
+
+--num_targets=N evaluates a seeded random subset of N test rows (the CSP
+compositions, or the DNG reference) for CPU-budget runs; the report says so.
+--nounique_novel leaves out uniqueness and novelty (quadratic StructureMatcher
+work on a one-element set such as Carbon-24).
 """
 import os
 import time
@@ -32,7 +37,10 @@ flags.DEFINE_string('test_csv', None, 'Test (or val) CSV to evaluate against.')
 flags.DEFINE_integer('num_samples', 1, 'CSP: samples per composition; DNG: total.')
 flags.DEFINE_integer('batch_size', 512, 'Structures per sampling batch.')
 flags.DEFINE_float('step_lr', 1e-5, 'Langevin corrector step scale.')
-flags.DEFINE_integer('seed', 0, 'Sampling seed.')
+flags.DEFINE_integer('seed', 0, 'Sampling seed (also picks --num_targets rows).')
+flags.DEFINE_integer('num_targets', 0, 'Evaluate a random subset of this many '
+                     'test rows (0: all).')
+flags.DEFINE_bool('unique_novel', True, 'DNG: also compute uniqueness and novelty.')
 flags.DEFINE_integer('workers', os.cpu_count() or 1, 'Processes for the metrics.')
 flags.DEFINE_string('out', None, 'Output folder.')
 flags.DEFINE_bool('progress', True, 'Show progress bars.')
@@ -43,6 +51,8 @@ flags.register_validator('test_csv', lambda v: v is None or os.path.isfile(v),
                          message='--test_csv must be an existing file')
 flags.register_validator('num_samples', lambda v: v >= 1,
                          message='--num_samples must be >= 1')
+flags.register_validator('num_targets', lambda v: v >= 0,
+                         message='--num_targets must be >= 0')
 
 
 def main(argv):
@@ -52,11 +62,13 @@ def main(argv):
   spec, params, config, step = generate.load_run(FLAGS.checkpoint, FLAGS.which)
   if config.model.task != FLAGS.task:
     raise app.UsageError(f'--checkpoint is a {config.model.task} model, not {FLAGS.task}')
-  test, _ = io_lib.read_cdvae_csv(FLAGS.test_csv, progress=FLAGS.progress)
+  test_all, _ = io_lib.read_cdvae_csv(FLAGS.test_csv, progress=FLAGS.progress)
+  try:
+    test, _ = evaluation.select_targets(test_all, FLAGS.num_targets, FLAGS.seed)
+  except ValueError as err:
+    raise app.UsageError(f'--num_targets: {err} ({FLAGS.test_csv})') from err
   if FLAGS.task == 'csp':
-    compositions, _ = generate.compositions_for_request(
-        config, compositions_from=FLAGS.test_csv,
-        samples_per_composition=FLAGS.num_samples)
+    compositions = evaluation.csp_compositions(test, FLAGS.num_samples)
   else:
     compositions, _ = generate.compositions_for_request(
         config, num_samples=FLAGS.num_samples, seed=FLAGS.seed)
@@ -73,10 +85,13 @@ def main(argv):
   else:
     train_structures, _ = train.load_structures(config.train_data, config)
     result = evaluation.evaluate_dng(samples, test, train_structures,
-                                     dataset=FLAGS.dataset, workers=FLAGS.workers,
-                                     progress=FLAGS.progress)
+                                     dataset=FLAGS.dataset,
+                                     unique_novel=FLAGS.unique_novel,
+                                     workers=FLAGS.workers, progress=FLAGS.progress)
   result.update(checkpoint=FLAGS.checkpoint, checkpoint_step=step,
-                test_csv=FLAGS.test_csv, sampling_seconds=sample_wall,
+                test_csv=FLAGS.test_csv, test_rows_in_file=len(test_all),
+                test_rows_evaluated=len(test), target_seed=FLAGS.seed,
+                sampling_seconds=sample_wall,
                 num_generated=len(samples))
   evaluation.write_report(FLAGS.out, result, samples, test, FLAGS.dataset)
   print(evaluation.markdown_report(result, FLAGS.dataset))

@@ -87,6 +87,31 @@ def group_predictions(samples: Sequence[ase.Atoms], targets: Sequence[ase.Atoms]
   return groups
 
 
+def select_targets(targets: Sequence[ase.Atoms], num_targets: int = 0,
+                   seed: int = 0) -> tuple[list[ase.Atoms], np.ndarray]:
+  """A seeded random subset of `num_targets` test rows, in file order (all
+  rows when `num_targets` is 0), and their row indices; for CPU-budget runs.
+
+  Raises ValueError when more rows are asked for than the file has.
+  """
+  if num_targets < 0:
+    raise ValueError(f'num_targets must be >= 0, got {num_targets}')
+  if num_targets > len(targets):
+    raise ValueError(f'asked for {num_targets} targets but the file has '
+                     f'{len(targets)} usable rows')
+  if num_targets == 0:
+    return list(targets), np.arange(len(targets))
+  rows = np.sort(np.random.default_rng(seed).choice(len(targets), num_targets,
+                                                    replace=False))
+  return [targets[i] for i in rows], rows
+
+
+def csp_compositions(targets: Sequence[ase.Atoms], k: int) -> list[np.ndarray]:
+  """Atomic numbers to sample for CSP: each target's, `k` times in a row (the
+  order `group_predictions` expects)."""
+  return [t.numbers for t in targets for _ in range(k)]
+
+
 def evaluate_csp(samples: Sequence[ase.Atoms], targets: Sequence[ase.Atoms], *,
                  workers: int = 1, progress: bool = True) -> dict:
   """One-sample (first of each group), best-of-K and composition-aware rates."""
@@ -112,15 +137,18 @@ def evaluate_csp(samples: Sequence[ase.Atoms], targets: Sequence[ase.Atoms], *,
 def evaluate_dng(samples: Sequence[ase.Atoms], reference: Sequence[ase.Atoms],
                  train: Sequence[ase.Atoms] | None = None, *,
                  dataset: str = 'perov_5', num_eval_samples: int | None = 1000,
-                 seed: int = 0, workers: int = 1, progress: bool = True) -> dict:
-  """CDVAE's generation metrics with the dataset's COV cutoffs."""
+                 seed: int = 0, unique_novel: bool = True, workers: int = 1,
+                 progress: bool = True) -> dict:
+  """CDVAE's generation metrics with the dataset's COV cutoffs (uniqueness
+  and novelty too unless `unique_novel` is False; see metrics.dng_metrics)."""
   if dataset not in metrics.COV_CUTOFFS:
     raise ValueError(f'unknown dataset {dataset!r} for COV cutoffs; choose from '
                      f'{sorted(metrics.COV_CUTOFFS)}')
   result = metrics.dng_metrics(samples, reference, train,
                                cov_cutoffs=metrics.COV_CUTOFFS[dataset],
                                num_eval_samples=num_eval_samples, seed=seed,
-                               workers=workers, progress=progress)
+                               unique_novel=unique_novel, workers=workers,
+                               progress=progress)
   return dict(task='dng', dataset=dataset, **result)
 
 
@@ -139,6 +167,10 @@ def markdown_report(result: dict, dataset: str, label: str = 'jaxcrystal') -> st
   head = f'## {task.upper()} on {dataset}'
   if task == 'csp':
     head += f' (K = {result["k"]} samples per test structure)'
+  evaluated, in_file = result.get('test_rows_evaluated'), result.get('test_rows_in_file')
+  if evaluated is not None and in_file is not None and evaluated < in_file:
+    head += (f'\n\nEvaluated on a random subset of {evaluated} of the {in_file} '
+             f'test rows (seed {result.get("target_seed", 0)}).')
   return head + '\n\n' + metrics.markdown_table(rows, columns)
 
 

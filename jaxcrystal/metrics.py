@@ -41,6 +41,8 @@ from scipy.spatial.distance import cdist
 from scipy.stats import wasserstein_distance
 from tqdm.auto import tqdm
 
+from jaxcrystal import validation
+
 MATCHER_KWARGS = dict(stol=0.5, angle_tol=10, ltol=0.3)
 # (structure, composition) fingerprint-distance cutoffs of COV, as CDVAE/DiffCSP.
 COV_CUTOFFS = {'perov_5': (0.2, 4.0), 'carbon_24': (0.2, 4.0),
@@ -118,8 +120,12 @@ def _pool_map(fn: Callable, items: Sequence, workers: int, desc: str,
 # ----------------------------------------------------------------- CSP
 
 def _rms_of_pair(pair) -> float:
-  """Normalised RMS of a (prediction, target) pair; NaN when not matched."""
+  """Normalised RMS of a (prediction, target) pair; NaN when not matched.
+  An absurd predicted cell (validation.absurd_cell) is a miss without asking
+  pymatgen, whose Niggli reduction can run for minutes on one."""
   pred, target = pair
+  if validation.absurd_cell(pred.cell[:]):
+    return math.nan
   from pymatgen.analysis.structure_matcher import StructureMatcher
   matcher = StructureMatcher(**MATCHER_KWARGS)
   try:
@@ -328,13 +334,17 @@ def dng_metrics(generated: Sequence[ase.Atoms], reference: Sequence[ase.Atoms],
                 train: Sequence[ase.Atoms] | None = None, *,
                 cov_cutoffs: tuple[float, float] = COV_CUTOFFS['perov_5'],
                 num_eval_samples: int | None = None, seed: int = 0,
-                workers: int = 1, progress: bool = True) -> dict:
+                unique_novel: bool = True, workers: int = 1,
+                progress: bool = True) -> dict:
   """De novo metrics of CDVAE/DiffCSP.
 
   Validity is over all generated structures. Density and #elements EMDs use
   the valid ones (a random subset of `num_eval_samples` if given, as CDVAE's
   1000). COV uses all generated structures, with failures counted in the
-  COV-P denominator. Uniqueness and novelty are over the valid ones.
+  COV-P denominator. Uniqueness and novelty are over the valid ones; with
+  `unique_novel=False` they are left out (they are not in the papers' tables,
+  and on a one-element set such as Carbon-24 every structure shares a formula,
+  so StructureMatcher would compare all pairs and every training structure).
   """
   if not generated or not reference:
     raise ValueError('dng_metrics needs generated and reference structures')
@@ -350,28 +360,29 @@ def dng_metrics(generated: Sequence[ase.Atoms], reference: Sequence[ase.Atoms],
              struct_validity=float(struct_ok.mean()),
              comp_validity=float(comp_ok.mean()), validity=float(valid.mean()))
   if valid_structs:
-    from jaxcrystal.validation import density_g_cm3
     out['wdist_density'] = float(wasserstein_distance(
-        [density_g_cm3(a) for a in valid_structs],
-        [density_g_cm3(a) for a in reference]))
+        [validation.density_g_cm3(a) for a in valid_structs],
+        [validation.density_g_cm3(a) for a in reference]))
     out['wdist_num_elements'] = float(wasserstein_distance(
         [len(set(a.numbers)) for a in valid_structs],
         [len(set(a.numbers)) for a in reference]))
-  gen_usable = [a if struct_ok[i] else None for i, a in enumerate(generated)]
+  gen_usable = [a if struct_ok[i] and not validation.absurd_cell(a.cell[:]) else None
+                for i, a in enumerate(generated)]
   gen_fps = _pool_map(_fingerprints_or_none, gen_usable, workers,
                       'fingerprints (generated)', progress)
   ref_fps = _pool_map(fingerprints, list(reference), workers,
                       'fingerprints (reference)', progress)
   out.update(coverage(gen_fps, ref_fps, *cov_cutoffs,
                       num_generated=len(generated)))
-  out.update(uniqueness_novelty(valid_structs, train, workers=workers,
-                                progress=progress))
+  if unique_novel:
+    out.update(uniqueness_novelty(valid_structs, train, workers=workers,
+                                  progress=progress))
   return out
 
 
 def _fingerprints_or_none(atoms):
   # CDVAE computes fingerprints only for constructible (here: structurally
-  # valid) crystals; the others count as uncovered.
+  # valid, not absurd) crystals; the others count as uncovered.
   return (None, None) if atoms is None else fingerprints(atoms)
 
 

@@ -129,18 +129,32 @@ def _safe_mean_coordination(atoms, shell_tolerance, reason) -> float:
     return float('nan')
 
 
+def absurd_cell(lattice) -> bool:
+  """True for a cell no crystal has: non-finite, a lattice vector longer than
+  MAX_SYMMETRY_LENGTH Angstrom, or nearly flat (volume under 1e-3 of the
+  product of the edge lengths). Failed samples produce these, and spglib and
+  pymatgen's Niggli reduction crash or run for minutes on them.
+
+  lattice: [3, 3] rows are lattice vectors, Angstrom.
+  """
+  lattice = np.asarray(lattice, float)
+  if lattice.shape != (3, 3) or not np.all(np.isfinite(lattice)):
+    return True
+  lengths = np.linalg.norm(lattice, axis=1)
+  return bool(lengths.max() > MAX_SYMMETRY_LENGTH or
+              abs(np.linalg.det(lattice)) < 1e-3 * np.prod(lengths))
+
+
 def space_group(atoms: ase.Atoms, symprec: float = 0.1) -> tuple[int, str]:
   """(international number, Hermann-Mauguin symbol) by spglib with tolerance
   `symprec` Angstrom (0.1, as CDVAE/DiffCSP analyses); (0, '') when spglib
   finds none, as for an overlapping or degenerate sample."""
   import spglib
-  lattice = np.asarray(atoms.cell[:], float)
-  lengths = np.linalg.norm(lattice, axis=1)
   # spglib can crash (not raise) on absurd cells such as an untrained model's
   # 1e5 A needles; symmetry is meaningless there anyway.
-  if (not np.all(np.isfinite(lattice)) or lengths.max() > MAX_SYMMETRY_LENGTH or
-      abs(np.linalg.det(lattice)) < 1e-3 * np.prod(lengths)):
+  if absurd_cell(atoms.cell[:]):
     return 0, ''
+  lattice = np.asarray(atoms.cell[:], float)
   cell = (lattice, atoms.get_scaled_positions(wrap=True), atoms.numbers)
   try:
     with warnings.catch_warnings():  # spglib's deprecation notice, per call

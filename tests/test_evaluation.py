@@ -32,6 +32,30 @@ def test_group_predictions_checks_order_and_counts():
     evaluation.group_predictions(shuffled, test)
 
 
+def test_select_targets_is_a_seeded_subset_in_file_order():
+  test = datasets.builtin_structures()
+  picked, rows = evaluation.select_targets(test, 5, seed=3)
+  assert len(picked) == 5 and len(set(rows.tolist())) == 5
+  assert np.all(np.diff(rows) > 0)
+  assert [p.get_chemical_formula() for p in picked] == [
+      test[i].get_chemical_formula() for i in rows]
+  again, rows_again = evaluation.select_targets(test, 5, seed=3)
+  np.testing.assert_array_equal(rows, rows_again)
+  assert not np.array_equal(rows, evaluation.select_targets(test, 5, seed=4)[1])
+  everything, all_rows = evaluation.select_targets(test, 0)
+  assert len(everything) == len(test) and all_rows.tolist() == list(range(len(test)))
+  with pytest.raises(ValueError, match='asked for 99 targets'):
+    evaluation.select_targets(test, 99)
+  # K samples per target, in the order group_predictions expects.
+  comps = evaluation.csp_compositions(picked, 3)
+  assert len(comps) == 15
+  np.testing.assert_array_equal(comps[3], picked[1].numbers)
+  report = evaluation.markdown_report(
+      dict(task='csp', k=1, match_rate=0.5, rmse=0.1, test_rows_evaluated=5,
+           test_rows_in_file=len(test), target_seed=3), 'perov_5')
+  assert f'random subset of 5 of the {len(test)} test rows (seed 3)' in report
+
+
 def test_evaluate_cli_csp_end_to_end(tmp_path):
   # Low-symmetry targets: StructureMatcher reduces an ideal fcc cell to its
   # one-atom primitive cell, which a noisy 4-atom prediction cannot match.
@@ -57,6 +81,28 @@ def test_evaluate_cli_csp_end_to_end(tmp_path):
   missing = subprocess.run(cmd[:2] + ['--samples=/nonexistent.npz'] + cmd[3:],
                            capture_output=True, text=True, timeout=120)
   assert missing.returncode != 0 and '--samples must be an existing file' in missing.stderr
+
+
+def test_evaluate_cli_dng_with_and_without_uniqueness(tmp_path):
+  builtin = datasets.builtin_structures()
+  broken = builtin[0].copy()
+  broken.positions[1] = broken.positions[0]  # overlapping: structurally invalid
+  io_lib.write_extxyz(tmp_path / 'ref.extxyz', builtin)
+  io_lib.write_npz(tmp_path / 'samples.npz', builtin + [broken])
+  cmd = [sys.executable, str(ROOT / 'experiments' / 'evaluate.py'),
+         f'--samples={tmp_path / "samples.npz"}', f'--test_csv={tmp_path / "ref.extxyz"}',
+         '--task=dng', '--dataset=carbon_24', '--workers=1', '--noprogress']
+  done = subprocess.run(cmd + [f'--out={tmp_path / "a"}', '--nounique_novel'],
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  result = json.loads((tmp_path / 'a' / 'metrics.json').read_text())
+  assert result['struct_validity'] == pytest.approx(21 / 22)
+  assert result['cov_recall'] == 1.0 and 'uniqueness' not in result
+  done = subprocess.run(cmd + [f'--out={tmp_path / "b"}'], capture_output=True,
+                        text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert 0.0 < json.loads((tmp_path / 'b' / 'metrics.json').read_text())[
+      'uniqueness'] < 1.0
 
 
 @pytest.fixture(scope='module')

@@ -1,4 +1,3 @@
-import csv
 import os
 
 import ase.io
@@ -6,23 +5,13 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
+from helpers import cif_text as _cif_text
+from helpers import write_cdvae_csv as _write_csv
+
 from jaxcrystal import batch as batch_lib
 from jaxcrystal import datasets
 from jaxcrystal import io as io_lib
 
-
-def _cif_text(atoms, tmp_path):
-  path = tmp_path / 'one.cif'
-  ase.io.write(path, atoms, format='cif')
-  return path.read_text()
-
-
-def _write_csv(path, rows):
-  with open(path, 'w', newline='') as f:
-    w = csv.writer(f)
-    w.writerow(['', 'material_id', 'cif', 'formula'])
-    for k, (mid, cif) in enumerate(rows):
-      w.writerow([k, mid, cif, 'X'])
 
 
 @pytest.fixture

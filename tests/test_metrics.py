@@ -61,6 +61,14 @@ def test_invalid_prediction_is_a_miss_and_best_of_k_takes_the_best(builtin):
   alone = metrics.csp_match([slightly], [target], progress=False)
   assert best['k'] == 3 and best['match_rate'] == 1.0
   assert math.isclose(best['rmse'], alone['rmse'])
+  # A failed sample's needle cell is a miss, decided without pymatgen (whose
+  # Niggli reduction can take minutes on one).
+  needle = target.copy()
+  needle.set_cell(np.diag([1.6e5, 1.2e5, 1.1e5]) + [[0, 0, 0], [-1.2e5, 0, 0], [0, 0, 0]],
+                  scale_atoms=True)
+  assert metrics.csp_match([[needle, slightly]], [target], progress=False)[
+      'match_rate'] == 1.0
+  assert metrics.csp_match([needle], [target], progress=False)['match_rate'] == 0.0
   with pytest.raises(ValueError, match='prediction i must belong'):
     metrics.csp_match([target], [target, target], progress=False)
 
@@ -108,6 +116,10 @@ def test_dng_metrics_on_known_sets(builtin):
   # variants of one base match it under StructureMatcher's tolerances.
   assert 0.1 < result['uniqueness'] < 1.0
   assert 0.0 < result['novelty'] < 1.0  # Fe and C are not in the training set
+  without = metrics.dng_metrics(builtin, builtin, train=builtin[:7],
+                                unique_novel=False, progress=False)
+  assert 'uniqueness' not in without and 'novelty' not in without
+  assert without['cov_recall'] == 1.0
   expanded = [a.copy() for a in builtin]
   for a in expanded:
     a.set_cell(a.cell[:] * 1.1, scale_atoms=True)

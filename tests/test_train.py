@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import cif_text
+from helpers import write_cdvae_csv
 
 from jaxcrystal import batch as batch_lib
 from jaxcrystal import datasets
@@ -195,3 +197,22 @@ def test_train_then_sample_cli_end_to_end(tmp_path):
   res = _run(['experiments/sample.py', f'--checkpoint={run}', f'--out={out}'],
              timeout=120)
   assert res.returncode != 0 and 'needs --formula or --compositions_from' in res.stderr
+  # The benchmark runner on a random 3-row subset of a CDVAE-layout file, K = 2.
+  test_csv = tmp_path / 'test.csv'
+  write_cdvae_csv(test_csv, [(f'b{i}', cif_text(a, tmp_path))
+                             for i, a in enumerate(datasets.builtin_structures())])
+  bench = tmp_path / 'bench'
+  res = _run(['experiments/run_benchmark.py', '--task=csp', '--dataset=perov_5',
+              f'--checkpoint={run}', f'--test_csv={test_csv}', '--num_samples=2',
+              '--num_targets=3', '--workers=1', f'--out={bench}', '--progress=false'],
+             timeout=300)
+  assert res.returncode == 0, res.stderr[-2000:]
+  result = json.loads((bench / 'metrics.json').read_text())
+  assert result['num_generated'] == 6 and result['k'] == 2
+  assert result['test_rows_evaluated'] == 3 and result['test_rows_in_file'] == 21
+  assert 0.0 <= result['match_rate'] <= result['match_rate_k'] <= 1.0
+  assert 'random subset of 3 of the 21' in (bench / 'metrics.md').read_text()
+  res = _run(['experiments/run_benchmark.py', '--task=csp', '--dataset=perov_5',
+              f'--checkpoint={run}', f'--test_csv={test_csv}', '--num_targets=50',
+              f'--out={bench}'], timeout=120)
+  assert res.returncode != 0 and 'asked for 50 targets' in res.stderr
