@@ -117,17 +117,21 @@ def evaluate_csp(samples: Sequence[ase.Atoms], targets: Sequence[ase.Atoms], *,
   """One-sample (first of each group), best-of-K and composition-aware rates."""
   groups = group_predictions(samples, targets)
   k = len(groups[0])
-  one = metrics.csp_match([g[0] for g in groups], targets, workers=workers,
-                          progress=progress)
+  # Validity (SMACT and distances) once per sample, not once per rate.
+  valid_by_id = {id(s): metrics.is_valid_structure(s) for s in samples}
+  is_valid = lambda atoms: valid_by_id[id(atoms)]
+  one = metrics.csp_match([g[0] for g in groups], targets, is_valid=is_valid,
+                          workers=workers, progress=progress)
   result = dict(task='csp', k=k, num_targets=len(targets),
                 match_rate=one['match_rate'], rmse=one['rmse'],
                 valid_fraction=one['valid_fraction'])
   if k > 1:
-    best = metrics.csp_match(groups, targets, workers=workers, progress=progress)
+    best = metrics.csp_match(groups, targets, is_valid=is_valid, workers=workers,
+                             progress=progress)
     result.update(match_rate_k=best['match_rate'], rmse_k=best['rmse'],
                   valid_fraction=best['valid_fraction'])
-  aware = metrics.composition_aware_match(list(samples), targets, workers=workers,
-                                          progress=progress)
+  aware = metrics.composition_aware_match(list(samples), targets, is_valid=is_valid,
+                                          workers=workers, progress=progress)
   result.update(match_rate_composition=aware['match_rate'],
                 rmse_composition=aware['rmse'])
   result['rms_per_target'] = (best if k > 1 else one)['rms_per_target']

@@ -135,13 +135,15 @@ def _rms_of_pair(pair) -> float:
   return math.nan if rms is None else float(rms[0])
 
 
-def _is_valid(atoms: ase.Atoms, composition: bool = True) -> bool:
+def is_valid_structure(atoms: ase.Atoms, composition: bool = True) -> bool:
+  """Structural validity and, with `composition`, SMACT validity."""
   return structural_validity(atoms) and (
       not composition or compositional_validity(atoms))
 
 
 def csp_match(predictions: Sequence[Sequence[ase.Atoms]] | Sequence[ase.Atoms],
               targets: Sequence[ase.Atoms], *, check_composition: bool = True,
+              is_valid: Callable[[ase.Atoms], bool] | None = None,
               workers: int = 1, progress: bool = True) -> dict:
   """Match rate and mean normalised RMSE of CSP predictions.
 
@@ -153,6 +155,8 @@ def csp_match(predictions: Sequence[Sequence[ase.Atoms]] | Sequence[ase.Atoms],
     predictions: one `ase.Atoms` per target, or K per target (`[T][K]`).
     targets: the T reference structures.
     check_composition: include SMACT validity (the papers' definition).
+    is_valid: validity of a prediction, if already known (e.g. a lookup of
+      precomputed flags); by default computed with `check_composition`.
   Returns:
     dict with `match_rate` (fraction of targets matched), `rmse` (mean over
     matched targets of the best normalised RMS; NaN if none), `k`,
@@ -167,12 +171,14 @@ def csp_match(predictions: Sequence[Sequence[ase.Atoms]] | Sequence[ase.Atoms],
   if not targets:
     raise ValueError('no targets')
   k = max(len(p) for p in per_target)
-  target_valid = [_is_valid(t, check_composition) for t in targets]
+  if is_valid is None:
+    is_valid = functools.partial(is_valid_structure, composition=check_composition)
+  target_valid = [is_valid_structure(t, check_composition) for t in targets]
   pairs, owners = [], []
   num_valid = 0
   for i, (preds, target) in enumerate(zip(per_target, targets)):
     for pred in preds:
-      if _is_valid(pred, check_composition):
+      if is_valid(pred):
         num_valid += 1
         if target_valid[i]:  # an invalid target cannot be matched (DiffCSP)
           pairs.append((pred, target))
@@ -193,19 +199,23 @@ def csp_match(predictions: Sequence[Sequence[ase.Atoms]] | Sequence[ase.Atoms],
 
 def composition_aware_match(predictions: Sequence[ase.Atoms],
                             targets: Sequence[ase.Atoms], *,
-                            check_composition: bool = True, workers: int = 1,
-                            progress: bool = True) -> dict:
+                            check_composition: bool = True,
+                            is_valid: Callable[[ase.Atoms], bool] | None = None,
+                            workers: int = 1, progress: bool = True) -> dict:
   """For each target, the best match among all valid predictions of the same
   reduced composition. Same fields as `csp_match` (with `k` the mean number of
   candidates per target)."""
+  if is_valid is None:
+    is_valid = functools.partial(is_valid_structure, composition=check_composition)
   by_formula = collections.defaultdict(list)
-  valid = [_is_valid(p, check_composition) for p in predictions]
+  valid = [is_valid(p) for p in predictions]
   for p, ok in zip(predictions, valid):
     if ok:
       by_formula[reduced_formula(p)].append(p)
   groups = [by_formula.get(reduced_formula(t), []) for t in targets]
+  # Every candidate here is valid already: no need to check again.
   result = csp_match(groups, targets, check_composition=check_composition,
-                     workers=workers, progress=progress)
+                     is_valid=lambda _: True, workers=workers, progress=progress)
   result['k'] = float(np.mean([len(g) for g in groups]))
   result['valid_fraction'] = float(np.mean(valid)) if valid else 0.0
   return result
