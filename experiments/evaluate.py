@@ -29,7 +29,10 @@ flags.DEFINE_enum('dataset', 'perov_5', ['perov_5', 'carbon_24', 'mp_20'],
 flags.DEFINE_integer('num_eval_samples', 1000,
                      'DNG: valid samples used for the EMDs (CDVAE: 1000).')
 flags.DEFINE_integer('workers', os.cpu_count() or 1, 'Processes for matching.')
-flags.DEFINE_integer('seed', 0, 'Seed of the EMD subsample.')
+flags.DEFINE_integer('seed', 0, 'Seed of the EMD subsample and of --subset.')
+flags.DEFINE_integer('subset', 0, 'Evaluate a seeded (--seed) random subset of '
+                     'this many samples (0: all); e.g. 1000 rows of a training '
+                     'CSV scored as if generated, the ceiling of a reference set.')
 flags.DEFINE_string('out', None, 'Output folder.')
 flags.DEFINE_bool('progress', True, 'Show progress bars.')
 flags.mark_flags_as_required(['samples', 'test_csv', 'task', 'out'])
@@ -52,6 +55,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   samples = evaluation.read_samples(FLAGS.samples)
+  try:
+    samples, _ = evaluation.random_subset(samples, FLAGS.subset, FLAGS.seed)
+  except ValueError as err:
+    raise app.UsageError(f'--subset: {err} ({FLAGS.samples})') from err
   reference = _read(FLAGS.test_csv)
   if FLAGS.task == 'csp':
     result = evaluation.evaluate_csp(samples, reference, workers=FLAGS.workers,
@@ -63,7 +70,8 @@ def main(argv):
         num_eval_samples=FLAGS.num_eval_samples, seed=FLAGS.seed,
         unique_novel=FLAGS.unique_novel, workers=FLAGS.workers,
         progress=FLAGS.progress)
-  result.update(samples=FLAGS.samples, test_csv=FLAGS.test_csv)
+  result.update(samples=FLAGS.samples, test_csv=FLAGS.test_csv,
+                samples_subset=FLAGS.subset, subset_seed=FLAGS.seed)
   paths = evaluation.write_report(FLAGS.out, result, samples, reference,
                                   FLAGS.dataset)
   print(evaluation.markdown_report(result, FLAGS.dataset))

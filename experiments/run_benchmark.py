@@ -64,7 +64,7 @@ def main(argv):
     raise app.UsageError(f'--checkpoint is a {config.model.task} model, not {FLAGS.task}')
   test_all, _ = io_lib.read_cdvae_csv(FLAGS.test_csv, progress=FLAGS.progress)
   try:
-    test, _ = evaluation.select_targets(test_all, FLAGS.num_targets, FLAGS.seed)
+    test, _ = evaluation.random_subset(test_all, FLAGS.num_targets, FLAGS.seed)
   except ValueError as err:
     raise app.UsageError(f'--num_targets: {err} ({FLAGS.test_csv})') from err
   if FLAGS.task == 'csp':

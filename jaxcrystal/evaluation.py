@@ -87,23 +87,24 @@ def group_predictions(samples: Sequence[ase.Atoms], targets: Sequence[ase.Atoms]
   return groups
 
 
-def select_targets(targets: Sequence[ase.Atoms], num_targets: int = 0,
-                   seed: int = 0) -> tuple[list[ase.Atoms], np.ndarray]:
-  """A seeded random subset of `num_targets` test rows, in file order (all
-  rows when `num_targets` is 0), and their row indices; for CPU-budget runs.
+def random_subset(structures: Sequence[ase.Atoms], num: int = 0,
+                  seed: int = 0) -> tuple[list[ase.Atoms], np.ndarray]:
+  """A seeded random subset of `num` rows of a file, in file order (all rows
+  when `num` is 0), and their row indices: test targets for CPU-budget runs,
+  or real structures scored as if generated.
 
   Raises ValueError when more rows are asked for than the file has.
   """
-  if num_targets < 0:
-    raise ValueError(f'num_targets must be >= 0, got {num_targets}')
-  if num_targets > len(targets):
-    raise ValueError(f'asked for {num_targets} targets but the file has '
-                     f'{len(targets)} usable rows')
-  if num_targets == 0:
-    return list(targets), np.arange(len(targets))
-  rows = np.sort(np.random.default_rng(seed).choice(len(targets), num_targets,
+  if num < 0:
+    raise ValueError(f'the subset size must be >= 0, got {num}')
+  if num > len(structures):
+    raise ValueError(f'asked for {num} rows but the file has '
+                     f'{len(structures)} usable rows')
+  if num == 0:
+    return list(structures), np.arange(len(structures))
+  rows = np.sort(np.random.default_rng(seed).choice(len(structures), num,
                                                     replace=False))
-  return [targets[i] for i in rows], rows
+  return [structures[i] for i in rows], rows
 
 
 def csp_compositions(targets: Sequence[ase.Atoms], k: int) -> list[np.ndarray]:

@@ -32,20 +32,20 @@ def test_group_predictions_checks_order_and_counts():
     evaluation.group_predictions(shuffled, test)
 
 
-def test_select_targets_is_a_seeded_subset_in_file_order():
+def test_random_subset_is_a_seeded_subset_in_file_order():
   test = datasets.builtin_structures()
-  picked, rows = evaluation.select_targets(test, 5, seed=3)
+  picked, rows = evaluation.random_subset(test, 5, seed=3)
   assert len(picked) == 5 and len(set(rows.tolist())) == 5
   assert np.all(np.diff(rows) > 0)
   assert [p.get_chemical_formula() for p in picked] == [
       test[i].get_chemical_formula() for i in rows]
-  again, rows_again = evaluation.select_targets(test, 5, seed=3)
+  again, rows_again = evaluation.random_subset(test, 5, seed=3)
   np.testing.assert_array_equal(rows, rows_again)
-  assert not np.array_equal(rows, evaluation.select_targets(test, 5, seed=4)[1])
-  everything, all_rows = evaluation.select_targets(test, 0)
+  assert not np.array_equal(rows, evaluation.random_subset(test, 5, seed=4)[1])
+  everything, all_rows = evaluation.random_subset(test, 0)
   assert len(everything) == len(test) and all_rows.tolist() == list(range(len(test)))
-  with pytest.raises(ValueError, match='asked for 99 targets'):
-    evaluation.select_targets(test, 99)
+  with pytest.raises(ValueError, match='asked for 99 rows'):
+    evaluation.random_subset(test, 99)
   # K samples per target, in the order group_predictions expects.
   comps = evaluation.csp_compositions(picked, 3)
   assert len(comps) == 15
@@ -99,6 +99,9 @@ def test_evaluate_cli_dng_without_uniqueness(tmp_path):
   assert result['struct_validity'] == pytest.approx(21 / 22)
   assert result['cov_recall'] == 1.0 and 'uniqueness' not in result
   assert '## DNG on carbon_24' in (tmp_path / 'a' / 'metrics.md').read_text()
+  too_many = subprocess.run(cmd + [f'--out={tmp_path / "c"}', '--subset=99'],
+                            capture_output=True, text=True, timeout=120)
+  assert too_many.returncode != 0 and 'asked for 99 rows' in too_many.stderr
 
 
 @pytest.fixture(scope='module')

@@ -215,4 +215,4 @@ def test_train_then_sample_cli_end_to_end(tmp_path):
   res = _run(['experiments/run_benchmark.py', '--task=csp', '--dataset=perov_5',
               f'--checkpoint={run}', f'--test_csv={test_csv}', '--num_targets=50',
               f'--out={bench}'], timeout=120)
-  assert res.returncode != 0 and 'asked for 50 targets' in res.stderr
+  assert res.returncode != 0 and 'asked for 50 rows' in res.stderr
