@@ -28,6 +28,8 @@ flags.DEFINE_float('cart_sigma_end', 1.0, 'Largest Cartesian sigma (A).')
 flags.DEFINE_enum('graph', 'fc', ['fc', 'radius'], 'Fully connected or radius graph.')
 flags.DEFINE_float('cutoff', 6.0, 'Radius-graph cutoff (A).')
 flags.DEFINE_integer('distance_basis', 0, 'Gaussian distance features (0: off).')
+flags.DEFINE_bool('edge_score_head', False, 'Coordinate score from distance-'
+                  'weighted edge vectors too (needs --distance_basis).')
 flags.DEFINE_integer('max_image', 2, 'Image range searched by radius graphs.')
 flags.DEFINE_integer('batch_size', 64, 'Crystals per batch.')
 flags.DEFINE_integer('num_buckets', 4, 'Size buckets of the input pipeline.')
@@ -48,6 +50,9 @@ flags.DEFINE_integer('keep_checkpoints', 3, 'Periodic checkpoints kept.')
 flags.DEFINE_integer('seed', 0, 'Seed of parameters, data order and noise.')
 flags.DEFINE_integer('max_atoms', 64, 'Reject (or skip) crystals with more atoms.')
 flags.DEFINE_bool('skip_bad', True, 'Skip unusable rows and report them.')
+flags.DEFINE_bool('niggli', False, 'Niggli-reduce the cells of --train_data and '
+                  '--val_data files, as DiffCSP and CDVAE do: skewed cells make '
+                  'the fractional geometry harder to learn.')
 flags.DEFINE_string('cache_dir', '', 'Cache of parsed datasets (empty: none).')
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 flags.DEFINE_string('coordinator_address', '',
@@ -63,6 +68,10 @@ for _name in ('hidden', 'num_layers', 'num_freqs', 'time_dim', 'num_steps',
 flags.register_validator('lr', lambda v: v > 0, message='--lr must be > 0')
 flags.register_validator('ema_decay', lambda v: 0 <= v < 1,
                          message='--ema_decay must be in [0, 1)')
+flags.register_multi_flags_validator(
+    ['edge_score_head', 'distance_basis'],
+    lambda f: not f['edge_score_head'] or f['distance_basis'] >= 1,
+    message='--edge_score_head needs --distance_basis >= 1')
 for _name in ('train_data', 'val_data'):
   flags.register_validator(
       _name, lambda v: v in ('', 'builtin') or os.path.isfile(v),
@@ -76,7 +85,8 @@ def config_from_flags() -> train.TrainConfig:
       beta_schedule=FLAGS.beta_schedule, sigma_begin=FLAGS.sigma_begin,
       sigma_end=FLAGS.sigma_end, cart_sigma_begin=FLAGS.cart_sigma_begin,
       cart_sigma_end=FLAGS.cart_sigma_end, graph=FLAGS.graph, cutoff=FLAGS.cutoff,
-      distance_basis=FLAGS.distance_basis, max_image=FLAGS.max_image)
+      distance_basis=FLAGS.distance_basis, edge_score_head=FLAGS.edge_score_head,
+      max_image=FLAGS.max_image)
   optim = train.OptimConfig(
       learning_rate=FLAGS.lr, warmup_steps=FLAGS.warmup_steps,
       schedule=FLAGS.lr_schedule, weight_decay=FLAGS.weight_decay,
@@ -89,7 +99,8 @@ def config_from_flags() -> train.TrainConfig:
       num_buckets=FLAGS.num_buckets, train_steps=FLAGS.train_steps,
       eval_every=FLAGS.eval_every, checkpoint_every=FLAGS.checkpoint_every,
       keep_checkpoints=FLAGS.keep_checkpoints, seed=FLAGS.seed,
-      max_atoms=FLAGS.max_atoms, skip_bad=FLAGS.skip_bad, cache_dir=FLAGS.cache_dir,
+      max_atoms=FLAGS.max_atoms, skip_bad=FLAGS.skip_bad, niggli=FLAGS.niggli,
+      cache_dir=FLAGS.cache_dir,
       progress=FLAGS.progress)
   config.model.validate()
   return config

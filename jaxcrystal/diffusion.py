@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -45,6 +46,7 @@ class ModelConfig:
   graph: str = 'fc'              # 'fc' or 'radius'
   cutoff: float = 6.0            # Angstrom, radius graphs and distance basis
   distance_basis: int = 0
+  edge_score_head: bool = False  # see networks.CSPNet
   max_image: int = 2
   edge_capacity_per_atom: int = 64
   num_basis: int = 16            # cartesian EGNN radial basis
@@ -59,6 +61,9 @@ class ModelConfig:
         raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
     if self.task == 'cartesian' and self.graph != 'radius':
       raise ValueError("task 'cartesian' needs graph='radius'")
+    if self.edge_score_head and self.distance_basis < 1:
+      raise ValueError('edge_score_head needs distance_basis >= 1 (its edge '
+                       'weights are functions of the bond length)')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +103,8 @@ def build(config: ModelConfig) -> DiffusionSpec:
         hidden=config.hidden, num_layers=config.num_layers,
         num_freqs=config.num_freqs, time_dim=config.time_dim,
         predict_types=config.task == 'dng',
-        distance_basis=config.distance_basis, cutoff=config.cutoff)
+        distance_basis=config.distance_basis, cutoff=config.cutoff,
+        edge_score_head=config.edge_score_head)
   return DiffusionSpec(
       config=config, network=network,
       lattice_process=forward.get_process('lattice_ddpm', num_steps=T,
@@ -162,15 +168,34 @@ def get_loss_fn(spec: DiffusionSpec, weights: LossWeights = LossWeights()):
 
   Returns `loss_fn(rng, params, batch) -> (loss, aux)` with aux holding each
   component: lattice (eps MSE), coords (normalised-score MSE or Cartesian
-  eps MSE) and types (eps MSE, dng only).
+  eps MSE) and types (eps MSE, dng only). Times are uniform in {1..T}.
   """
-  task = spec.config.task
-  T = spec.config.num_steps
+  loss_at_times = get_loss_at_times_fn(spec, weights)
 
   def loss_fn(rng, params, batch: batch_lib.CrystalBatch):
+    rng_t = jax.random.split(rng, 4)[0]
+    t = schedules.sample_timesteps(rng_t, batch.num_graph_slots,
+                                   spec.config.num_steps)
+    return loss_at_times(rng, params, batch, t)
+
+  return loss_fn
+
+
+def get_loss_at_times_fn(spec: DiffusionSpec,
+                         weights: LossWeights = LossWeights()):
+  """The loss of `get_loss_fn` at given diffusion times.
+
+  Returns `loss_at_times(rng, params, batch, t) -> (loss, aux)` with
+  `t: [G] int32` steps in {1..T}; with the t that `get_loss_fn` draws from
+  the same rng it gives the same result. Used to see at which noise levels a
+  model fails (`loss_by_noise_level`).
+  """
+  task = spec.config.task
+
+  def loss_at_times(rng, params, batch: batch_lib.CrystalBatch, t: jax.Array):
     batch.validate_shapes()
-    rng_t, rng_l, rng_f, rng_a = jax.random.split(rng, 4)
-    t = schedules.sample_timesteps(rng_t, batch.num_graph_slots, T)
+    chex.assert_shape(t, (batch.num_graph_slots,))
+    _, rng_l, rng_f, rng_a = jax.random.split(rng, 4)
     t_atom = t[batch.graph_index]
     gmask, amask = batch.graph_mask, batch.atom_mask
     aux = {}
@@ -202,4 +227,4 @@ def get_loss_fn(spec: DiffusionSpec, weights: LossWeights = LossWeights()):
     aux['loss'] = loss
     return loss, aux
 
-  return loss_fn
+  return loss_at_times

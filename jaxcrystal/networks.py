@@ -180,6 +180,9 @@ class CSPNet(nn.Module):
       to the edge features (useful on radius graphs, where several images
       of one pair share Fourier features).
     cutoff: radius of that basis (Angstrom).
+    edge_score_head: add to the fractional score a learned, distance-weighted
+      mean of the (image-resolved) fractional edge vectors f_j - f_i + S.
+      Needs distance_basis > 0.
   """
   hidden: int = 128
   num_layers: int = 4
@@ -189,6 +192,7 @@ class CSPNet(nn.Module):
   predict_types: bool = False
   distance_basis: int = 0
   cutoff: float = 7.0
+  edge_score_head: bool = False
 
   @nn.compact
   def __call__(self, batch: batch_lib.CrystalBatch, t: jax.Array,
@@ -231,11 +235,12 @@ class CSPNet(nn.Module):
     else:
       delta = batch.frac[nbrs.senders] - batch.frac[nbrs.receivers]
       edge_features = fourier_features(delta, self.num_freqs)
+    if self.edge_score_head and not self.distance_basis:
+      raise ValueError('CSPNet(edge_score_head=True) needs distance_basis > 0')
     if self.distance_basis:
       vec = neighbors.edge_vectors(batch.frac, batch.atom_lattice(), nbrs)
-      edge_features = jnp.concatenate(
-          [edge_features,
-           gaussian_basis(safe_norm(vec), self.distance_basis, self.cutoff)], -1)
+      rbf = gaussian_basis(safe_norm(vec), self.distance_basis, self.cutoff)
+      edge_features = jnp.concatenate([edge_features, rbf], -1)
 
     for layer in range(self.num_layers):
       h = CSPLayer(self.hidden, name=f'layer_{layer}')(
@@ -243,7 +248,20 @@ class CSPNet(nn.Module):
     h = nn.LayerNorm(name='final_norm')(h)
 
     atom_mask = batch.atom_mask[:, None]
-    frac_score = nn.Dense(3, use_bias=False, name='frac_out')(h) * atom_mask
+    frac_score = nn.Dense(3, use_bias=False, name='frac_out')(h)
+    if self.edge_score_head:
+      # Denoising a crystal is mostly moving atoms along bonds that are too
+      # short or too long; a node feature would have to learn to encode that
+      # direction, while a weighted sum of edge vectors has it built in.
+      recv, send = nbrs.receivers, nbrs.senders
+      frac_vec = batch.frac[send] - batch.frac[recv] + nbrs.shifts
+      pre = (nn.Dense(self.hidden, name='score_edge_receiver')(h)[recv]
+             + nn.Dense(self.hidden, use_bias=False, name='score_edge_sender')(h)[send]
+             + nn.Dense(self.hidden, use_bias=False, name='score_edge_rbf')(rbf))
+      weight = nn.Dense(1, name='score_edge_weight')(nn.silu(pre))
+      frac_score = frac_score + segment_mean(weight * frac_vec, recv, n,
+                                             nbrs.edge_mask)
+    frac_score = frac_score * atom_mask
     pooled = segment_mean(h, batch.graph_index, g, batch.atom_mask)
     phi = nn.Dense(9, use_bias=False, name='lattice_out')(pooled).reshape(g, 3, 3)
     lattice_noise = jnp.einsum('gij,gjk->gik', phi, lattice)

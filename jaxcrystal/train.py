@@ -11,7 +11,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.struct
 import jax
@@ -160,6 +160,50 @@ def evaluate(eval_step, params, dataset: data_lib.BucketedDataset, seed: int,
   return {k: v / max(count, 1) for k, v in totals.items()}
 
 
+def loss_by_noise_level(spec: diffusion.DiffusionSpec, params,
+                        dataset: data_lib.BucketedDataset, timesteps: Sequence[int],
+                        weights: diffusion.LossWeights = diffusion.LossWeights(),
+                        seed: int = 0, progress: bool = True) -> dict:
+  """Loss components with every crystal of `dataset` noised to each step t.
+
+  The training loss averages over t; this shows where a model fails. The
+  coords component is the normalised-score MSE, so 1 means nothing learned
+  at that noise level (the target has unit variance) and a well-trained
+  model is near 0 at small t, where the clean structure is nearly given.
+
+  Args:
+    timesteps: diffusion steps in {1..T} (`spec.config.num_steps`).
+  Returns:
+    {'t': [S] steps; the coordinate noise scale 'sigma_frac' [S]
+    (fractional; csp, dng) or 'sigma_angstrom' [S] (cartesian); and each
+    loss component: [S] crystal-weighted means}.
+  """
+  T = spec.config.num_steps
+  bad = [int(t) for t in timesteps if not 1 <= int(t) <= T]
+  if bad or not len(timesteps):
+    raise ValueError(f'timesteps must be in 1..{T} (non-empty); got {bad or "none"}')
+  loss_at_times = jax.jit(diffusion.get_loss_at_times_fn(spec, weights))
+  batches = list(dataset.all_batches())
+  rng = jax.random.PRNGKey(seed)
+  out = {'t': np.asarray(timesteps, np.int32)}
+  for t in tqdm(timesteps, desc='noise levels', disable=not progress):
+    totals, count = {}, 0
+    for k, b in enumerate(batches):
+      n = int(b.graph_mask.sum())
+      times = jnp.full((b.num_graph_slots,), int(t), jnp.int32)
+      _, aux = loss_at_times(jax.random.fold_in(rng, k), params, b, times)
+      for key, value in aux.items():
+        totals[key] = totals.get(key, 0.0) + float(value) * n
+      count += n
+    for key, value in totals.items():
+      out.setdefault(key, []).append(value / count)
+  if spec.config.task == 'cartesian':
+    out['sigma_angstrom'] = np.asarray(spec.cart_process.schedule.sigmas)[out['t']]
+  else:
+    out['sigma_frac'] = np.asarray(spec.frac_process.schedule.sigmas)[out['t']]
+  return {k: np.asarray(v) for k, v in out.items()}
+
+
 # ----------------------------------------------------------------------------
 # The loop.
 
@@ -181,6 +225,7 @@ class TrainConfig:
   seed: int = 0
   max_atoms: int = 64
   skip_bad: bool = True
+  niggli: bool = False            # Niggli-reduce cells read from files
   cache_dir: str = ''
   log_every: int = 20
   progress: bool = True
@@ -206,10 +251,12 @@ def load_structures(path: str, config: TrainConfig):
   if path.endswith('.csv'):
     structures, report = io_lib.read_cdvae_csv(
         path, skip_bad=config.skip_bad, max_atoms=config.max_atoms,
-        cache_dir=config.cache_dir or None, progress=config.progress)
+        niggli=config.niggli, cache_dir=config.cache_dir or None,
+        progress=config.progress)
   else:
     structures, report = io_lib.read_structures(
-        path, skip_bad=config.skip_bad, max_atoms=config.max_atoms)
+        path, skip_bad=config.skip_bad, max_atoms=config.max_atoms,
+        niggli=config.niggli)
   if not structures:
     raise io_lib.DataError(f'{path}: no usable structures\n{report.summary()}')
   return structures, report.summary()

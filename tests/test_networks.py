@@ -44,6 +44,10 @@ MODELS = {
                                predict_types=True), 'fc'),
     'csp_radius': (networks.CSPNet(hidden=32, num_layers=2, num_freqs=8, time_dim=16,
                                    distance_basis=8, cutoff=6.0), 'radius'),
+    'dng_fc_edge_score': (networks.CSPNet(hidden=32, num_layers=2, num_freqs=8,
+                                          time_dim=16, predict_types=True,
+                                          distance_basis=8, cutoff=6.0,
+                                          edge_score_head=True), 'fc'),
 }
 
 

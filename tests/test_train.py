@@ -15,6 +15,7 @@ from helpers import cif_text
 from helpers import write_cdvae_csv
 
 from jaxcrystal import batch as batch_lib
+from jaxcrystal import data as data_lib
 from jaxcrystal import datasets
 from jaxcrystal import diffusion
 from jaxcrystal import generate
@@ -71,6 +72,90 @@ def test_non_finite_loss_skips_update_and_counts():
   assert int(good.skipped) == 1
   flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(t)])
   assert not np.allclose(flat(good.params), flat(state.params))
+
+
+def test_loss_at_times_is_the_training_loss_at_its_times():
+  spec, loss_fn, state, _, batch = _state_and_step('dng')  # all three terms
+  loss_at_times = jax.jit(diffusion.get_loss_at_times_fn(spec))
+  rng = jax.random.PRNGKey(3)
+  t = jax.random.randint(jax.random.split(rng, 4)[0], (batch.num_graph_slots,), 1,
+                         spec.config.num_steps + 1)
+  expected, expected_aux = jax.jit(loss_fn)(rng, state.params, batch)
+  got, aux = loss_at_times(rng, state.params, batch, t)
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  chex.assert_trees_all_close(aux, expected_aux, rtol=1e-5)
+  # Fixed times give other losses: the noise level is really set by t.
+  ones = jnp.ones_like(t)
+  low, _ = loss_at_times(rng, state.params, batch, ones)
+  high, _ = loss_at_times(rng, state.params, batch, ones * spec.config.num_steps)
+  assert float(low) > 0 and float(high) > 0 and abs(float(low) - float(high)) > 1e-3
+
+
+def test_loss_by_noise_level_reads_one_for_an_ignorant_model():
+  spec, _, state, _, _ = _state_and_step('csp')
+  dataset = data_lib.BucketedDataset(datasets.builtin_structures(), 8)
+  steps = [1, 10, spec.config.num_steps]
+  # Zero weights predict a zero score: the unit-variance coordinate target
+  # then costs 1 at every noise level, what the report's scale says.
+  zero = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+  ignorant = train.loss_by_noise_level(spec, zero, dataset, steps, progress=False)
+  assert ignorant['t'].tolist() == steps
+  np.testing.assert_allclose(ignorant['coords'], 1.0, atol=0.3)
+  sigmas = ignorant['sigma_frac']
+  assert np.all(np.diff(sigmas) > 0) and sigmas[0] == pytest.approx(
+      spec.config.sigma_begin, rel=1e-3)
+  trained = train.loss_by_noise_level(spec, state.params, dataset, steps,
+                                      progress=False)
+  assert not np.allclose(trained['coords'], ignorant['coords'])
+  assert set(trained) >= {'t', 'sigma_frac', 'coords', 'lattice', 'loss'}
+  with pytest.raises(ValueError, match='timesteps must be in 1..50'):
+    train.loss_by_noise_level(spec, zero, dataset, [0, 51], progress=False)
+
+
+def test_niggli_option_reduces_skewed_training_cells(tmp_path):
+  from ase.build import bulk
+  from ase.neighborlist import neighbor_list
+  diamond = bulk('C', 'diamond', a=3.57)
+  skewed = diamond.copy()
+  # Same lattice, a needlessly skewed basis: a2 + 3 a1, a3 - 2 a2.
+  cell = diamond.cell[:].copy()
+  cell[1] += 3 * cell[0]
+  cell[2] -= 2 * cell[1]
+  skewed.set_cell(cell, scale_atoms=False)
+  skewed.wrap()
+  csv_path = tmp_path / 'skewed.csv'
+  write_cdvae_csv(csv_path, [('s', cif_text(skewed, tmp_path))])
+  base = train.TrainConfig(train_data=str(csv_path), progress=False)
+  kept, _ = train.load_structures(str(csv_path), base)
+  reduced, _ = train.load_structures(
+      str(csv_path), train.TrainConfig(**{**base.__dict__, 'niggli': True}))
+  longest = lambda a: a.cell.lengths().max()
+  assert longest(kept[0]) > 2 * longest(diamond)
+  np.testing.assert_allclose(sorted(reduced[0].cell.lengths()),
+                             sorted(diamond.cell.lengths()), rtol=1e-4)
+  # the same crystal: volume and nearest-neighbour distances are unchanged
+  assert reduced[0].get_volume() == pytest.approx(kept[0].get_volume(), rel=1e-5)
+  bonds = lambda a: np.sort(neighbor_list('d', a, 1.6))
+  np.testing.assert_allclose(bonds(reduced[0]), bonds(kept[0]), atol=1e-4)
+  # configs written before the option existed still load (niggli off)
+  old = base.to_dict()
+  del old['niggli']
+  assert train.TrainConfig.from_dict(old).niggli is False
+
+
+def test_coord_learning_curve_is_a_per_step_loss_that_depends_on_the_seed():
+  from jaxcrystal import benchmarks
+  structures = datasets.builtin_structures()
+  curve = benchmarks.coord_learning_curve(structures, TINY_MODEL, steps=12, max_t=5,
+                                          batch_size=8, learning_rate=3e-3, num_buckets=1)
+  chex.assert_shape(curve, (12,))
+  assert np.all(np.isfinite(curve)) and np.all(curve > 0)
+  other = benchmarks.coord_learning_curve(structures, TINY_MODEL, steps=12, max_t=5,
+                                          batch_size=8, learning_rate=3e-3, num_buckets=1,
+                                          seed=1)
+  assert not np.allclose(curve, other)
+  with pytest.raises(ValueError, match='max_t must be in 1..50'):
+    benchmarks.coord_learning_curve(structures, TINY_MODEL, steps=5, max_t=51)
 
 
 def _run(args, **kw):
@@ -133,6 +218,10 @@ def test_bad_flags_and_paths_are_rejected_clearly(tmp_path):
   res = _run(['experiments/train_ddpm.py', f'--workdir={tmp_path}', '--hiden=3'],
              timeout=120)
   assert res.returncode != 0 and 'hiden' in res.stderr
+  res = _run(['experiments/train_ddpm.py', f'--workdir={tmp_path}',
+              '--edge_score_head'], timeout=120)
+  assert res.returncode != 0 and '--edge_score_head needs --distance_basis' \
+      in res.stderr
   res = _run(['experiments/train_ddpm.py', f'--workdir={tmp_path}', '--batch_size=0'],
              timeout=120)
   assert res.returncode != 0 and '--batch_size must be >= 1' in res.stderr
@@ -216,3 +305,15 @@ def test_train_then_sample_cli_end_to_end(tmp_path):
               f'--checkpoint={run}', f'--test_csv={test_csv}', '--num_targets=50',
               f'--out={bench}'], timeout=120)
   assert res.returncode != 0 and 'asked for 50 rows' in res.stderr
+  noise = tmp_path / 'noise'
+  res = _run(['experiments/loss_by_noise_level.py', f'--checkpoint={run}',
+              f'--data={test_csv}', '--timesteps=1,50', f'--out={noise}',
+              '--progress=false'], timeout=300)
+  assert res.returncode == 0, res.stderr[-2000:]
+  report = json.loads((noise / 'loss_by_noise_level.json').read_text())
+  assert report['t'] == [1, 50] and report['num_structures'] == 21
+  assert all(v > 0 for v in report['coords'])
+  assert (noise / 'loss_by_noise_level.png').stat().st_size > 0
+  res = _run(['experiments/loss_by_noise_level.py', f'--checkpoint={run}',
+              '--timesteps=0,51', f'--out={noise}'], timeout=120)
+  assert res.returncode != 0 and 'timesteps must be in 1..50' in res.stderr
