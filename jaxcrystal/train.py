@@ -149,12 +149,19 @@ def make_eval_step(loss_fn: Callable):
 def evaluate(eval_step, params, dataset: data_lib.BucketedDataset, seed: int,
              place: Callable) -> dict:
   """Mean losses over a dataset, weighting batches by crystal count."""
-  totals, count = {}, 0
   rng = jax.random.PRNGKey(seed)
-  for k, host_batch in enumerate(dataset.all_batches()):
-    n = int(host_batch.graph_mask.sum())
-    aux = eval_step(params, place(host_batch), jax.random.fold_in(rng, k))
-    for key, value in aux.items():
+  return _crystal_weighted_means(
+      dataset.all_batches(),
+      lambda k, b: eval_step(params, place(b), jax.random.fold_in(rng, k)))
+
+
+def _crystal_weighted_means(batches, losses_of: Callable) -> dict:
+  """Means of the dicts `losses_of(k, batch)` over batches, each batch
+  weighted by its number of real crystals (batch means are per crystal)."""
+  totals, count = {}, 0
+  for k, batch in enumerate(batches):
+    n = int(batch.graph_mask.sum())
+    for key, value in losses_of(k, batch).items():
       totals[key] = totals.get(key, 0.0) + float(value) * n
     count += n
   return {k: v / max(count, 1) for k, v in totals.items()}
@@ -187,16 +194,11 @@ def loss_by_noise_level(spec: diffusion.DiffusionSpec, params,
   rng = jax.random.PRNGKey(seed)
   out = {'t': np.asarray(timesteps, np.int32)}
   for t in tqdm(timesteps, desc='noise levels', disable=not progress):
-    totals, count = {}, 0
-    for k, b in enumerate(batches):
-      n = int(b.graph_mask.sum())
-      times = jnp.full((b.num_graph_slots,), int(t), jnp.int32)
-      _, aux = loss_at_times(jax.random.fold_in(rng, k), params, b, times)
-      for key, value in aux.items():
-        totals[key] = totals.get(key, 0.0) + float(value) * n
-      count += n
-    for key, value in totals.items():
-      out.setdefault(key, []).append(value / count)
+    means = _crystal_weighted_means(batches, lambda k, b: loss_at_times(
+        jax.random.fold_in(rng, k), params, b,
+        jnp.full((b.num_graph_slots,), int(t), jnp.int32))[1])
+    for key, value in means.items():
+      out.setdefault(key, []).append(value)
   if spec.config.task == 'cartesian':
     out['sigma_angstrom'] = np.asarray(spec.cart_process.schedule.sigmas)[out['t']]
   else:
