@@ -19,6 +19,7 @@ from jaxcrystal import data as data_lib
 from jaxcrystal import datasets
 from jaxcrystal import diffusion
 from jaxcrystal import generate
+from jaxcrystal import schedules
 from jaxcrystal import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,8 +79,8 @@ def test_loss_at_times_is_the_training_loss_at_its_times():
   spec, loss_fn, state, _, batch = _state_and_step('dng')  # all three terms
   loss_at_times = jax.jit(diffusion.get_loss_at_times_fn(spec))
   rng = jax.random.PRNGKey(3)
-  t = jax.random.randint(jax.random.split(rng, 4)[0], (batch.num_graph_slots,), 1,
-                         spec.config.num_steps + 1)
+  t = schedules.sample_timesteps(jax.random.split(rng, 4)[0], batch.num_graph_slots,
+                                spec.config.num_steps)
   expected, expected_aux = jax.jit(loss_fn)(rng, state.params, batch)
   got, aux = loss_at_times(rng, state.params, batch, t)
   np.testing.assert_allclose(got, expected, rtol=1e-5)
