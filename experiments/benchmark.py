@@ -10,8 +10,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from jaxcrystal import benchmarks
-from jaxcrystal import io
+from jaxcrystal.recipes import benchmarks
+from jaxcrystal.data import io
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('data', None, 'Perov-5 CSV (compositions and cells).')

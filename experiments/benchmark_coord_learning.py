@@ -18,10 +18,10 @@ from absl import flags
 from absl import logging
 import numpy as np
 
-from jaxcrystal import benchmarks
-from jaxcrystal import diffusion
-from jaxcrystal import io as io_lib
-from jaxcrystal import plots
+from jaxcrystal.recipes import benchmarks
+from jaxcrystal.generative import model as diffusion
+from jaxcrystal.data import io as io_lib
+from jaxcrystal.plotting import plots
 
 VARIANTS = {
     'base': (False, dict()),

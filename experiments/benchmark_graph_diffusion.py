@@ -15,8 +15,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from jaxcrystal import graph_tasks
-from jaxcrystal import io as io_lib
+from jaxcrystal.graph_diffusion import tasks as graph_tasks
+from jaxcrystal.data import io as io_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Run of train_graph_diffusion.py.')

@@ -14,10 +14,10 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from jaxcrystal import benchmarks
-from jaxcrystal import healing
-from jaxcrystal import io as io_lib
-from jaxcrystal import plots
+from jaxcrystal.recipes import benchmarks
+from jaxcrystal.healing import heal as healing
+from jaxcrystal.data import io as io_lib
+from jaxcrystal.plotting import plots
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('denoiser', None, 'Workdir of train_denoiser.py.')

@@ -8,7 +8,7 @@ timing is the best of --repeats after a warm-up call (jit compilation excluded).
 from absl import app
 from absl import flags
 
-from jaxcrystal import benchmarks
+from jaxcrystal.recipes import benchmarks
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('repeats_per_side', ['5', '10', '15', '20', '25', '30'],
@@ -24,7 +24,7 @@ def main(argv):
   rows = benchmarks.benchmark_neighbor_lists(sizes, FLAGS.cutoff, FLAGS.repeats)
   print(benchmarks.neighbor_table_markdown(rows))
   if FLAGS.out:
-    from jaxcrystal import io
+    from jaxcrystal.data import io
     io.write_json_atomic(FLAGS.out, rows)
 
 

@@ -14,8 +14,8 @@ import os
 from absl import app
 from absl import flags
 
-from jaxcrystal import evaluation
-from jaxcrystal import io as io_lib
+from jaxcrystal.evaluation import evaluate as evaluation
+from jaxcrystal.data import io as io_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('samples', None, 'Generated structures (.npz, extxyz, ...).')

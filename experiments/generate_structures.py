@@ -14,8 +14,8 @@ import time
 from absl import app
 from absl import flags
 
-from jaxcrystal import dataset_factory as factory
-from jaxcrystal import io as io_lib
+from jaxcrystal.generators import dataset_factory as factory
+from jaxcrystal.data import io as io_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('num_samples', 1000, 'Structures to generate.')

@@ -16,7 +16,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from jaxcrystal import healing
+from jaxcrystal.healing import heal as healing
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('denoiser', None, 'Workdir of train_denoiser.py.')

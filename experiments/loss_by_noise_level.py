@@ -14,11 +14,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from jaxcrystal import data as data_lib
-from jaxcrystal import generate
-from jaxcrystal import io as io_lib
-from jaxcrystal import plots
-from jaxcrystal import train
+from jaxcrystal.data import pipeline as data_lib
+from jaxcrystal.generative import generate
+from jaxcrystal.data import io as io_lib
+from jaxcrystal.plotting import plots
+from jaxcrystal.generative import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('checkpoint', None, 'Training workdir.')

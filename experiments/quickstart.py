@@ -11,7 +11,7 @@ from absl import flags
 from absl import logging
 
 import train_flags  # noqa: F401  (defines the training flags)
-from jaxcrystal import quickstart
+from jaxcrystal.recipes import quickstart
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('samples_per_structure', 5,

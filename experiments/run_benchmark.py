@@ -23,10 +23,10 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from jaxcrystal import evaluation
-from jaxcrystal import generate
-from jaxcrystal import io as io_lib
-from jaxcrystal import train
+from jaxcrystal.evaluation import evaluate as evaluation
+from jaxcrystal.generative import generate
+from jaxcrystal.data import io as io_lib
+from jaxcrystal.generative import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum('task', None, ['csp', 'dng'], 'Benchmark task.')

@@ -10,7 +10,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from jaxcrystal import generate
+from jaxcrystal.generative import generate
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('checkpoint', None, 'Training workdir to sample from.')

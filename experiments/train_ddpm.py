@@ -10,7 +10,7 @@ from absl import app
 from absl import logging
 
 import train_flags  # noqa: F401  (defines the flags)
-from jaxcrystal import train
+from jaxcrystal.generative import train
 
 FLAGS = train_flags.FLAGS
 

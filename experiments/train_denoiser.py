@@ -7,9 +7,9 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from jaxcrystal import denoiser
-from jaxcrystal import healing
-from jaxcrystal import train as train_lib
+from jaxcrystal.healing import denoiser
+from jaxcrystal.healing import heal as healing
+from jaxcrystal.generative import train as train_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Run directory (must be new).')

@@ -4,8 +4,8 @@ import os
 
 from absl import flags
 
-from jaxcrystal import diffusion
-from jaxcrystal import train
+from jaxcrystal.generative import model as diffusion
+from jaxcrystal.generative import train
 
 FLAGS = flags.FLAGS
 
@@ -108,12 +108,12 @@ def config_from_flags() -> train.TrainConfig:
 
 def maybe_initialize_distributed() -> None:
   if FLAGS.coordinator_address:
-    from jaxcrystal import sharding
+    from jaxcrystal.training import sharding
     sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id)
 
 
 def save_flags(workdir: str) -> None:
   """Write the flags used as a reusable flag file."""
-  from jaxcrystal import io
+  from jaxcrystal.data import io
   io.write_text_atomic(os.path.join(workdir, 'flags.txt'), FLAGS.flags_into_string())

@@ -7,8 +7,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from jaxcrystal import graph_diffusion as gd
-from jaxcrystal import graph_tasks
+from jaxcrystal.graph_diffusion import model as gd
+from jaxcrystal.graph_diffusion import tasks as graph_tasks
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Run directory (must be new).')

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from jaxcrystal import batch as batch_lib
-from jaxcrystal import datasets
+from jaxcrystal.data import batch as batch_lib
+from jaxcrystal.data import datasets
 
 
 def _assert_same_structures(a_list, b_list, atol=1e-5):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from jaxcrystal import data as data_lib
-from jaxcrystal import datasets
+from jaxcrystal.data import pipeline as data_lib
+from jaxcrystal.data import datasets
 
 
 def _dataset(batch_size=4, edges=(4, 8)):

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from equivariance import assert_transform_consistent, random_orthogonal
-from jaxcrystal import defects
-from jaxcrystal import denoiser
-from jaxcrystal import healing
+from jaxcrystal.testing import assert_transform_consistent, random_orthogonal
+from jaxcrystal.healing import defects
+from jaxcrystal.healing import denoiser
+from jaxcrystal.healing import heal as healing
 
 CONFIG = denoiser.DenoiserConfig(hidden=32, num_basis=8)
 
@@ -18,7 +18,7 @@ CONFIG = denoiser.DenoiserConfig(hidden=32, num_basis=8)
 @pytest.fixture(scope='module')
 def model_and_params():
   model = denoiser.LocalDenoiser(CONFIG)
-  from jaxcrystal import batch as batch_lib
+  from jaxcrystal.data import batch as batch_lib
   example = batch_lib.to_device(batch_lib.batch_from_atoms(
       [defects.supercell('Pt', 'fcc', 3.924, 1)]))
   params = denoiser.init_params(model, jax.random.PRNGKey(0), example)
@@ -78,8 +78,8 @@ def test_cell_list_and_radius_graph_paths_agree(model_and_params):
   frac = jnp.asarray(big.get_scaled_positions(), jnp.float32)
   lattice = jnp.asarray(big.cell[:], jnp.float32)
   via_cells = healing.build_graph(big, cutoff)
-  from jaxcrystal import batch as batch_lib
-  from jaxcrystal import neighbors
+  from jaxcrystal.data import batch as batch_lib
+  from jaxcrystal.geometry import neighbors
   assert via_cells.dense_block is None and via_cells.capacity < 64 * len(big)  # cell list
   b = batch_lib.to_device(batch_lib.batch_from_atoms([big]))
   max_image, capacity = denoiser.graph_capacity(b, cutoff)

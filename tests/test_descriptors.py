@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from ase.neighborlist import neighbor_list
 
-from jaxcrystal import batch as batch_lib
-from jaxcrystal import datasets
-from jaxcrystal import descriptors
-from jaxcrystal import neighbors
+from jaxcrystal.data import batch as batch_lib
+from jaxcrystal.data import datasets
+from jaxcrystal.evaluation import descriptors
+from jaxcrystal.geometry import neighbors
 
 
 @pytest.fixture

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from helpers import rattled
 
-from jaxcrystal import datasets
-from jaxcrystal import diffusion
-from jaxcrystal import evaluation
-from jaxcrystal import io as io_lib
-from jaxcrystal import process_views
-from jaxcrystal import structure_plots
-from jaxcrystal import validation
+from jaxcrystal.data import datasets
+from jaxcrystal.generative import model as diffusion
+from jaxcrystal.evaluation import evaluate as evaluation
+from jaxcrystal.data import io as io_lib
+from jaxcrystal.plotting import process_views
+from jaxcrystal.plotting import structure_plots
+from jaxcrystal.evaluation import validation
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,7 +125,7 @@ def test_forward_snapshots_follow_the_schedule(tiny_spec):
 
 
 def test_sampling_trajectory_ends_at_a_sample(tiny_spec, keys):
-  from jaxcrystal import batch as batch_lib
+  from jaxcrystal.data import batch as batch_lib
   diamond = datasets.builtin_structures()[14]
   params = diffusion.init_params(tiny_spec, next(keys),
                                  batch_lib.to_device(batch_lib.batch_from_atoms([diamond])))

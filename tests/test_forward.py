@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from ase.geometry import find_mic
 
-from jaxcrystal import forward
-from jaxcrystal import wrapped_normal
+from jaxcrystal.generative import processes as forward
+from jaxcrystal.generative import wrapped_normal
 
 
 @pytest.mark.parametrize('sigma', [0.005, 0.05, 0.3, 0.5, 1.0])

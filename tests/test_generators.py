@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from jaxcrystal import dataset_factory as factory
-from jaxcrystal import generators
+from jaxcrystal.generators import dataset_factory as factory
+from jaxcrystal.generators import structures as generators
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = factory.SamplingConfig(elements=('H', 'C', 'N', 'O'), max_atoms=40)

@@ -8,10 +8,10 @@ import scipy.sparse as sp
 from ase.build import bulk
 from ase.collections import g2
 
-from jaxcrystal import graph_diffusion as gd
-from jaxcrystal import graph_laplacian as gl
-from jaxcrystal import graph_tasks
-from jaxcrystal import schedules
+from jaxcrystal.graph_diffusion import model as gd
+from jaxcrystal.graph_diffusion import laplacian as gl
+from jaxcrystal.graph_diffusion import tasks as graph_tasks
+from jaxcrystal.generative import schedules
 
 
 def test_laplacians_of_grids_molecules_and_crystals():

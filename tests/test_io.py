@@ -8,9 +8,9 @@ from ase.build import bulk
 from helpers import cif_text as _cif_text
 from helpers import write_cdvae_csv as _write_csv
 
-from jaxcrystal import batch as batch_lib
-from jaxcrystal import datasets
-from jaxcrystal import io as io_lib
+from jaxcrystal.data import batch as batch_lib
+from jaxcrystal.data import datasets
+from jaxcrystal.data import io as io_lib
 
 
 
@@ -148,7 +148,7 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
 
 
 def test_check_structure_rejects_degenerate_inputs():
-  from jaxcrystal import validation
+  from jaxcrystal.evaluation import validation
   a = bulk('Cu', 'fcc', a=3.6) * (2, 1, 1)
   flat = a.copy()
   flat.cell[2] = flat.cell[0] + flat.cell[1]

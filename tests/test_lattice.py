@@ -7,7 +7,7 @@ from ase.geometry import cellpar_to_cell
 from ase.geometry.minkowski_reduction import is_minkowski_reduced
 
 from conftest import random_cells
-from jaxcrystal import lattice as lattice_lib
+from jaxcrystal.geometry import lattice as lattice_lib
 
 
 @pytest.mark.parametrize('jit', [False, True])

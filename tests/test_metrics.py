@@ -7,9 +7,9 @@ from helpers import rattled
 from ase import Atoms
 from ase.build import bulk
 
-from jaxcrystal import datasets
-from jaxcrystal import io as io_lib
-from jaxcrystal import metrics
+from jaxcrystal.data import datasets
+from jaxcrystal.data import io as io_lib
+from jaxcrystal.evaluation import metrics
 
 
 @pytest.fixture(scope='module')

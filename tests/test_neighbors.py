@@ -8,9 +8,9 @@ from ase.build import bulk
 from ase.neighborlist import neighbor_list
 
 from conftest import random_cells
-from jaxcrystal import batch as batch_lib
-from jaxcrystal import neighbors
-from jaxcrystal import pbc
+from jaxcrystal.data import batch as batch_lib
+from jaxcrystal.geometry import neighbors
+from jaxcrystal.geometry import pbc
 
 
 def _edge_set(nbrs, offset=0, n=None):

@@ -7,10 +7,10 @@ import pytest
 from ase import Atoms
 
 from conftest import random_cells
-from equivariance import assert_transform_consistent, random_orthogonal
-from jaxcrystal import batch as batch_lib
-from jaxcrystal import networks
-from jaxcrystal import neighbors
+from jaxcrystal.testing import assert_transform_consistent, random_orthogonal
+from jaxcrystal.data import batch as batch_lib
+from jaxcrystal.generative import networks
+from jaxcrystal.geometry import neighbors
 
 BUDGET = batch_lib.Budget(max_graphs=5, max_atoms=32, max_atoms_per_graph=8)
 

@@ -6,7 +6,7 @@ import pytest
 from ase.geometry import get_distances
 
 from conftest import random_cells
-from jaxcrystal import pbc
+from jaxcrystal.geometry import pbc
 
 TOL = {jnp.float32: 1e-4, jnp.float64: 1e-5}
 

@@ -4,9 +4,9 @@ import json
 import numpy as np
 from ase.build import bulk
 
-from jaxcrystal import diffusion
-from jaxcrystal import quickstart
-from jaxcrystal import train
+from jaxcrystal.generative import model as diffusion
+from jaxcrystal.recipes import quickstart
+from jaxcrystal.generative import train
 
 
 def test_prototype_check_accepts_prototypes_and_rejects_others():

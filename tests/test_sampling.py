@@ -4,11 +4,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcrystal import batch as batch_lib
-from jaxcrystal import datasets
-from jaxcrystal import diffusion
-from jaxcrystal import sampling
-from jaxcrystal import schedules
+from jaxcrystal.data import batch as batch_lib
+from jaxcrystal.data import datasets
+from jaxcrystal.generative import model as diffusion
+from jaxcrystal.generative import sampling
+from jaxcrystal.generative import schedules
 
 TINY = dict(hidden=16, num_layers=1, num_freqs=4, time_dim=8, num_steps=20)
 
@@ -108,7 +108,7 @@ def test_cartesian_sampler_keeps_cell():
 
 
 def test_make_right_handed_keeps_structure():
-  from jaxcrystal import lattice as lattice_lib
+  from jaxcrystal.geometry import lattice as lattice_lib
   s = datasets.builtin_structures()[5]
   b = batch_lib.batch_from_atoms([s])
   mirrored = b.replace(lattice=b.lattice[:, [1, 0, 2]], frac=b.frac[:, [1, 0, 2]])

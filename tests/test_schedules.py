@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcrystal import schedules
-from jaxcrystal import wrapped_normal
+from jaxcrystal.generative import schedules
+from jaxcrystal.generative import wrapped_normal
 
 
 @pytest.mark.parametrize('name', ['linear', 'cosine', 'sigmoid'])

@@ -14,13 +14,13 @@ import pytest
 from helpers import cif_text
 from helpers import write_cdvae_csv
 
-from jaxcrystal import batch as batch_lib
-from jaxcrystal import data as data_lib
-from jaxcrystal import datasets
-from jaxcrystal import diffusion
-from jaxcrystal import generate
-from jaxcrystal import schedules
-from jaxcrystal import train
+from jaxcrystal.data import batch as batch_lib
+from jaxcrystal.data import pipeline as data_lib
+from jaxcrystal.data import datasets
+from jaxcrystal.generative import model as diffusion
+from jaxcrystal.generative import generate
+from jaxcrystal.generative import schedules
+from jaxcrystal.generative import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = diffusion.ModelConfig(hidden=16, num_layers=1, num_freqs=4, time_dim=8,
@@ -145,7 +145,7 @@ def test_niggli_option_reduces_skewed_training_cells(tmp_path):
 
 
 def test_coord_learning_curve_is_a_per_step_loss_that_depends_on_the_seed():
-  from jaxcrystal import benchmarks
+  from jaxcrystal.recipes import benchmarks
   structures = datasets.builtin_structures()
   curve = benchmarks.coord_learning_curve(structures, TINY_MODEL, steps=12, max_t=5,
                                           batch_size=8, learning_rate=3e-3, num_buckets=1)
@@ -232,7 +232,11 @@ SHARDED_SCRIPT = r'''
 import os
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 import jax, jax.numpy as jnp, numpy as np, chex
-from jaxcrystal import data, datasets, diffusion, sharding, train
+from jaxcrystal.data import pipeline as data
+from jaxcrystal.data import datasets
+from jaxcrystal.generative import model as diffusion
+from jaxcrystal.training import sharding
+from jaxcrystal.generative import train
 assert jax.local_device_count() == 4, jax.devices()
 spec = diffusion.build(diffusion.ModelConfig(hidden=16, num_layers=1, num_freqs=4,
                                              time_dim=8, num_steps=50))

@@ -3,7 +3,7 @@ import numpy as np
 from ase import Atoms
 from ase.build import bulk
 
-from jaxcrystal import validation
+from jaxcrystal.evaluation import validation
 
 
 def test_space_groups_of_prototypes_and_absurd_cells():

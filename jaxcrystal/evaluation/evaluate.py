@@ -1,0 +1,212 @@
+"""Evaluate a file of generated structures against a test file: the papers'
+metrics, a JSON and markdown report, and the analysis figures.
+
+Used by `experiments/evaluate.py` and `experiments/run_benchmark.py`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import ase
+import numpy as np
+
+from jaxcrystal.evaluation import descriptors
+from jaxcrystal.data import io as io_lib
+from jaxcrystal.evaluation import metrics
+from jaxcrystal.plotting import structure_plots
+from jaxcrystal.evaluation import validation
+
+# Published figures (DiffCSP, Jiao et al. NeurIPS 2023, Tables 1 and 3; CDVAE
+# as reported there), trained on the full official splits; for table context.
+PUBLISHED = {
+    ('csp', 'perov_5'): {
+        'CDVAE': dict(match_rate=0.4531, rmse=0.1138, match_rate_k20=0.8851,
+                      rmse_k20=0.0464),
+        'DiffCSP': dict(match_rate=0.5202, rmse=0.0760, match_rate_k20=0.9860,
+                        rmse_k20=0.0128)},
+    ('csp', 'carbon_24'): {
+        'CDVAE': dict(match_rate=0.1709, rmse=0.2969, match_rate_k20=0.8837,
+                      rmse_k20=0.2286),
+        'DiffCSP': dict(match_rate=0.1754, rmse=0.2759, match_rate_k20=0.8847,
+                        rmse_k20=0.2192)},
+    ('dng', 'perov_5'): {
+        'CDVAE': dict(struct_validity=1.0, comp_validity=0.9859, cov_recall=0.9945,
+                      cov_precision=0.9846, wdist_density=0.1258,
+                      wdist_num_elements=0.0628),
+        'DiffCSP': dict(struct_validity=1.0, comp_validity=0.9885, cov_recall=0.9974,
+                        cov_precision=0.9827, wdist_density=0.1110,
+                        wdist_num_elements=0.0128)},
+    ('dng', 'carbon_24'): {
+        'CDVAE': dict(struct_validity=1.0, cov_recall=0.9980, cov_precision=0.8308,
+                      wdist_density=0.1407),
+        'DiffCSP': dict(struct_validity=1.0, cov_recall=0.9990, cov_precision=0.9727,
+                        wdist_density=0.0805)},
+}
+
+CSP_TABLE_COLUMNS = metrics.CSP_COLUMNS + (
+    ('match_rate_k', 'Match rate, K samples (%)', 100.0),
+    ('rmse_k', 'RMSE, K samples', 1.0),
+    ('match_rate_composition', 'Composition-aware (%)', 100.0))
+
+
+def read_samples(path: str | Path) -> list[ase.Atoms]:
+  """Generated structures from `.npz` (ours or DiffCSP's layout), extxyz, or
+  anything ASE reads. Raises FileNotFoundError / DataError naming the file."""
+  path = Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f'--samples {path}: no such file')
+  if path.suffix == '.npz':
+    return io_lib.read_npz(path)
+  structures, _ = io_lib.read_structures(str(path), skip_bad=False,
+                                         min_distance=0.0)
+  return structures
+
+
+def group_predictions(samples: Sequence[ase.Atoms], targets: Sequence[ase.Atoms]
+                      ) -> list[list[ase.Atoms]]:
+  """Split `samples` into K consecutive predictions per target (the order
+  `sample.py --compositions_from --samples_per_composition K` writes), and
+  check that every prediction has its target's composition."""
+  if not targets:
+    raise ValueError('no test structures')
+  if len(samples) % len(targets):
+    raise ValueError(f'{len(samples)} samples is not a multiple of the '
+                     f'{len(targets)} test structures (K samples per test row, '
+                     'in test-file order)')
+  k = len(samples) // len(targets)
+  groups = [list(samples[i * k:(i + 1) * k]) for i in range(len(targets))]
+  for i, (group, target) in enumerate(zip(groups, targets)):
+    want = sorted(target.numbers.tolist())
+    for j, pred in enumerate(group):
+      if sorted(pred.numbers.tolist()) != want:
+        raise ValueError(
+            f'sample {i * k + j} has composition {pred.get_chemical_formula()} but '
+            f'test row {i} is {target.get_chemical_formula()}: samples must follow '
+            'the test file order, K per row')
+  return groups
+
+
+def random_subset(structures: Sequence[ase.Atoms], num: int = 0,
+                  seed: int = 0) -> tuple[list[ase.Atoms], np.ndarray]:
+  """A seeded random subset of `num` rows of a file, in file order (all rows
+  when `num` is 0), and their row indices: test targets for CPU-budget runs,
+  or real structures scored as if generated.
+
+  Raises ValueError when more rows are asked for than the file has.
+  """
+  if num < 0:
+    raise ValueError(f'the subset size must be >= 0, got {num}')
+  if num > len(structures):
+    raise ValueError(f'asked for {num} rows but the file has '
+                     f'{len(structures)} usable rows')
+  if num == 0:
+    return list(structures), np.arange(len(structures))
+  rows = np.sort(np.random.default_rng(seed).choice(len(structures), num,
+                                                    replace=False))
+  return [structures[i] for i in rows], rows
+
+
+def csp_compositions(targets: Sequence[ase.Atoms], k: int) -> list[np.ndarray]:
+  """Atomic numbers to sample for CSP: each target's, `k` times in a row (the
+  order `group_predictions` expects)."""
+  return [t.numbers for t in targets for _ in range(k)]
+
+
+def evaluate_csp(samples: Sequence[ase.Atoms], targets: Sequence[ase.Atoms], *,
+                 workers: int = 1, progress: bool = True) -> dict:
+  """One-sample (first of each group), best-of-K and composition-aware rates."""
+  groups = group_predictions(samples, targets)
+  k = len(groups[0])
+  # Validity (SMACT and distances) once per sample, not once per rate.
+  valid_by_id = {id(s): metrics.is_valid_structure(s) for s in samples}
+  is_valid = lambda atoms: valid_by_id[id(atoms)]
+  one = metrics.csp_match([g[0] for g in groups], targets, is_valid=is_valid,
+                          workers=workers, progress=progress)
+  result = dict(task='csp', k=k, num_targets=len(targets),
+                match_rate=one['match_rate'], rmse=one['rmse'],
+                valid_fraction=one['valid_fraction'])
+  if k > 1:
+    best = metrics.csp_match(groups, targets, is_valid=is_valid, workers=workers,
+                             progress=progress)
+    result.update(match_rate_k=best['match_rate'], rmse_k=best['rmse'],
+                  valid_fraction=best['valid_fraction'])
+  aware = metrics.composition_aware_match(list(samples), targets, is_valid=is_valid,
+                                          workers=workers, progress=progress)
+  result.update(match_rate_composition=aware['match_rate'],
+                rmse_composition=aware['rmse'])
+  result['rms_per_target'] = (best if k > 1 else one)['rms_per_target']
+  return result
+
+
+def evaluate_dng(samples: Sequence[ase.Atoms], reference: Sequence[ase.Atoms],
+                 train: Sequence[ase.Atoms] | None = None, *,
+                 dataset: str = 'perov_5', num_eval_samples: int | None = 1000,
+                 seed: int = 0, unique_novel: bool = True, workers: int = 1,
+                 progress: bool = True) -> dict:
+  """CDVAE's generation metrics with the dataset's COV cutoffs (uniqueness
+  and novelty too unless `unique_novel` is False; see metrics.dng_metrics)."""
+  if dataset not in metrics.COV_CUTOFFS:
+    raise ValueError(f'unknown dataset {dataset!r} for COV cutoffs; choose from '
+                     f'{sorted(metrics.COV_CUTOFFS)}')
+  result = metrics.dng_metrics(samples, reference, train,
+                               cov_cutoffs=metrics.COV_CUTOFFS[dataset],
+                               num_eval_samples=num_eval_samples, seed=seed,
+                               unique_novel=unique_novel, workers=workers,
+                               progress=progress)
+  return dict(task='dng', dataset=dataset, **result)
+
+
+def markdown_report(result: dict, dataset: str, label: str = 'jaxcrystal') -> str:
+  """The papers' table for `result`, with the published rows beside it."""
+  task = result['task']
+  rows = {}
+  for name, published in PUBLISHED.get((task, dataset), {}).items():
+    shown = dict(published)
+    if task == 'csp':  # published K = 20 columns
+      shown.update(match_rate_k=published.get('match_rate_k20'),
+                   rmse_k=published.get('rmse_k20'))
+    rows[f'{name} (published, full train split)'] = shown
+  rows[label] = result
+  columns = CSP_TABLE_COLUMNS if task == 'csp' else metrics.DNG_COLUMNS
+  head = f'## {task.upper()} on {dataset}'
+  if task == 'csp':
+    head += f' (K = {result["k"]} samples per test structure)'
+  evaluated, in_file = result.get('test_rows_evaluated'), result.get('test_rows_in_file')
+  if evaluated is not None and in_file is not None and evaluated < in_file:
+    head += (f'\n\nEvaluated on a random subset of {evaluated} of the {in_file} '
+             f'test rows (seed {result.get("target_seed", 0)}).')
+  return head + '\n\n' + metrics.markdown_table(rows, columns)
+
+
+def write_report(outdir: str | Path, result: dict, samples: Sequence[ase.Atoms],
+                 reference: Sequence[ase.Atoms], dataset: str,
+                 label: str = 'jaxcrystal') -> dict[str, Path]:
+  """Write `metrics.json`, `metrics.md` and the figures (real against
+  generated, batch analysis) into `outdir`. Returns the paths."""
+  outdir = Path(outdir)
+  outdir.mkdir(parents=True, exist_ok=True)
+  paths = {'json': outdir / 'metrics.json', 'markdown': outdir / 'metrics.md'}
+  io_lib.write_json_atomic(paths['json'], result)
+  io_lib.write_text_atomic(paths['markdown'], markdown_report(result, dataset, label))
+  summary = validation.summary_arrays(samples)
+  paths['batch'] = structure_plots.plot_batch_analysis(
+      summary, samples, outdir / 'batch_analysis.png',
+      title=f'{len(samples)} generated structures')
+  usable = [s for s, ok in zip(samples, summary['valid']) if ok]
+  curves, r = {}, None
+  for name, group in (('reference', list(reference)[:200]), ('generated', usable[:200])):
+    try:
+      r, curves[name] = descriptors.mean_rdf(group)
+    except ValueError:  # nothing with a sensible cell: no curve
+      pass
+  shown = {k: v for k, v in result.items()
+           if isinstance(v, (int, float)) and not isinstance(v, bool)}
+  # CSP: show each test structure beside its own (first) prediction.
+  shown_generated = (list(samples[::result['k']]) if result['task'] == 'csp'
+                     else usable or list(samples))
+  paths['real_vs_generated'] = structure_plots.plot_real_vs_generated(
+      list(reference), shown_generated, r if r is not None else np.zeros(1),
+      curves, shown, outdir / 'real_vs_generated.png',
+      title=f'{dataset}: test structures against generated')
+  return paths

@@ -1,0 +1,148 @@
+"""From a trained run to structures on disk: load, sample in batches, write.
+
+Used by `experiments/sample.py` and the quickstart.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Sequence
+
+import ase
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxcrystal.data import batch as batch_lib
+from jaxcrystal.training import checkpoints
+from jaxcrystal.generative import model as diffusion
+from jaxcrystal.data import io as io_lib
+from jaxcrystal.generative import sampling
+from jaxcrystal.generative import train
+
+
+def load_run(workdir: str | Path, which: str = 'best', use_ema: bool = True):
+  """Model spec, parameters and config of a training run directory.
+
+  Returns (spec, params, config, step).
+  """
+  workdir = Path(workdir)
+  config_path = workdir / 'config.json'
+  if not config_path.is_file():
+    raise FileNotFoundError(f'{workdir}: no config.json; is this a training '
+                            'workdir (--workdir of train_ddpm.py)?')
+  config = train.TrainConfig.from_dict(json.loads(config_path.read_text()))
+  spec = diffusion.build(config.model)
+  example = _example_batch()
+  optimizer = train.make_optimizer(config.optim, config.train_steps)
+  like = train.create_train_state(jax.random.PRNGKey(0), spec, example, optimizer)
+  state, _, step = checkpoints.restore_from_workdir(workdir, like, which)
+  return spec, (state.ema_params if use_ema else state.params), config, step
+
+
+def _example_batch():
+  """A one-atom crystal: parameter shapes do not depend on the data."""
+  return batch_lib.batch_from_atoms([ase.Atoms('H', cell=np.eye(3) * 3, pbc=True)])
+
+
+def sample_structures(spec: diffusion.DiffusionSpec, params,
+                      compositions: Sequence[Sequence[int]], *,
+                      batch_size: int = 256, seed: int = 0, step_lr: float = 1e-5,
+                      corrector_steps: int = 1,
+                      lattices: Sequence[np.ndarray] | None = None,
+                      progress: bool = True) -> tuple[list[ase.Atoms], dict]:
+  """Sample one structure per composition (atomic numbers; for de novo, only
+  the count matters). Batches share one padded budget so the sampler compiles
+  once. Returns (structures, timing)."""
+  if not len(compositions):
+    raise ValueError('no compositions to sample')
+  max_n = max(len(c) for c in compositions)
+  size = min(batch_size, len(compositions))
+  budget = batch_lib.Budget(size + 1, int(np.ceil((size * max_n + 1) / 8) * 8), max_n)
+  sampler = jax.jit(sampling.get_sampler(spec, step_lr, corrector_steps))
+  out, timing = [], {'compile_s': 0.0, 'sample_s': 0.0}
+  chunks = sampling.split_into_batches(list(range(len(compositions))), size)
+  for k, chunk in enumerate(tqdm(chunks, desc='sampling', disable=not progress)):
+    comps = [compositions[i] for i in chunk]
+    lats = [lattices[i] for i in chunk] if lattices is not None else None
+    template = batch_lib.to_device(
+        sampling.template_from_compositions(comps, budget, lats))
+    rng = jax.random.fold_in(jax.random.PRNGKey(seed), k)
+    t0 = time.perf_counter()
+    if k == 0:
+      compiled = sampler.lower(rng, params, template).compile()
+      timing['compile_s'] = time.perf_counter() - t0
+      t0 = time.perf_counter()
+    result, _ = compiled(rng, params, template)
+    result = jax.block_until_ready(result)
+    timing['sample_s'] += time.perf_counter() - t0
+    out.extend(batch_lib.batch_to_atoms(jax.device_get(result)))
+  return out, timing
+
+
+def write_samples(outdir: str | Path, structures: Sequence[ase.Atoms],
+                  extra_summary: dict | None = None) -> dict:
+  """Write extxyz, a folder of CIFs, `.npz` and a JSON validity summary."""
+  outdir = Path(outdir)
+  arrays = io_lib.write_npz(outdir / 'samples.npz', structures)
+  io_lib.write_extxyz(outdir / 'samples.extxyz', structures)
+  io_lib.write_cifs(outdir / 'cifs', structures, prefix='sample')
+  summary = {
+      'num_samples': len(structures),
+      'valid_fraction': float(np.mean(arrays['valid'])),
+      'min_distance_median': float(np.nanmedian(arrays['min_distance'])),
+      'density_mean': float(np.nanmean(arrays['density'])),
+      'mean_coordination_mean': float(np.nanmean(arrays['mean_coordination'])),
+  }
+  reasons = {}
+  for reason in arrays['reason']:
+    if reason:  # group by the reason's words, numbers masked
+      key = re.sub(r'-?\d[\d.e+-]*', '#', reason)
+      reasons[key] = reasons.get(key, 0) + 1
+  summary['invalid_reasons'] = reasons
+  summary.update(extra_summary or {})
+  io_lib.write_json_atomic(outdir / 'summary.json', summary)
+  return summary
+
+
+def compositions_for_request(config: train.TrainConfig, *, formula: str = '',
+                             compositions_from: str = '',
+                             samples_per_composition: int = 1,
+                             num_samples: int = 100, atom_counts_from: str = '',
+                             seed: int = 0):
+  """What to sample: a formula repeated, every row of a file (K times each),
+  or de novo atom counts drawn from the training (or given) distribution.
+
+  Returns (compositions, lattices); lattices are the file's cells for the
+  cartesian task (whose cell is given) and None otherwise.
+  Raises ValueError for contradictory or unusable requests.
+  """
+  if formula and compositions_from:
+    raise ValueError('give --formula or --compositions_from, not both')
+  task = config.model.task
+  if task == 'cartesian' and not compositions_from:
+    raise ValueError('a cartesian model needs --compositions_from (a file whose '
+                     'cells and compositions are kept)')
+  if formula:
+    try:
+      numbers = ase.Atoms(formula).numbers
+    except Exception as err:
+      raise ValueError(f'--formula {formula!r} is not a chemical formula') from err
+    return [numbers] * num_samples, None
+  if compositions_from:
+    structures, report = io_lib.read_structures(compositions_from, skip_bad=True)
+    if not structures:
+      raise ValueError(f'{compositions_from}: no usable structures')
+    rows = [s for s in structures for _ in range(samples_per_composition)]
+    lattices = [s.cell[:] for s in rows] if task == 'cartesian' else None
+    return [s.numbers for s in rows], lattices
+  if task != 'dng':
+    raise ValueError(f'a {task} model needs --formula or --compositions_from '
+                     '(only dng models generate compositions)')
+  source = atom_counts_from or config.train_data
+  structures, _ = train.load_structures(source, config)
+  counts = sampling.sample_atom_counts(np.random.default_rng(seed),
+                                       [len(s) for s in structures], num_samples)
+  return [np.ones(int(n), int) for n in counts], None  # types are generated

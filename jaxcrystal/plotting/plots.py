@@ -1,0 +1,116 @@
+"""Figures (matplotlib, PNG, one function per figure, one style).
+
+Every function takes data and an output path, writes the PNG atomically and
+returns the path. Figures are `matplotlib.figure.Figure` objects rendered
+straight to PNG, never through pyplot: importing the library leaves the
+matplotlib backend of a notebook or script as it was, and no display is needed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+from jaxcrystal.data import io as io_lib
+
+STYLE = {
+    'figure.dpi': 110, 'axes.grid': True, 'grid.alpha': 0.3,
+    'axes.spines.top': False, 'axes.spines.right': False, 'font.size': 10,
+}
+
+
+def new_figure(**kwargs) -> Figure:
+  """A figure that belongs to no pyplot window (garbage-collected when done)."""
+  return Figure(**kwargs)
+
+
+def save_figure(fig: Figure, path) -> Path:
+  path = Path(path)
+  with io_lib.atomic_path(path) as tmp:
+    fig.savefig(tmp, format='png', bbox_inches='tight')
+  return path
+
+
+def plot_rdf(r: np.ndarray, curves: Mapping[str, np.ndarray], path,
+             title: str = 'Radial distribution function') -> Path:
+  """g(r) curves on one axis. `r: [B]` Angstrom, each curve `[B]`."""
+  with matplotlib.rc_context(STYLE):
+    fig = new_figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    for label, g in curves.items():
+      ax.plot(r, g, label=label, lw=1.5)
+    ax.set_xlabel('r (Angstrom)')
+    ax.set_ylabel('g(r)')
+    ax.set_title(title)
+    ax.legend(frameon=False)
+    return save_figure(fig, path)
+
+
+def plot_histograms(values: Mapping[str, Sequence[float]], path,
+                    title: str = '') -> Path:
+  """One histogram panel per named quantity (e.g. density, min distance)."""
+  with matplotlib.rc_context(STYLE):
+    n = len(values)
+    fig = new_figure(figsize=(3.2 * n, 3))
+    axes = fig.subplots(1, n, squeeze=False)
+    for ax, (label, v) in zip(axes[0], values.items()):
+      v = np.asarray(v, float)
+      ax.hist(v[np.isfinite(v)], bins=20, color='tab:blue', alpha=0.8)
+      ax.set_xlabel(label)
+    axes[0][0].set_ylabel('count')
+    if title:
+      fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_training_curve(records: Sequence[dict], path,
+                        keys: Sequence[str] = ('loss', 'lattice', 'coords', 'types')
+                        ) -> Path:
+  """Train and validation losses against step, log scale.
+
+  `records` are metrics.jsonl rows: dicts with `step`, `split` and losses.
+  """
+  with matplotlib.rc_context(STYLE):
+    fig = new_figure(figsize=(6.5, 4))
+    ax = fig.subplots()
+    colors = dict(zip(keys, ['k', 'tab:blue', 'tab:orange', 'tab:green']))
+    for split, style in (('train', '-'), ('val', 'o--')):
+      rows = [r for r in records if r.get('split') == split]
+      for key in keys:
+        pts = [(r['step'], r[key]) for r in rows if key in r and r[key] > 0]
+        if pts:
+          s, v = zip(*pts)
+          ax.plot(s, v, style, color=colors[key], lw=1.2, ms=3,
+                  label=f'{split} {key}', alpha=0.9 if split == 'val' else 0.7)
+    ax.set_yscale('log')
+    ax.set_xlabel('step')
+    ax.set_ylabel('loss')
+    ax.set_title('Training curve')
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(frameon=False, fontsize=8, ncol=2)
+    return save_figure(fig, path)
+
+
+def plot_curve(x: Sequence[float], curves: Mapping[str, Sequence[float]], path, *,
+               xlabel: str, ylabel: str, title: str = '', log_x: bool = False,
+               log_y: bool = False, markers: bool = False) -> Path:
+  """Named y(x) curves on one axis (e.g. RMSD per healing step, time
+  against atom count on log-log axes)."""
+  with matplotlib.rc_context(STYLE):
+    fig = new_figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for label, y in curves.items():
+      ax.plot(x, y, 'o-' if markers else '-', label=label, lw=1.5, ms=4)
+    if log_x:
+      ax.set_xscale('log')
+    if log_y:
+      ax.set_yscale('log')
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+      ax.set_title(title)
+    ax.legend(frameon=False)
+    return save_figure(fig, path)

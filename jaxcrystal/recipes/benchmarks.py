@@ -1,0 +1,195 @@
+"""Timing helpers behind `experiments/benchmark*.py` (not used by the library)."""
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase.build import bulk
+from ase.neighborlist import neighbor_list
+
+from jaxcrystal.geometry import neighbors
+
+
+def best_time(fn, repeats: int) -> float:
+  """Best wall time of `repeats` calls of `fn()` (seconds)."""
+  best = float('inf')
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - t0)
+  return best
+
+
+def benchmark_neighbor_lists(repeats_per_side, cutoff: float, repeats: int):
+  """Time cell-list graphs of fcc Cu supercells against ASE (and vesin)."""
+  try:
+    import vesin
+  except ImportError:
+    vesin = None
+  graph = jax.jit(neighbors.cell_list_graph, static_argnums=2)
+  rows = []
+  for n in repeats_per_side:
+    atoms = bulk('Cu', 'fcc', a=3.61, cubic=True) * (n, n, n)
+    atoms.rattle(0.01, seed=0)
+    atoms.wrap()
+    frac = jnp.asarray(atoms.get_scaled_positions(), jnp.float32)
+    lat = jnp.asarray(atoms.cell[:], jnp.float32)
+    spec = neighbors.allocate_cell_list(np.asarray(frac), atoms.cell[:], cutoff)
+    t0 = time.perf_counter()
+    out = graph(frac, lat, spec)
+    jax.block_until_ready(out)
+    compile_s = time.perf_counter() - t0
+    if out.did_overflow():
+      raise RuntimeError(f'cell list overflowed at N={len(atoms)}')
+    ours = best_time(lambda: jax.block_until_ready(graph(frac, lat, spec)), repeats)
+    ase_s = best_time(lambda: neighbor_list('ijS', atoms, cutoff), max(1, repeats - 1))
+    row = dict(n_atoms=len(atoms), edges=int(out.num_edges()),
+               jaxcrystal_s=ours, first_call_s=compile_s, ase_s=ase_s,
+               speedup_vs_ase=ase_s / ours)
+    if vesin is not None:
+      nl = vesin.NeighborList(cutoff=cutoff, full_list=True)
+      pts, box = atoms.positions, atoms.cell[:]
+      row['vesin_s'] = best_time(
+          lambda: nl.compute(points=pts, box=box, periodic=True, quantities='ijS'),
+          repeats)
+    rows.append(row)
+    print(row, flush=True)
+  return rows
+
+
+def neighbor_table_markdown(rows) -> str:
+  has_vesin = 'vesin_s' in rows[0]
+  head = '| atoms | edges | jaxcrystal (ms) | us/atom | ASE (ms) | speed-up vs ASE |'
+  sep = '|---|---|---|---|---|---|'
+  if has_vesin:
+    head += ' vesin (ms) |'
+    sep += '---|'
+  lines = [head, sep]
+  for r in rows:
+    line = (f"| {r['n_atoms']} | {r['edges']} | {r['jaxcrystal_s'] * 1e3:.1f} | "
+            f"{r['jaxcrystal_s'] / r['n_atoms'] * 1e6:.2f} | {r['ase_s'] * 1e3:.1f} | "
+            f"{r['speedup_vs_ase']:.1f}x |")
+    if has_vesin:
+      line += f" {r['vesin_s'] * 1e3:.1f} |"
+    lines.append(line)
+  return '\n'.join(lines)
+
+
+def benchmark_csp_model(structures, hidden: int, num_layers: int, num_freqs: int,
+                        batch_size: int, num_steps: int, train_repeats: int = 5,
+                        sample: bool = True) -> dict:
+  """Training and sampling throughput of a CSP model on given crystals.
+
+  Training: structures/s of the jitted train step at `batch_size` (best of
+  `train_repeats` timed steps after compilation). Sampling: one batch of
+  `batch_size` compositions through `num_steps` predictor-corrector steps
+  (2 network calls each), compile time reported separately.
+  """
+  from jaxcrystal.data import batch as batch_lib
+  from jaxcrystal.generative import model as diffusion
+  from jaxcrystal.generative import generate
+  from jaxcrystal.generative import train
+  config = diffusion.ModelConfig(task='csp', hidden=hidden, num_layers=num_layers,
+                                 num_freqs=num_freqs, num_steps=num_steps)
+  spec = diffusion.build(config)
+  structures = list(structures)[:batch_size]
+  host = batch_lib.batch_from_atoms(structures)
+  batch = batch_lib.to_device(host)
+  opt = train.make_optimizer(train.OptimConfig(), 1000)
+  state = train.create_train_state(jax.random.PRNGKey(0), spec, host, opt)
+  n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+  step = jax.jit(train.make_train_step(diffusion.get_loss_fn(spec), opt, 0.999),
+                 donate_argnums=0)
+  t0 = time.perf_counter()
+  state, m = step(state, batch)
+  jax.block_until_ready(m)
+  train_compile = time.perf_counter() - t0
+  holder = {'state': state}
+
+  def one():
+    holder['state'], metrics = step(holder['state'], batch)
+    jax.block_until_ready(metrics)
+  step_s = best_time(one, train_repeats)
+  row = dict(hidden=hidden, num_layers=num_layers, num_freqs=num_freqs,
+             params=int(n_params), batch=len(structures),
+             atoms=int(sum(len(s) for s in structures)),
+             train_compile_s=train_compile, train_step_s=step_s,
+             train_structures_per_s=len(structures) / step_s)
+  if sample:
+    comps = [s.numbers for s in structures]
+    _, timing = generate.sample_structures(spec, holder['state'].ema_params, comps,
+                                           batch_size=len(comps), progress=False)
+    row.update(sample_steps=num_steps, sample_compile_s=timing['compile_s'],
+               sample_s=timing['sample_s'],
+               sample_structures_per_s=len(comps) / timing['sample_s'])
+  print(row, flush=True)
+  return row
+
+
+def benchmark_healing_step(model, params, config, repeats_per_side, repeats: int = 3,
+                           sigma: float = 0.05, seed: int = 0) -> list[dict]:
+  """Time one healing step (denoiser call and update, cell-list graph built
+  beforehand) on damaged supercells of `4 n^3` atoms (fcc); also the graph
+  build. Best of `repeats` after a warm-up (compilation excluded)."""
+  from jaxcrystal.healing import defects
+  from jaxcrystal.healing import denoiser
+  from jaxcrystal.healing import heal as healing
+  heal_one = jax.jit(denoiser.get_healer(model, num_steps=1, tolerance=0.0))
+  rng = np.random.default_rng(seed)
+  rows = []
+  for n in repeats_per_side:
+    atoms = defects.damage(rng, defects.supercell(config.element, config.structure,
+                                                  config.lattice_constant, n), sigma)
+    cutoff = model.config.cutoff + healing.GRAPH_SKIN
+    nbrs = healing.build_graph(atoms, cutoff)
+    frac = jnp.asarray(atoms.get_scaled_positions(wrap=True), jnp.float32)
+    lattice = jnp.asarray(atoms.cell[:], jnp.float32)
+    species = jnp.asarray(atoms.numbers, jnp.int32)
+    step = lambda: jax.block_until_ready(heal_one(params, frac, lattice, species, nbrs))
+    graph = lambda: jax.block_until_ready(healing.build_graph(atoms, cutoff).senders)
+    rows.append(dict(atoms=len(atoms), edges=int(nbrs.num_edges()),
+                     step_s=best_time(step, repeats), graph_s=best_time(graph, repeats)))
+  return rows
+
+
+def coord_learning_curve(structures, config, steps: int, max_t: int,
+                         batch_size: int = 64, learning_rate: float = 1e-3,
+                         num_buckets: int = 4, seed: int = 0) -> np.ndarray:
+  """Per-step coordinate loss of a fresh model trained (Adam) only at small
+  noise, t in {1..max_t}: how quickly a variant (`config`, a
+  `diffusion.ModelConfig`; cells as given in `structures`) learns local
+  geometry, the part that decides whether samples have sane bonds.
+  Returns `[steps]` normalised-score MSEs (1: nothing learned)."""
+  import optax
+  from jaxcrystal.data import pipeline as data_lib
+  from jaxcrystal.generative import model as diffusion
+  if not 1 <= max_t <= config.num_steps:
+    raise ValueError(f'max_t must be in 1..{config.num_steps}, got {max_t}')
+  spec = diffusion.build(config)
+  edges = data_lib.default_bucket_edges([len(s) for s in structures], num_buckets)
+  dataset = data_lib.BucketedDataset(structures, batch_size, edges)
+  loss_at_times = diffusion.get_loss_at_times_fn(spec)
+  optimizer = optax.adam(learning_rate)
+  params = diffusion.init_params(spec, jax.random.PRNGKey(seed),
+                                 dataset.batch_for_step(seed, 0))
+  opt_state = optimizer.init(params)
+
+  @jax.jit
+  def step(params, opt_state, batch, rng):
+    rng_t, rng = jax.random.split(rng)
+    t = jax.random.randint(rng_t, (batch.num_graph_slots,), 1, max_t + 1)
+    grads, aux = jax.grad(lambda p: loss_at_times(rng, p, batch, t), has_aux=True)(
+        params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, aux['coords']
+
+  rng = jax.random.PRNGKey(seed)
+  curve = []
+  for k in range(steps):
+    params, opt_state, coords = step(params, opt_state,
+                                     dataset.batch_for_step(seed, k),
+                                     jax.random.fold_in(rng, k))
+    curve.append(float(coords))
+  return np.asarray(curve)

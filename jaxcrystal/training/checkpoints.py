@@ -1,0 +1,97 @@
+"""Checkpoints with orbax: periodic (last K) and best-by-validation.
+
+Layout in a workdir: `checkpoints/<step>/` and `best/<step>/`, each holding the
+train state and a small JSON of extras. Orbax writes to a temporary folder
+and renames it when complete, so a run killed mid-save leaves the previous
+checkpoints intact and the half-written one is ignored.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from jaxcrystal.data import io as io_lib
+
+
+def _manager(directory: Path, keep: int) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                         enable_async_checkpointing=False)
+  return ocp.CheckpointManager(directory.resolve(), options=options)
+
+
+class CheckpointManager:
+  """Periodic and best checkpoints of a train state in `workdir`."""
+
+  def __init__(self, workdir: str | Path, keep: int = 3):
+    workdir = Path(workdir)
+    self.periodic = _manager(workdir / 'checkpoints', keep)
+    self.best = _manager(workdir / 'best', 1)
+
+  def latest_step(self) -> int | None:
+    return self.periodic.latest_step()
+
+  def _save(self, manager, step: int, state, extra: dict) -> None:
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra)))
+
+  def save(self, step: int, state, extra: dict | None = None) -> None:
+    self._save(self.periodic, step, state, extra or {})
+
+  def save_best(self, step: int, state, extra: dict | None = None) -> None:
+    self._save(self.best, step, state, extra or {})
+
+  def wait(self) -> None:
+    self.periodic.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def restore_latest(self, like) -> tuple[Any, dict]:
+    return restore(self.periodic, self.periodic.latest_step(), like)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, like) -> tuple[Any, dict]:
+  """Restore the state saved at `step` into the structure of `like`."""
+  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
+  out = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()))
+  return out['state'], dict(out['extra'] or {})
+
+
+def restore_from_workdir(workdir: str | Path, like, which: str = 'best'
+                         ) -> tuple[Any, dict, int]:
+  """Restore the best (or 'latest') checkpoint of a finished run.
+
+  Falls back to the latest periodic checkpoint when no best one exists (runs
+  without validation data).
+  """
+  workdir = Path(workdir)
+  if not workdir.is_dir():
+    raise FileNotFoundError(f'{workdir}: no such run directory')
+  best = _manager(workdir / 'best', 1)
+  if which == 'best' and best.latest_step() is not None:
+    step = best.latest_step()
+    state, extra = restore(best, step, like)
+    return state, extra, step
+  periodic = _manager(workdir / 'checkpoints', 1000)
+  step = periodic.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'{workdir}: no checkpoints found')
+  state, extra = restore(periodic, step, like)
+  return state, extra, step
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+  path = Path(path)
+  if not path.is_file():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_metrics(path: str | Path, step: int) -> None:
+  """Drop metric records after `step` (written after the checkpoint a resumed
+  run restarts from), so the log reads as one uninterrupted run."""
+  records = [r for r in read_metrics(path) if r.get('step', 0) <= step]
+  io_lib.write_text_atomic(path, ''.join(json.dumps(r) + '\n' for r in records))
