@@ -19,7 +19,7 @@ from absl import logging
 import numpy as np
 
 from jaxcrystal.recipes import benchmarks
-from jaxcrystal.generative import model as diffusion
+from jaxcrystal.generative import model as model_lib
 from jaxcrystal.data import io as io_lib
 from jaxcrystal.plotting import plots
 
@@ -54,7 +54,7 @@ def main(argv):
     niggli, overrides = VARIANTS[name]
     structures, _ = io_lib.read_cdvae_csv(FLAGS.data, skip_bad=True, niggli=niggli,
                                           max_atoms=FLAGS.max_atoms, progress=False)
-    config = diffusion.ModelConfig(task='csp', hidden=128, num_layers=4,
+    config = model_lib.ModelConfig(task='csp', hidden=128, num_layers=4,
                                    num_freqs=128, time_dim=128, **overrides)
     start = time.perf_counter()
     curve = benchmarks.coord_learning_curve(structures, config, FLAGS.steps,

@@ -9,7 +9,7 @@ from absl import logging
 
 from jaxcrystal.healing import denoiser
 from jaxcrystal.healing import heal as healing
-from jaxcrystal.generative import train as train_lib
+from jaxcrystal.training import state as state_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Run directory (must be new).')
@@ -48,7 +48,7 @@ def main(argv):
           cutoff=FLAGS.cutoff, num_basis=FLAGS.num_basis, hidden=FLAGS.hidden,
           noise_conditioning=FLAGS.noise_conditioning, sigma_min=FLAGS.sigma_min,
           sigma_max=FLAGS.sigma_max),
-      optim=train_lib.OptimConfig(learning_rate=FLAGS.lr, ema_decay=FLAGS.ema_decay),
+      optim=state_lib.OptimConfig(learning_rate=FLAGS.lr, ema_decay=FLAGS.ema_decay),
       element=FLAGS.element, structure=FLAGS.structure,
       lattice_constant=FLAGS.lattice_constant,
       repeats=tuple(int(r) for r in FLAGS.repeats),

@@ -4,14 +4,17 @@ import os
 
 from absl import flags
 
-from jaxcrystal.generative import model as diffusion
+from jaxcrystal.generative import losses
+from jaxcrystal.generative import model as model_lib
+from jaxcrystal.generative import tasks
 from jaxcrystal.generative import train
+from jaxcrystal.training import state as state_lib
 
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, metrics, plots).')
 flags.DEFINE_bool('resume', False, 'Continue from the latest checkpoint in --workdir.')
-flags.DEFINE_enum('task', 'csp', list(diffusion.TASKS), 'What is generated.')
+flags.DEFINE_enum('task', 'csp', list(tasks.TASKS), 'What is generated.')
 flags.DEFINE_string('train_data', 'builtin', "'builtin' or a CSV/extxyz/CIF path.")
 flags.DEFINE_string('val_data', '', 'Validation file (empty: none).')
 flags.DEFINE_integer('hidden', 128, 'Network width.')
@@ -31,6 +34,9 @@ flags.DEFINE_integer('distance_basis', 0, 'Gaussian distance features (0: off).'
 flags.DEFINE_bool('edge_score_head', False, 'Coordinate score from distance-'
                   'weighted edge vectors too (needs --distance_basis).')
 flags.DEFINE_integer('max_image', 2, 'Image range searched by radius graphs.')
+flags.DEFINE_integer('edge_capacity_per_atom', 64, 'Radius graphs: edge slots '
+                     'per atom slot of each crystal (checked on the data before '
+                     'training and after every step).')
 flags.DEFINE_integer('batch_size', 64, 'Crystals per batch.')
 flags.DEFINE_integer('num_buckets', 4, 'Size buckets of the input pipeline.')
 flags.DEFINE_integer('train_steps', 1000, 'Optimizer steps.')
@@ -63,7 +69,7 @@ flags.DEFINE_integer('process_id', 0, 'Multi-host: index of this process.')
 flags.mark_flag_as_required('workdir')
 for _name in ('hidden', 'num_layers', 'num_freqs', 'time_dim', 'num_steps',
               'batch_size', 'train_steps', 'eval_every', 'checkpoint_every',
-              'keep_checkpoints', 'max_atoms', 'num_buckets'):
+              'keep_checkpoints', 'max_atoms', 'num_buckets', 'edge_capacity_per_atom'):
   flags.register_validator(_name, lambda v: v >= 1, message=f'--{_name} must be >= 1')
 flags.register_validator('lr', lambda v: v > 0, message='--lr must be > 0')
 flags.register_validator('ema_decay', lambda v: 0 <= v < 1,
@@ -79,19 +85,19 @@ for _name in ('train_data', 'val_data'):
 
 
 def config_from_flags() -> train.TrainConfig:
-  model = diffusion.ModelConfig(
+  model = model_lib.ModelConfig(
       task=FLAGS.task, hidden=FLAGS.hidden, num_layers=FLAGS.num_layers,
       num_freqs=FLAGS.num_freqs, time_dim=FLAGS.time_dim, num_steps=FLAGS.num_steps,
       beta_schedule=FLAGS.beta_schedule, sigma_begin=FLAGS.sigma_begin,
       sigma_end=FLAGS.sigma_end, cart_sigma_begin=FLAGS.cart_sigma_begin,
       cart_sigma_end=FLAGS.cart_sigma_end, graph=FLAGS.graph, cutoff=FLAGS.cutoff,
       distance_basis=FLAGS.distance_basis, edge_score_head=FLAGS.edge_score_head,
-      max_image=FLAGS.max_image)
-  optim = train.OptimConfig(
+      max_image=FLAGS.max_image, edge_capacity_per_atom=FLAGS.edge_capacity_per_atom)
+  optim = state_lib.OptimConfig(
       learning_rate=FLAGS.lr, warmup_steps=FLAGS.warmup_steps,
       schedule=FLAGS.lr_schedule, weight_decay=FLAGS.weight_decay,
       grad_clip=FLAGS.grad_clip, ema_decay=FLAGS.ema_decay)
-  weights = diffusion.LossWeights(FLAGS.lattice_weight, FLAGS.coord_weight,
+  weights = losses.LossWeights(FLAGS.lattice_weight, FLAGS.coord_weight,
                                   FLAGS.type_weight)
   config = train.TrainConfig(
       model=model, optim=optim, loss_weights=weights, train_data=FLAGS.train_data,

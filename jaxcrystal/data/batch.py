@@ -20,6 +20,9 @@ import jraph
 import numpy as np
 
 
+NUM_ELEMENTS = 100  # type classes: atomic numbers 1..100
+
+
 class BudgetError(ValueError):
   """Raised when structures do not fit the static budgets of a batch."""
 

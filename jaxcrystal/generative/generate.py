@@ -16,17 +16,23 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxcrystal.data import batch as batch_lib
-from jaxcrystal.training import checkpoints
-from jaxcrystal.generative import model as diffusion
 from jaxcrystal.data import io as io_lib
+from jaxcrystal.generative import model as model_lib
 from jaxcrystal.generative import sampling
+from jaxcrystal.generative import tasks
 from jaxcrystal.generative import train
+from jaxcrystal.geometry import neighbors
+from jaxcrystal.training import checkpoints
 
 
 def load_run(workdir: str | Path, which: str = 'best', use_ema: bool = True):
-  """Model spec, parameters and config of a training run directory.
+  """Model, parameters and config of a training run directory.
 
-  Returns (spec, params, config, step).
+  Restores only the (EMA) parameters: no optimizer is built. Runs written
+  before the package layout changed load as they are (same config.json and
+  parameter tree); a checkpoint that does not fit its config stops with a
+  message naming the differences.
+  Returns (model, params, config, step).
   """
   workdir = Path(workdir)
   config_path = workdir / 'config.json'
@@ -34,12 +40,11 @@ def load_run(workdir: str | Path, which: str = 'best', use_ema: bool = True):
     raise FileNotFoundError(f'{workdir}: no config.json; is this a training '
                             'workdir (--workdir of train_ddpm.py)?')
   config = train.TrainConfig.from_dict(json.loads(config_path.read_text()))
-  spec = diffusion.build(config.model)
-  example = _example_batch()
-  optimizer = train.make_optimizer(config.optim, config.train_steps)
-  like = train.create_train_state(jax.random.PRNGKey(0), spec, example, optimizer)
-  state, _, step = checkpoints.restore_from_workdir(workdir, like, which)
-  return spec, (state.ema_params if use_ema else state.params), config, step
+  model = model_lib.build(config.model)
+  example = batch_lib.to_device(_example_batch())
+  like = jax.eval_shape(model.init_params, jax.random.PRNGKey(0), example)
+  params, step = checkpoints.restore_params(workdir, which, use_ema, like)
+  return model, params, config, step
 
 
 def _example_batch():
@@ -47,7 +52,7 @@ def _example_batch():
   return batch_lib.batch_from_atoms([ase.Atoms('H', cell=np.eye(3) * 3, pbc=True)])
 
 
-def sample_structures(spec: diffusion.DiffusionSpec, params,
+def sample_structures(spec: model_lib.Model, params,
                       compositions: Sequence[Sequence[int]], *,
                       batch_size: int = 256, seed: int = 0, step_lr: float = 1e-5,
                       corrector_steps: int = 1,
@@ -55,7 +60,8 @@ def sample_structures(spec: diffusion.DiffusionSpec, params,
                       progress: bool = True) -> tuple[list[ase.Atoms], dict]:
   """Sample one structure per composition (atomic numbers; for de novo, only
   the count matters). Batches share one padded budget so the sampler compiles
-  once. Returns (structures, timing)."""
+  once. Returns (structures, timing). Raises `neighbors.GraphOverflowError`
+  if the model's graph lost edges in any batch."""
   if not len(compositions):
     raise ValueError('no compositions to sample')
   max_n = max(len(c) for c in compositions)
@@ -75,8 +81,9 @@ def sample_structures(spec: diffusion.DiffusionSpec, params,
       compiled = sampler.lower(rng, params, template).compile()
       timing['compile_s'] = time.perf_counter() - t0
       t0 = time.perf_counter()
-    result, _ = compiled(rng, params, template)
+    result, _, overflow = compiled(rng, params, template)
     result = jax.block_until_ready(result)
+    neighbors.check_overflow(overflow, f'sampling batch {k}')
     timing['sample_s'] += time.perf_counter() - t0
     out.extend(batch_lib.batch_to_atoms(jax.device_get(result)))
   return out, timing
@@ -115,16 +122,17 @@ def compositions_for_request(config: train.TrainConfig, *, formula: str = '',
   """What to sample: a formula repeated, every row of a file (K times each),
   or de novo atom counts drawn from the training (or given) distribution.
 
-  Returns (compositions, lattices); lattices are the file's cells for the
-  cartesian task (whose cell is given) and None otherwise.
+  Returns (compositions, lattices); lattices are the file's cells for tasks
+  that do not generate the cell, and None otherwise.
   Raises ValueError for contradictory or unusable requests.
   """
   if formula and compositions_from:
     raise ValueError('give --formula or --compositions_from, not both')
-  task = config.model.task
-  if task == 'cartesian' and not compositions_from:
-    raise ValueError('a cartesian model needs --compositions_from (a file whose '
-                     'cells and compositions are kept)')
+  task = tasks.get_task(config.model.task)
+  if not task.generates_lattice and not compositions_from:
+    raise ValueError(f'a {config.model.task} model generates no cell: it needs '
+                     '--compositions_from (a file whose cells and compositions '
+                     'are kept)')
   if formula:
     try:
       numbers = ase.Atoms(formula).numbers
@@ -136,11 +144,11 @@ def compositions_for_request(config: train.TrainConfig, *, formula: str = '',
     if not structures:
       raise ValueError(f'{compositions_from}: no usable structures')
     rows = [s for s in structures for _ in range(samples_per_composition)]
-    lattices = [s.cell[:] for s in rows] if task == 'cartesian' else None
+    lattices = None if task.generates_lattice else [s.cell[:] for s in rows]
     return [s.numbers for s in rows], lattices
-  if task != 'dng':
-    raise ValueError(f'a {task} model needs --formula or --compositions_from '
-                     '(only dng models generate compositions)')
+  if not task.generates_types:
+    raise ValueError(f'a {config.model.task} model needs --formula or '
+                     '--compositions_from (it does not generate atom types)')
   source = atom_counts_from or config.train_data
   structures, _ = train.load_structures(source, config)
   counts = sampling.sample_atom_counts(np.random.default_rng(seed),

@@ -1,32 +1,23 @@
-"""A diffusion model = a network, its forward processes and its graph; losses.
+"""A generative model: a task's variables with their processes, a network from
+the registry, a time grid and the graph the network runs on.
 
-Three tasks:
-  csp        crystal structure prediction: composition given; lattice (DDPM)
-             and fractional coordinates (wrapped normal) are generated.
-  dng        de novo generation: types too (DDPM on one-hot vectors).
-  cartesian  positions in a fixed, known cell (VE noise under the minimum
-             image), with the E(3)-equivariant `CartesianEGNN`.
-
-`get_loss_fn(spec) -> loss_fn(rng, params, batch) -> (loss, aux)` follows
-score_sde: the factory closes over the static parts and returns a pure function.
+`build(ModelConfig) -> Model`. The loss (`losses.py`) and the sampler
+(`sampling.py`) loop over `model.processes`; nothing here or there asks
+which task it is (`tasks.py` holds the table).
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-import chex
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from jaxcrystal.data import batch as batch_lib
-from jaxcrystal.generative import processes as forward
 from jaxcrystal.generative import networks
+from jaxcrystal.generative import processes as processes_lib
+from jaxcrystal.generative import tasks
+from jaxcrystal.generative import times as times_lib
 from jaxcrystal.geometry import neighbors
-from jaxcrystal.generative import schedules
-
-TASKS = ('csp', 'dng', 'cartesian')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,192 +30,145 @@ class ModelConfig:
   time_dim: int = 256
   num_steps: int = 1000
   beta_schedule: str = 'cosine'
-  sigma_begin: float = 0.005     # fractional units (csp, dng)
+  sigma_begin: float = 0.005     # fractional units (frac_wrapped_normal)
   sigma_end: float = 0.5
-  cart_sigma_begin: float = 0.01  # Angstrom (cartesian)
+  cart_sigma_begin: float = 0.01  # Angstrom (cart_minimum_image)
   cart_sigma_end: float = 1.0
   graph: str = 'fc'              # 'fc' or 'radius'
   cutoff: float = 6.0            # Angstrom, radius graphs and distance basis
   distance_basis: int = 0
-  edge_score_head: bool = False  # see networks.CSPNet
+  edge_score_head: bool = False  # see cspnet.CSPNet
   max_image: int = 2
-  edge_capacity_per_atom: int = 64
+  edge_capacity_per_atom: int = 64  # radius graphs: edge slots per atom slot of a crystal
   num_basis: int = 16            # cartesian EGNN radial basis
 
   def validate(self) -> None:
-    if self.task not in TASKS:
-      raise ValueError(f'task must be one of {TASKS}, got {self.task!r}')
+    task = tasks.get_task(self.task)
     if self.graph not in ('fc', 'radius'):
       raise ValueError(f"graph must be 'fc' or 'radius', got {self.graph!r}")
-    for name in ('hidden', 'num_layers', 'num_freqs', 'time_dim', 'num_steps'):
+    for name in ('hidden', 'num_layers', 'num_freqs', 'time_dim', 'num_steps',
+                 'edge_capacity_per_atom'):
       if getattr(self, name) < 1:
         raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
-    if self.task == 'cartesian' and self.graph != 'radius':
-      raise ValueError("task 'cartesian' needs graph='radius'")
+    if task.graph is not None and self.graph != task.graph:
+      raise ValueError(f"task {self.task!r} needs graph={task.graph!r}")
     if self.edge_score_head and self.distance_basis < 1:
       raise ValueError('edge_score_head needs distance_basis >= 1 (its edge '
                        'weights are functions of the bond length)')
 
 
 @dataclasses.dataclass(frozen=True)
-class DiffusionSpec:
-  """A model config with its network and forward processes built."""
+class Model:
+  """A model config with its processes, network and time grid built.
+
+  Attributes:
+    config: the `ModelConfig`.
+    task: its row of the task table.
+    processes: {variable: process}, in the task's order.
+    network: registry adapter (`networks.py`).
+    time: `times.DiscreteTime` or `times.ContinuousTime`.
+  """
   config: ModelConfig
-  network: nn.Module
-  lattice_process: Any
-  frac_process: Any
-  types_process: Any
-  cart_process: Any
+  task: tasks.Task
+  processes: dict[str, Any]
+  network: Any
+  time: Any
 
   def graph(self, batch: batch_lib.CrystalBatch) -> neighbors.NeighborList:
-    """The network's graph of `batch` (built under jit; static capacity)."""
+    """The network's graph of `batch` (built under jit; static capacity).
+    Radius graphs hold `edge_capacity_per_atom * A` edges per crystal (A: the
+    batch's atoms-per-crystal budget); `overflow` counts what did not fit."""
     c = self.config
     if c.graph == 'fc':
       return neighbors.fully_connected_graph(
-          batch, nearest_image=c.distance_basis > 0 or c.task == 'cartesian')
+          batch, nearest_image=self.network.nearest_image)
     return neighbors.radius_graph(batch, c.cutoff, c.max_image,
-                                  c.edge_capacity_per_atom * batch.num_atom_slots)
+                                  c.edge_capacity_per_atom * batch.max_atoms_per_graph)
 
-  def time_fraction(self, t: jax.Array) -> jax.Array:
-    return t.astype(jnp.float32) / self.config.num_steps
+  def check_edge_capacity(self, batches, source: str, headroom: float = 1.25) -> int:
+    """Host check before training: the most edges per atom slot any clean
+    crystal of `batches` needs in the radius graph, with `headroom` for noise,
+    must fit `edge_capacity_per_atom`. Returns that need (0 for fully
+    connected graphs, which cannot overflow); raises ValueError naming the
+    value to set otherwise. Noise can still exceed it: every step checks."""
+    c = self.config
+    if c.graph != 'radius':
+      return 0
+    need = 0
+    for b in batches:
+      per_crystal = neighbors.estimate_capacity(batch_lib.to_device(b), c.cutoff,
+                                                c.max_image, multiplier=headroom)
+      need = max(need, -(-per_crystal // b.max_atoms_per_graph))
+    if need > c.edge_capacity_per_atom:
+      raise ValueError(
+          f'{source}: the radius graph (cutoff {c.cutoff} A) needs up to {need} '
+          f'edge slots per atom with {headroom:.2f}x head room for noise, more '
+          f'than --edge_capacity_per_atom={c.edge_capacity_per_atom}; set it to '
+          f'at least {need}')
+    return need
+
+  def write(self, batch: batch_lib.CrystalBatch, xs: dict) -> batch_lib.CrystalBatch:
+    """`batch` with every variable's state `xs[name]` in place."""
+    for name, process in self.processes.items():
+      batch = process.write(batch, xs[name])
+    return batch
+
+  def finalize(self, template: batch_lib.CrystalBatch, xs: dict) -> batch_lib.CrystalBatch:
+    """The finished crystals of sampler states `xs` (e.g. argmax types,
+    right-handed cells)."""
+    batch = self.write(template, xs)
+    for name, process in self.processes.items():
+      batch = process.finalize(batch, xs[name])
+    return batch
+
+  def apply(self, params, batch: batch_lib.CrystalBatch, t: jax.Array, xs: dict,
+            conditioning=None) -> tuple[dict, jax.Array]:
+    """Network outputs `{variable: prediction}` on the noisy `batch` (states
+    `xs` already written in) at times `t: [G]`, and the graph's overflow
+    counts `[len(neighbors.OVERFLOW_REASONS)]`."""
+    graph = self.graph(batch)
+    out = self.network.apply(params, batch, self.time.fraction(t), graph, xs,
+                             conditioning)
+    return out, graph.overflow
+
+  def init_params(self, rng: jax.Array, batch: batch_lib.CrystalBatch):
+    """Initialise parameters on an example batch (shapes only matter)."""
+    xs = {name: p.clean(batch) for name, p in self.processes.items()}
+    t = self.time.full(1, batch.num_graph_slots)
+    return self.network.init(rng, batch, self.time.fraction(t), self.graph(batch), xs)
 
 
-def build(config: ModelConfig) -> DiffusionSpec:
-  """Network and processes for a validated `ModelConfig`."""
+def build(config: ModelConfig) -> Model:
+  """Processes, network and time grid of a validated `ModelConfig`."""
   config.validate()
-  T = config.num_steps
-  if config.task == 'cartesian':
-    network = networks.CartesianEGNN(
-        hidden=config.hidden, num_layers=config.num_layers,
-        num_basis=config.num_basis, cutoff=config.cutoff,
-        time_dim=config.time_dim)
-  else:
-    network = networks.CSPNet(
-        hidden=config.hidden, num_layers=config.num_layers,
-        num_freqs=config.num_freqs, time_dim=config.time_dim,
-        predict_types=config.task == 'dng',
-        distance_basis=config.distance_basis, cutoff=config.cutoff,
-        edge_score_head=config.edge_score_head)
-  return DiffusionSpec(
-      config=config, network=network,
-      lattice_process=forward.get_process('lattice_ddpm', num_steps=T,
-                                          beta_schedule=config.beta_schedule),
-      frac_process=forward.get_process('frac_wrapped_normal', num_steps=T,
-                                       sigma_begin=config.sigma_begin,
-                                       sigma_end=config.sigma_end),
-      types_process=forward.get_process('types_ddpm', num_steps=T,
-                                        beta_schedule=config.beta_schedule),
-      cart_process=forward.get_process('cart_minimum_image', num_steps=T,
-                                       sigma_begin=config.cart_sigma_begin,
-                                       sigma_end=config.cart_sigma_end))
+  task = tasks.get_task(config.task)
+  procs = {name: processes_lib.get_process(proc, config)
+           for name, proc in task.variables}
+  streams = [p.stream for p in procs.values()]
+  if len(set(streams)) != len(streams):
+    raise ValueError(f'task {config.task!r}: two variables share a PRNG stream '
+                     f'({streams}); give each process its own `stream`')
+  if task.time not in times_lib.TIME_GRIDS:
+    raise ValueError(f'task {config.task!r}: unknown time grid {task.time!r}')
+  return Model(config=config, task=task, processes=procs,
+               network=networks.get_network(task.network, config, task.names),
+               time=times_lib.TIME_GRIDS[task.time](config.num_steps))
 
 
-def apply_network(spec: DiffusionSpec, params, batch: batch_lib.CrystalBatch,
-                  t: jax.Array, type_features=None) -> networks.ScoreOutput:
-  """Run the network on a (noisy) batch at integer steps `t: [G]`.
+def stream_keys(rng: jax.Array, num: int, slots: tuple) -> tuple[jax.Array, Any]:
+  """Keys of the variables' PRNG streams.
 
-  For the cartesian task the EGNN's vectors are returned in `frac_score`'s
-  slot (they are Cartesian noise predictions there, in units of sigma).
+  Splits `rng` into `num` keys (`num == 1`: `rng` itself). `key(stream)` is
+  `keys[slots[stream]]` for the first release's streams (0 lattice, 1
+  coordinates, 2 types; a None slot or any other stream gets
+  `fold_in(rng, stream)`). The loss and the sampler keep the first
+  release's layouts, so a seed gives the structures it always gave.
+  Returns (keys, key).
   """
-  nbrs = spec.graph(batch)
-  tf = spec.time_fraction(t)
-  if spec.config.task == 'cartesian':
-    vec = spec.network.apply(params, batch, nbrs, tf)
-    n = batch.num_atom_slots
-    return networks.ScoreOutput(jnp.zeros_like(batch.lattice), vec,
-                                jnp.zeros((n, 1), vec.dtype))
-  return spec.network.apply(params, batch, tf, nbrs, type_features)
+  keys = jax.random.split(rng, num) if num > 1 else rng[None]
 
-
-def init_params(spec: DiffusionSpec, rng: jax.Array,
-                batch: batch_lib.CrystalBatch):
-  """Initialise parameters on an example batch."""
-  t = jnp.ones((batch.num_graph_slots,), jnp.int32)
-  nbrs = spec.graph(batch)
-  tf = spec.time_fraction(t)
-  if spec.config.task == 'cartesian':
-    return spec.network.init(rng, batch, nbrs, tf)
-  types = None
-  if spec.config.task == 'dng':
-    types = spec.types_process.one_hot(batch.species)
-  return spec.network.init(rng, batch, tf, nbrs, types)
-
-
-@dataclasses.dataclass(frozen=True)
-class LossWeights:
-  lattice: float = 1.0
-  coords: float = 1.0
-  types: float = 1.0
-
-
-def _masked_mean(sq: jax.Array, mask: jax.Array) -> jax.Array:
-  """Mean of per-row squared errors `[M, ...]` over rows where mask is True."""
-  per_row = jnp.mean(sq.reshape(sq.shape[0], -1), axis=-1)
-  return jnp.sum(per_row * mask) / jnp.maximum(jnp.sum(mask), 1)
-
-
-def get_loss_fn(spec: DiffusionSpec, weights: LossWeights = LossWeights()):
-  """Denoising loss of `spec`, masked on padding (jraph's graph/node masks).
-
-  Returns `loss_fn(rng, params, batch) -> (loss, aux)` with aux holding each
-  component: lattice (eps MSE), coords (normalised-score MSE or Cartesian
-  eps MSE) and types (eps MSE, dng only). Times are uniform in {1..T}.
-  """
-  loss_at_times = get_loss_at_times_fn(spec, weights)
-
-  def loss_fn(rng, params, batch: batch_lib.CrystalBatch):
-    rng_t = jax.random.split(rng, 4)[0]
-    t = schedules.sample_timesteps(rng_t, batch.num_graph_slots,
-                                   spec.config.num_steps)
-    return loss_at_times(rng, params, batch, t)
-
-  return loss_fn
-
-
-def get_loss_at_times_fn(spec: DiffusionSpec,
-                         weights: LossWeights = LossWeights()):
-  """The loss of `get_loss_fn` at given diffusion times.
-
-  Returns `loss_at_times(rng, params, batch, t) -> (loss, aux)` with
-  `t: [G] int32` steps in {1..T}; with the t that `get_loss_fn` draws from
-  the same rng it gives the same result. Used to see at which noise levels a
-  model fails (`loss_by_noise_level`).
-  """
-  task = spec.config.task
-
-  def loss_at_times(rng, params, batch: batch_lib.CrystalBatch, t: jax.Array):
-    batch.validate_shapes()
-    chex.assert_shape(t, (batch.num_graph_slots,))
-    _, rng_l, rng_f, rng_a = jax.random.split(rng, 4)
-    t_atom = t[batch.graph_index]
-    gmask, amask = batch.graph_mask, batch.atom_mask
-    aux = {}
-    if task == 'cartesian':
-      lattice = batch.atom_lattice()
-      cart_t, target = spec.cart_process.noise(rng_f, batch.cart(), t_atom, lattice)
-      frac_t = jnp.einsum('ni,nij->nj', cart_t, jnp.linalg.inv(lattice))
-      noisy = batch.replace(frac=jnp.where(amask[:, None], frac_t, batch.frac))
-      out = apply_network(spec, params, noisy, t)
-      aux['coords'] = _masked_mean((out.frac_score - target)**2, amask)
-      aux['loss'] = weights.coords * aux['coords']
-      return aux['loss'], aux
-
-    lattice_t, eps_l = spec.lattice_process.noise(rng_l, batch.lattice, t)
-    frac_t, target_f = spec.frac_process.noise(rng_f, batch.frac, t_atom)
-    noisy = batch.replace(
-        lattice=jnp.where(gmask[:, None, None], lattice_t, batch.lattice),
-        frac=jnp.where(amask[:, None], frac_t, batch.frac))
-    types_t = eps_a = None
-    if task == 'dng':
-      types_t, eps_a = spec.types_process.noise(rng_a, batch.species, t_atom)
-    out = apply_network(spec, params, noisy, t, types_t)
-    aux['lattice'] = _masked_mean((out.lattice_noise - eps_l)**2, gmask)
-    aux['coords'] = _masked_mean((out.frac_score - target_f)**2, amask)
-    loss = weights.lattice * aux['lattice'] + weights.coords * aux['coords']
-    if task == 'dng':
-      aux['types'] = _masked_mean((out.type_logits - eps_a)**2, amask)
-      loss = loss + weights.types * aux['types']
-    aux['loss'] = loss
-    return loss, aux
-
-  return loss_at_times
+  def key(stream: int) -> jax.Array:
+    if stream < len(slots) and slots[stream] is not None:
+      return keys[slots[stream]]
+    return jax.random.fold_in(rng, stream)
+  return keys, key

@@ -5,9 +5,11 @@ Edge convention (ASE's `neighbor_list('ijS')`): an edge points from `senders`
 `pos[j] + shift @ lattice - pos[i]`, with `shift` an integer image offset.
 
 Shapes are static: capacities are chosen on the host (`estimate_*` helpers, the
-jax-md pattern), graphs are built under jit, and `overflow` counts edges that
-did not fit (or images the static search could not reach). Check it outside
-jit; nothing is dropped silently.
+jax-md pattern), graphs are built under jit, and `overflow` counts, for each
+reason in `OVERFLOW_REASONS`, what did not fit. Check it outside jit
+(`did_overflow`, `describe_overflow`, `check_overflow`); nothing is dropped
+silently. Radius graphs give every crystal its own edge capacity, so one
+crystal with a tiny (noisy) cell cannot take the edge slots of the others.
 """
 from __future__ import annotations
 
@@ -25,6 +27,41 @@ from jaxcrystal.geometry import lattice as lattice_lib
 from jaxcrystal.geometry import pbc
 
 
+# Why edges were lost, in the order of `NeighborList.overflow`:
+#   edge_buffer    edges beyond a crystal's (or the system's) edge capacity;
+#   bin_capacity   atoms beyond a cell-list bin's capacity;
+#   cell_too_thin  images beyond the static image range of a radius graph,
+#                  or a cell thinner than the cell list's bins.
+OVERFLOW_REASONS = ('edge_buffer', 'bin_capacity', 'cell_too_thin')
+
+
+class GraphOverflowError(RuntimeError):
+  """A neighbour list lost edges; the message names the reasons."""
+
+
+def overflow_counts(edge_buffer=0, bin_capacity=0, cell_too_thin=0) -> jax.Array:
+  """`[len(OVERFLOW_REASONS)]` int32 counts, in the order of the reasons."""
+  return jnp.stack([jnp.asarray(x, jnp.int32).reshape(())
+                    for x in (edge_buffer, bin_capacity, cell_too_thin)])
+
+
+def describe_overflow(overflow) -> str:
+  """Host text of non-zero overflow counts ('' when nothing was lost)."""
+  counts = np.asarray(overflow).reshape(-1, len(OVERFLOW_REASONS)).max(0)
+  return '; '.join(f'{reason.replace("_", " ")}: {int(n)}'
+                   for reason, n in zip(OVERFLOW_REASONS, counts) if n > 0)
+
+
+def check_overflow(overflow, where: str) -> None:
+  """Raise `GraphOverflowError` naming `where` and the reasons, if any."""
+  text = describe_overflow(overflow)
+  if text:
+    raise GraphOverflowError(
+        f'{where}: the neighbour list lost edges ({text}). Raise the edge '
+        'capacity (--edge_capacity_per_atom) or --max_image, or use a fully '
+        'connected graph')
+
+
 @flax.struct.dataclass
 class NeighborList:
   """Edges of a periodic graph, padded to a fixed capacity E.
@@ -35,7 +72,8 @@ class NeighborList:
     receivers: [E] int32 centre atom i.
     shifts: [E, 3] integer-valued image offsets (float dtype of the batch).
     edge_mask: [E] bool, True for real edges.
-    overflow: [] int32, edges (or images) that did not fit; 0 when complete.
+    overflow: [len(OVERFLOW_REASONS)] int32, what did not fit, by reason;
+      all zero when the graph is complete.
     dense_block: static (G, A) when the edges are every ordered pair of a
       crystal laid out as [G, A(receiver), A(sender)] (the fully connected
       graph); lets networks exploit the pair symmetry. None otherwise.
@@ -57,7 +95,7 @@ class NeighborList:
 
   def did_overflow(self) -> bool:
     """Host check (outside jit) that no edge was lost."""
-    return bool(np.asarray(self.overflow) > 0)
+    return bool(np.any(np.asarray(self.overflow) > 0))
 
 
 def edge_vectors(frac: jax.Array, atom_lattice: jax.Array,
@@ -112,11 +150,14 @@ def estimate_max_image(lattice: np.ndarray, cutoff: float,
 
 def estimate_capacity(batch: batch_lib.CrystalBatch, cutoff: float,
                       max_image: int, multiplier: float = 1.25) -> int:
-  """Host helper: edge capacity for `radius_graph`, with head room."""
+  """Host helper: edge capacity per crystal for `radius_graph` (the most
+  edges any crystal of `batch` has, with head room)."""
   nbrs = radius_graph(batch, cutoff, max_image,
-                      capacity=batch.max_atoms_per_graph**2 *
-                      (2 * max_image + 1)**3 * batch.num_graph_slots)
-  return max(int(math.ceil(int(nbrs.num_edges()) * multiplier)), 1)
+                      capacity=batch.max_atoms_per_graph**2 * (2 * max_image + 1)**3)
+  per_crystal = jax.ops.segment_sum(nbrs.edge_mask.astype(jnp.int32),
+                                    batch.graph_index[nbrs.receivers],
+                                    batch.num_graph_slots)
+  return max(int(math.ceil(int(jnp.max(per_crystal)) * multiplier)), 1)
 
 
 def radius_graph(batch: batch_lib.CrystalBatch, cutoff: float, max_image: int,
@@ -131,12 +172,14 @@ def radius_graph(batch: batch_lib.CrystalBatch, cutoff: float, max_image: int,
   Args:
     batch: crystals; lattices may be traced (they are diffused).
     cutoff: radius in Angstrom (static).
-    max_image: static image range; if a lattice needs more, `overflow` counts
-      the shortfall instead of silently missing edges.
-    capacity: static number of edge slots.
+    max_image: static image range; if a lattice needs more, `overflow`
+      counts the shortfall ('cell_too_thin') instead of silently missing edges.
+    capacity: static edge slots of each crystal (`estimate_capacity`); the
+      graph has G * capacity slots, crystal g's edges in block g.
 
   Returns:
     NeighborList with edges from real atoms only; `i == j` only for S != 0.
+    `overflow` counts edges beyond any crystal's capacity ('edge_buffer').
   """
   batch.validate_shapes()
   index, mask = batch.dense_atom_index()                 # [G, A]
@@ -151,21 +194,23 @@ def radius_graph(batch: batch_lib.CrystalBatch, cutoff: float, max_image: int,
              & jnp.all(images == 0, -1)[None, None, None])
   keep = ((sq < cutoff**2) & ~is_self
           & mask[:, :, None, None] & mask[:, None, :, None])
-  shape = keep.shape
-  recv = jnp.broadcast_to(index[:, :, None, None], shape)
-  send = jnp.broadcast_to(index[:, None, :, None], shape)
-  img = jnp.broadcast_to(jnp.arange(images.shape[0]), shape)
-  valid, overflow, (recv, send, img) = _compact(
-      keep.ravel(), capacity, recv.ravel(), send.ravel(), img.ravel())
+  g, shape = keep.shape[0], keep.shape
+  recv = jnp.broadcast_to(index[:, :, None, None], shape).reshape(g, -1)
+  send = jnp.broadcast_to(index[:, None, :, None], shape).reshape(g, -1)
+  img = jnp.broadcast_to(jnp.arange(images.shape[0]), shape).reshape(g, -1)
+  valid, overflow, (recv, send, img) = jax.vmap(
+      lambda k, r, s, i: _compact(k, capacity, r, s, i))(
+          keep.reshape(g, -1), recv, send, img)
+  valid, recv, send, img = (x.reshape(-1) for x in (valid, recv, send, img))
   needed = jnp.max(jnp.where(batch.graph_mask[:, None],
                              required_images(batch.lattice, cutoff), 0))
-  missing_images = jnp.maximum(needed - max_image, 0)
   return NeighborList(
       senders=jnp.where(valid, send, 0).astype(jnp.int32),
       receivers=jnp.where(valid, recv, 0).astype(jnp.int32),
       shifts=jnp.where(valid[:, None], images[img], 0.0),
       edge_mask=valid,
-      overflow=(overflow + missing_images).astype(jnp.int32))
+      overflow=overflow_counts(edge_buffer=jnp.sum(overflow),
+                               cell_too_thin=jnp.maximum(needed - max_image, 0)))
 
 
 def fully_connected_graph(batch: batch_lib.CrystalBatch,
@@ -201,7 +246,7 @@ def fully_connected_graph(batch: batch_lib.CrystalBatch,
       receivers=jnp.where(keep, recv, 0).astype(jnp.int32),
       shifts=jnp.where(keep[:, None], shifts.reshape(-1, 3), 0.0),
       edge_mask=keep,
-      overflow=jnp.zeros((), jnp.int32),
+      overflow=overflow_counts(),
       dense_block=((batch.num_graph_slots, batch.max_atoms_per_graph)
                    if self_edges else None))
 
@@ -267,8 +312,8 @@ def cell_list_graph(frac: jax.Array, lattice: jax.Array,
 
   Returns:
     NeighborList in the `radius_graph` convention. `overflow` counts edges
-    beyond capacity, atoms beyond a bin's capacity, and a cell that shrank
-    below the bin thickness.
+    beyond capacity, atoms beyond a bin's capacity, and (as N) a cell that
+    shrank below the bin thickness.
   """
   chex.assert_rank(frac, 2)
   chex.assert_shape(lattice, (3, 3))
@@ -313,5 +358,5 @@ def cell_list_graph(frac: jax.Array, lattice: jax.Array,
       receivers=jnp.where(valid, recv, 0).astype(jnp.int32),
       shifts=jnp.where(valid[:, None], shifts, 0).astype(frac.dtype),
       edge_mask=valid,
-      overflow=(overflow + bin_overflow + too_thin.astype(jnp.int32) * n
-                ).astype(jnp.int32))
+      overflow=overflow_counts(overflow, bin_overflow,
+                               too_thin.astype(jnp.int32) * n))

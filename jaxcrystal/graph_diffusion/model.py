@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import jraph
 import numpy as np
 
-from jaxcrystal.generative.networks import sinusoidal_embedding
+from jaxcrystal.nn.layers import sinusoidal_embedding
 
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(128)
 

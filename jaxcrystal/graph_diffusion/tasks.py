@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
-from tqdm.auto import tqdm
 
 from jaxcrystal.training import checkpoints
 from jaxcrystal.graph_diffusion import model as gd
 from jaxcrystal.graph_diffusion import laplacian as gl
-from jaxcrystal.data import io as io_lib
-from jaxcrystal.plotting import plots
-from jaxcrystal.generative import train as train_lib
+from jaxcrystal.training import loop as loop_lib
+from jaxcrystal.training import state as state_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,48 +124,40 @@ def build(config: GraphTrainConfig) -> GraphModel:
 
 def _state(config, gm: GraphModel, optimizer):
   rng = jax.random.PRNGKey(config.seed)
+  return state_lib.initial_state(_init(config, gm, rng), optimizer,
+                                 jax.random.fold_in(rng, 1))
+
+
+def _init(config, gm: GraphModel, rng):
   x = jnp.zeros((1, gm.process.num_nodes, 3))
-  params = gm.net.init(rng, x, jnp.zeros(1), gm.senders, gm.receivers, gm.node_features)
-  return train_lib.initial_state(params, optimizer, jax.random.fold_in(rng, 1))
+  return gm.net.init(rng, x, jnp.zeros(1), gm.senders, gm.receivers, gm.node_features)
 
 
-def train_graph_diffusion(config: GraphTrainConfig, workdir: str | Path) -> dict:
-  """Train on `num_train` reference signals; writes config.json,
-  metrics.jsonl, training_curve.png and a checkpoint into `workdir`."""
-  workdir = Path(workdir)
-  manager = checkpoints.CheckpointManager(workdir, keep=1)
-  if manager.latest_step() is not None:
-    raise FileExistsError(f'{workdir} already holds a trained model')
+def train_graph_diffusion(config: GraphTrainConfig, workdir: str | Path,
+                          resume: bool = False) -> dict:
+  """Train on `num_train` reference signals with the training kit; writes
+  config.json, metrics.jsonl, training_curve.png and a checkpoint into
+  `workdir`. Returns the loop's summary."""
   gm = build(config)
   data = gm.task.sample(np.random.default_rng(config.seed), config.num_train)
-  io_lib.write_json_atomic(workdir / 'config.json', config.to_dict())
-  loss_fn = gm.loss_fn(config)
-  optimizer = train_lib.make_optimizer(
-      train_lib.OptimConfig(learning_rate=config.learning_rate,
+  optimizer = state_lib.make_optimizer(
+      state_lib.OptimConfig(learning_rate=config.learning_rate,
                             ema_decay=config.ema_decay), config.train_steps)
-  step_fn = jax.jit(train_lib.make_train_step(loss_fn, optimizer, config.ema_decay))
-  state = _state(config, gm, optimizer)
-  order = np.random.default_rng(config.seed + 1)
-  t0, rows = time.perf_counter(), []
-  for step in tqdm(range(config.train_steps), disable=not config.progress,
-                   desc='train graph diffusion'):
-    batch = data[order.choice(len(data), config.batch_size, replace=False)]
-    state, metrics = step_fn(state, jnp.asarray(batch / gm.task.scale))
-    if (step + 1) % 50 == 0 or step + 1 == config.train_steps:
-      rows.append(dict(step=step + 1, split='train',
-                       **{k: float(v) for k, v in jax.device_get(metrics).items()}))
-  with io_lib.atomic_path(workdir / 'metrics.jsonl') as tmp:
-    tmp.write_text(''.join(json.dumps(r) + '\n' for r in rows))
-  manager.save(config.train_steps, state, {})
-  manager.wait()
-  plots.plot_training_curve(rows, workdir / 'training_curve.png', keys=('loss',))
-  summary = dict(train_seconds=time.perf_counter() - t0, last=rows[-1])
-  io_lib.write_json_atomic(workdir / 'train_summary.json', summary)
+  step_fn = jax.jit(state_lib.make_train_step(gm.loss_fn(config), optimizer,
+                                              config.ema_decay))
+  batch_for_step = loop_lib.replayed_draws(config.seed + 1, lambda r: jnp.asarray(
+      data[r.choice(len(data), config.batch_size, replace=False)] / gm.task.scale))
+  loop = loop_lib.LoopConfig(train_steps=config.train_steps, log_every=50,
+                             keep_checkpoints=1, progress=config.progress,
+                             desc='train graph diffusion', curve_keys=('loss',))
+  _, summary = loop_lib.run(workdir, loop, _state(config, gm, optimizer), step_fn,
+                            batch_for_step, config_dict=config.to_dict(),
+                            resume=resume, log=lambda *_: None)
   return summary
 
 
 def load(workdir: str | Path):
-  """(config, GraphModel, EMA params) of a run."""
+  """(config, GraphModel, EMA params) of a run (no optimizer built)."""
   workdir = Path(workdir)
   path = workdir / 'config.json'
   if not path.is_file():
@@ -176,10 +165,9 @@ def load(workdir: str | Path):
                             'train_graph_diffusion.py workdir?')
   config = GraphTrainConfig.from_dict(json.loads(path.read_text()))
   gm = build(config)
-  optimizer = train_lib.make_optimizer(train_lib.OptimConfig(), config.train_steps)
-  state, _, _ = checkpoints.restore_from_workdir(workdir, _state(config, gm, optimizer),
-                                                 'latest')
-  return config, gm, state.ema_params
+  like = jax.eval_shape(lambda r: _init(config, gm, r), jax.random.PRNGKey(0))
+  params, _ = checkpoints.restore_params(workdir, 'latest', True, like)
+  return config, gm, params
 
 
 # ----------------------------------------------------------------- comparison

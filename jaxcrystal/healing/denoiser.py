@@ -26,7 +26,8 @@ import jax.numpy as jnp
 from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.geometry import neighbors
 from jaxcrystal.geometry import pbc
-from jaxcrystal.generative.networks import cosine_envelope, gaussian_basis
+from jaxcrystal.nn.layers import cosine_envelope
+from jaxcrystal.nn.layers import gaussian_basis
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +130,7 @@ def get_loss_fn(model: LocalDenoiser, max_image: int, capacity: int) -> Callable
     rmse = jnp.sqrt(jnp.sum(jnp.sum((pred + noise) ** 2, -1) * mask) /
                     jnp.maximum(jnp.sum(mask), 1.0))
     return loss, dict(loss=loss, rmse_angstrom=rmse,
-                      overflow=nbrs.overflow.astype(jnp.float32))
+                      overflow=nbrs.overflow)
 
   return loss_fn
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +26,8 @@ from jaxcrystal.healing import denoiser
 from jaxcrystal.data import io as io_lib
 from jaxcrystal.geometry import neighbors
 from jaxcrystal.plotting import plots
-from jaxcrystal.generative import train as train_lib
+from jaxcrystal.training import loop as loop_lib
+from jaxcrystal.training import state as state_lib
 
 GRAPH_SKIN = 1.0  # Angstrom beyond the cutoff: healing moves atoms this far safely
 
@@ -36,7 +36,7 @@ GRAPH_SKIN = 1.0  # Angstrom beyond the cutoff: healing moves atoms this far saf
 class HealingTrainConfig:
   """A denoiser training run (lengths in Angstrom)."""
   model: denoiser.DenoiserConfig = denoiser.DenoiserConfig()
-  optim: train_lib.OptimConfig = train_lib.OptimConfig(learning_rate=2e-3,
+  optim: state_lib.OptimConfig = state_lib.OptimConfig(learning_rate=2e-3,
                                                        ema_decay=0.99)
   element: str = 'Pt'
   structure: str = 'fcc'
@@ -58,7 +58,7 @@ class HealingTrainConfig:
   def from_dict(cls, d: dict) -> 'HealingTrainConfig':
     d = dict(d)
     d['model'] = denoiser.DenoiserConfig(**d['model'])
-    d['optim'] = train_lib.OptimConfig(**d['optim'])
+    d['optim'] = state_lib.OptimConfig(**d['optim'])
     d['repeats'] = tuple(d['repeats'])
     return cls(**d)
 
@@ -84,21 +84,21 @@ def _model(config: HealingTrainConfig) -> denoiser.LocalDenoiser:
 
 
 def train_denoiser(config: HealingTrainConfig, workdir: str | Path,
-                   log: Callable = print) -> dict:
-  """Train in `workdir`: writes train.extxyz, config.json, metrics.jsonl,
-  training_curve.png and checkpoints. Returns a summary."""
+                   resume: bool = False, log: Callable = print) -> dict:
+  """Train in `workdir` with the training kit: writes train.extxyz,
+  config.json, metrics.jsonl, training_curve.png and checkpoints.
+  Returns the loop's summary."""
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  manager = checkpoints.CheckpointManager(workdir, keep=2)
-  if manager.latest_step() is not None:
-    raise FileExistsError(f'{workdir} already holds a trained denoiser; choose '
-                          'another --workdir')
   data_path = workdir / 'train.extxyz'
-  io_lib.write_extxyz(data_path, training_structures(config))
+  if not (resume and data_path.is_file()):
+    if checkpoints.CheckpointManager(workdir, 1).latest_step() is not None:
+      raise FileExistsError(f'{workdir} already holds a trained denoiser; pass '
+                            '--resume or choose another --workdir')
+    io_lib.write_extxyz(data_path, training_structures(config))
   structures, _ = io_lib.read_structures(str(data_path))  # what was written
   log(f'{len(structures)} training supercells ({config.element} {config.structure}) '
       f'in {data_path}')
-  io_lib.write_json_atomic(workdir / 'config.json', config.to_dict())
   max_atoms = max(len(s) for s in structures)
   budget = batch_lib.Budget(config.batch_size + 1,
                             int(np.ceil((config.batch_size * max_atoms + 1) / 8) * 8),
@@ -107,42 +107,27 @@ def train_denoiser(config: HealingTrainConfig, workdir: str | Path,
   example = batch_lib.batch_from_atoms(structures[:config.batch_size], budget)
   max_image, capacity = denoiser.graph_capacity(example, config.model.cutoff + 0.5)
   loss_fn = denoiser.get_loss_fn(model, max_image, int(capacity * 1.2))
-  optimizer = train_lib.make_optimizer(config.optim, config.train_steps)
-  step_fn = jax.jit(train_lib.make_train_step(loss_fn, optimizer,
+  optimizer = state_lib.make_optimizer(config.optim, config.train_steps)
+  step_fn = jax.jit(state_lib.make_train_step(loss_fn, optimizer,
                                               config.optim.ema_decay), donate_argnums=0)
   rng = jax.random.PRNGKey(config.seed)
   params = denoiser.init_params(model, rng, batch_lib.to_device(example))
-  state = train_lib.initial_state(params, optimizer, jax.random.fold_in(rng, 1))
-  order_rng = np.random.default_rng(config.seed)
-  metrics_path = workdir / 'metrics.jsonl'
-  t0, last = time.perf_counter(), {}
-  with open(metrics_path, 'w') as mf:
-    for step in tqdm(range(config.train_steps), disable=not config.progress,
-                     desc='train denoiser', dynamic_ncols=True):
-      pick = order_rng.choice(len(structures), config.batch_size, replace=False)
-      host = batch_lib.batch_from_atoms([structures[i] for i in pick], budget)
-      state, metrics = step_fn(state, batch_lib.to_device(host))
-      done = step + 1
-      if done % config.log_every == 0 or done == config.train_steps:
-        last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if last['overflow'] > 0:
-          raise RuntimeError(f'step {done}: the radius graph overflowed its '
-                             'capacity (damage beyond the estimate)')
-        mf.write(json.dumps(dict(step=done, split='train', **last)) + '\n')
-        mf.flush()
-      if done % config.checkpoint_every == 0 or done == config.train_steps:
-        manager.save(done, state, {})
-  manager.wait()
-  plots.plot_training_curve(checkpoints.read_metrics(metrics_path),
-                            workdir / 'training_curve.png', keys=('loss',))
-  summary = dict(final_step=config.train_steps, train_seconds=time.perf_counter() - t0,
-                 skipped_steps=int(state.skipped), last_train=last)
-  io_lib.write_json_atomic(workdir / 'train_summary.json', summary)
+  state = state_lib.initial_state(params, optimizer, jax.random.fold_in(rng, 1))
+  batch_for_step = loop_lib.replayed_draws(config.seed, lambda r: batch_lib.to_device(
+      batch_lib.batch_from_atoms(
+          [structures[i] for i in r.choice(len(structures), config.batch_size,
+                                           replace=False)], budget)))
+  loop = loop_lib.LoopConfig(
+      train_steps=config.train_steps, log_every=config.log_every,
+      checkpoint_every=config.checkpoint_every, keep_checkpoints=2,
+      progress=config.progress, desc='train denoiser', curve_keys=('loss',))
+  _, summary = loop_lib.run(workdir, loop, state, step_fn, batch_for_step,
+                            config_dict=config.to_dict(), resume=resume, log=log)
   return summary
 
 
 def load_denoiser(workdir: str | Path, use_ema: bool = True):
-  """(model, params, config) of a `train_denoiser` run."""
+  """(model, params, config) of a `train_denoiser` run (no optimizer built)."""
   workdir = Path(workdir)
   path = workdir / 'config.json'
   if not path.is_file():
@@ -150,14 +135,12 @@ def load_denoiser(workdir: str | Path, use_ema: bool = True):
                             '(--workdir of train_denoiser.py)?')
   config = HealingTrainConfig.from_dict(json.loads(path.read_text()))
   model = _model(config)
-  example = batch_lib.batch_from_atoms([defects.supercell(
-      config.element, config.structure, config.lattice_constant, 1)])
-  params = denoiser.init_params(model, jax.random.PRNGKey(0),
-                                batch_lib.to_device(example))
-  optimizer = train_lib.make_optimizer(config.optim, config.train_steps)
-  like = train_lib.initial_state(params, optimizer, jax.random.PRNGKey(0))
-  state, _, _ = checkpoints.restore_from_workdir(workdir, like, 'latest')
-  return model, (state.ema_params if use_ema else state.params), config
+  example = batch_lib.to_device(batch_lib.batch_from_atoms([defects.supercell(
+      config.element, config.structure, config.lattice_constant, 1)]))
+  like = jax.eval_shape(lambda r: denoiser.init_params(model, r, example),
+                        jax.random.PRNGKey(0))
+  params, _ = checkpoints.restore_params(workdir, 'latest', use_ema, like)
+  return model, params, config
 
 
 def build_graph(atoms: ase.Atoms, cutoff: float) -> neighbors.NeighborList:

@@ -1,8 +1,8 @@
 """Data for the process figures: forward-noised snapshots of a structure and
 frames of a sampling trajectory, as `ase.Atoms` ready to draw.
 
-These run the library's own forward processes and sampler, so the pictures
-show exactly what training and sampling do.
+These run the model's own processes and sampler, so the pictures show
+exactly what training and sampling do.
 """
 from __future__ import annotations
 
@@ -10,31 +10,40 @@ from typing import Sequence
 
 import ase
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxcrystal.data import batch as batch_lib
-from jaxcrystal.generative import model as diffusion
+from jaxcrystal.generative import model as model_lib
 from jaxcrystal.generative import sampling
 
 DEFAULT_FRACTIONS = (0.0, 0.1, 0.3, 0.6, 1.0)
+# Keys of the pictures: split(key, 2) = [lattice, coordinates]; types fold in.
+SNAPSHOT_SLOTS = (0, 1)
 
 
 def _steps(num_steps: int, fractions: Sequence[float]) -> list[int]:
   return [int(round(f * num_steps)) for f in fractions]
 
 
-def forward_snapshots(rng: jax.Array, spec: diffusion.DiffusionSpec,
-                      atoms: ase.Atoms,
+def _describe(process, t: int) -> str:
+  """'sigma 0.123' / 'abar 0.50' of a process with a schedule at step t."""
+  schedule = getattr(process, 'schedule', None)
+  if hasattr(schedule, 'sigmas'):
+    unit = ' A' if process.scale_name == 'sigma_angstrom' else ''
+    return f'sigma {float(schedule.sigmas[t]):.3f}{unit}'
+  if hasattr(schedule, 'alpha_bars'):
+    return f'abar {float(schedule.alpha_bars[t]):.2f}'
+  return ''
+
+
+def forward_snapshots(rng: jax.Array, spec: model_lib.Model, atoms: ase.Atoms,
                       fractions: Sequence[float] = DEFAULT_FRACTIONS
                       ) -> tuple[list[ase.Atoms], list[str]]:
-  """`atoms` noised by the model's forward processes at t = fraction * T.
+  """`atoms` noised by every process of the model at t = fraction * T.
 
-  The lattice follows the DDPM process and fractional coordinates the wrapped
-  normal (or, for the cartesian task, Cartesian noise in the fixed cell).
   Returns (frames, labels), one per fraction; t = 0 is the clean structure.
   """
-  T = spec.config.num_steps
+  T = spec.time.num_steps
   base = batch_lib.to_device(batch_lib.batch_from_atoms([atoms]))
   frames, labels = [], []
   for t, key in zip(_steps(T, fractions), jax.random.split(rng, len(fractions))):
@@ -42,54 +51,40 @@ def forward_snapshots(rng: jax.Array, spec: diffusion.DiffusionSpec,
       frames.append(atoms.copy())
       labels.append('t = 0 (clean)')
       continue
-    k_l, k_f = jax.random.split(key)
-    t_graph = jnp.full((base.num_graph_slots,), t, jnp.int32)
-    t_atom = jnp.full((base.num_atom_slots,), t, jnp.int32)
-    if spec.config.task == 'cartesian':
-      cart = jnp.einsum('ni,nij->nj', base.frac, base.atom_lattice())
-      cart_t, _ = spec.cart_process.noise(k_f, cart, t_atom, base.atom_lattice())
-      frac_t = jnp.einsum('ni,nij->nj', cart_t, jnp.linalg.inv(base.atom_lattice()))
-      noisy = base.replace(frac=frac_t % 1.0)
-      sigma = float(spec.cart_process.schedule.sigmas[t])
-      label = f't = {t} (sigma {sigma:.2f} A)'
-    else:
-      lattice_t, _ = spec.lattice_process.noise(k_l, base.lattice, t_graph)
-      frac_t, _ = spec.frac_process.noise(k_f, base.frac, t_atom)
-      noisy = base.replace(lattice=lattice_t, frac=frac_t)
-      sigma = float(spec.frac_process.schedule.sigmas[t])
-      ab = float(spec.lattice_process.schedule.alpha_bars[t])
-      label = f't = {t} (sigma {sigma:.3f}, abar {ab:.2f})'
+    _, stream_key = model_lib.stream_keys(key, 2, SNAPSHOT_SLOTS)
+    xs = {}
+    for name, p in spec.processes.items():
+      rows = spec.time.full(t, base.num_graph_slots if p.per == 'graph'
+                            else base.num_atom_slots)
+      xs[name] = p.noise(stream_key(p.stream), base, rows)[0]
+    noisy = spec.finalize(base, xs)
     frames.append(batch_lib.batch_to_atoms(jax.device_get(noisy))[0])
-    labels.append(label)
+    parts = [_describe(p, t) for p in spec.processes.values()]
+    labels.append(f't = {t} ({", ".join(x for x in parts if x)})')
   return frames, labels
 
 
-def sampling_trajectory(rng: jax.Array, spec: diffusion.DiffusionSpec, params,
+def sampling_trajectory(rng: jax.Array, spec: model_lib.Model, params,
                         composition: Sequence[int], num_frames: int = 5,
                         step_lr: float = 1e-5) -> tuple[list[ase.Atoms], list[str]]:
   """Sample one crystal of `composition` (atomic numbers) and return
   `num_frames` evenly spaced states of its trajectory, ending at the sample.
-  The cartesian task needs a cell and is not supported here."""
-  if spec.config.task == 'cartesian':
-    raise ValueError('sampling_trajectory needs a csp or dng model')
-  T = spec.config.num_steps
+  Tasks that do not generate the cell need one and are not supported here."""
+  if not spec.task.generates_lattice:
+    raise ValueError(f'sampling_trajectory needs a model that generates the cell '
+                     f'({spec.config.task!r} does not)')
+  T = spec.time.num_steps
   every = _trajectory_stride(T, num_frames)
   template = batch_lib.to_device(
       sampling.template_from_compositions([list(composition)]))
   sampler = jax.jit(sampling.get_sampler(spec, step_lr, trajectory_every=every))
-  final, (lattices, fracs, types) = sampler(rng, params, template)
-  lattices, fracs, types = jax.device_get((lattices, fracs, types))
-  chunks = lattices.shape[0]
+  _, traj, _ = sampler(rng, params, template)
+  chunks = next(iter(traj.values())).shape[0]
   picks = np.unique(np.linspace(0, chunks - 1, num_frames).round().astype(int))
   frames, labels = [], []
-  host_template = jax.device_get(template)
   for k in picks:
-    species = host_template.species
-    if spec.config.task == 'dng':
-      species = np.where(host_template.atom_mask, np.argmax(types[k], -1) + 1, 0)
-    state = host_template.replace(lattice=lattices[k], frac=fracs[k],
-                                  species=species.astype(np.int32))
-    frames.append(batch_lib.batch_to_atoms(state)[0])
+    state = spec.finalize(template, {name: x[k] for name, x in traj.items()})
+    frames.append(batch_lib.batch_to_atoms(jax.device_get(state))[0])
     labels.append(f'step {(k + 1) * every} of {T} (t = {T - (k + 1) * every})')
   return frames, labels
 

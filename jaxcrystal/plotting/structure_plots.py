@@ -6,6 +6,7 @@ batch analysis. Each takes plain data (arrays, `ase.Atoms`, dicts) and a path.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import ase

@@ -88,19 +88,21 @@ def benchmark_csp_model(structures, hidden: int, num_layers: int, num_freqs: int
   (2 network calls each), compile time reported separately.
   """
   from jaxcrystal.data import batch as batch_lib
-  from jaxcrystal.generative import model as diffusion
   from jaxcrystal.generative import generate
+  from jaxcrystal.generative import losses
+  from jaxcrystal.generative import model as model_lib
   from jaxcrystal.generative import train
-  config = diffusion.ModelConfig(task='csp', hidden=hidden, num_layers=num_layers,
+  from jaxcrystal.training import state as state_lib
+  config = model_lib.ModelConfig(task='csp', hidden=hidden, num_layers=num_layers,
                                  num_freqs=num_freqs, num_steps=num_steps)
-  spec = diffusion.build(config)
+  spec = model_lib.build(config)
   structures = list(structures)[:batch_size]
   host = batch_lib.batch_from_atoms(structures)
   batch = batch_lib.to_device(host)
-  opt = train.make_optimizer(train.OptimConfig(), 1000)
+  opt = state_lib.make_optimizer(state_lib.OptimConfig(), 1000)
   state = train.create_train_state(jax.random.PRNGKey(0), spec, host, opt)
   n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
-  step = jax.jit(train.make_train_step(diffusion.get_loss_fn(spec), opt, 0.999),
+  step = jax.jit(state_lib.make_train_step(losses.get_loss_fn(spec), opt, 0.999),
                  donate_argnums=0)
   t0 = time.perf_counter()
   state, m = step(state, batch)
@@ -157,39 +159,34 @@ def benchmark_healing_step(model, params, config, repeats_per_side, repeats: int
 def coord_learning_curve(structures, config, steps: int, max_t: int,
                          batch_size: int = 64, learning_rate: float = 1e-3,
                          num_buckets: int = 4, seed: int = 0) -> np.ndarray:
-  """Per-step coordinate loss of a fresh model trained (Adam) only at small
-  noise, t in {1..max_t}: how quickly a variant (`config`, a
-  `diffusion.ModelConfig`; cells as given in `structures`) learns local
-  geometry, the part that decides whether samples have sane bonds.
-  Returns `[steps]` normalised-score MSEs (1: nothing learned)."""
+  """Per-step coordinate loss of a fresh model trained (Adam, the training
+  kit's guarded step) only at small noise, t in {1..max_t}: how quickly a
+  variant (`config`, a `model.ModelConfig`; cells as given in `structures`)
+  learns local geometry, the part that decides whether samples have sane
+  bonds. Returns `[steps]` normalised-score MSEs (1: nothing learned)."""
   import optax
   from jaxcrystal.data import pipeline as data_lib
-  from jaxcrystal.generative import model as diffusion
+  from jaxcrystal.generative import losses
+  from jaxcrystal.generative import model as model_lib
+  from jaxcrystal.training import state as state_lib
   if not 1 <= max_t <= config.num_steps:
     raise ValueError(f'max_t must be in 1..{config.num_steps}, got {max_t}')
-  spec = diffusion.build(config)
+  spec = model_lib.build(config)
   edges = data_lib.default_bucket_edges([len(s) for s in structures], num_buckets)
   dataset = data_lib.BucketedDataset(structures, batch_size, edges)
-  loss_at_times = diffusion.get_loss_at_times_fn(spec)
-  optimizer = optax.adam(learning_rate)
-  params = diffusion.init_params(spec, jax.random.PRNGKey(seed),
-                                 dataset.batch_for_step(seed, 0))
-  opt_state = optimizer.init(params)
+  loss_at_times = losses.get_loss_at_times_fn(spec)
 
-  @jax.jit
-  def step(params, opt_state, batch, rng):
+  def loss_fn(rng, params, batch):
     rng_t, rng = jax.random.split(rng)
     t = jax.random.randint(rng_t, (batch.num_graph_slots,), 1, max_t + 1)
-    grads, aux = jax.grad(lambda p: loss_at_times(rng, p, batch, t), has_aux=True)(
-        params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, aux['coords']
+    return loss_at_times(rng, params, batch, t)
 
-  rng = jax.random.PRNGKey(seed)
+  optimizer = optax.adam(learning_rate)
+  params = spec.init_params(jax.random.PRNGKey(seed), dataset.batch_for_step(seed, 0))
+  state = state_lib.initial_state(params, optimizer, jax.random.PRNGKey(seed + 1))
+  step = jax.jit(state_lib.make_train_step(loss_fn, optimizer, 0.0))
   curve = []
   for k in range(steps):
-    params, opt_state, coords = step(params, opt_state,
-                                     dataset.batch_for_step(seed, k),
-                                     jax.random.fold_in(rng, k))
-    curve.append(float(coords))
+    state, metrics = step(state, dataset.batch_for_step(seed, k))
+    curve.append(float(metrics['coords']))
   return np.asarray(curve)

@@ -11,7 +11,6 @@ import ase
 import jax
 import numpy as np
 
-from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.data import datasets
 from jaxcrystal.evaluation import descriptors
 from jaxcrystal.generative import generate
@@ -76,8 +75,9 @@ def _process_plots(workdir: Path, spec, params, structures, seed, step_lr) -> No
   """Schedule analysis, forward process and one sampling trajectory."""
   out = workdir / 'samples'
   structure_plots.plot_schedule(
-      spec.lattice_process.schedule.betas, spec.lattice_process.schedule.alpha_bars,
-      spec.frac_process.schedule.sigmas, out / 'schedule.png')
+      spec.processes['lattice'].schedule.betas,
+      spec.processes['lattice'].schedule.alpha_bars,
+      spec.processes['coords'].schedule.sigmas, out / 'schedule.png')
   diamond = next(s for s in structures if s.info.get('base') == 'diamond')
   rng = jax.random.PRNGKey(seed)
   frames, labels = process_views.forward_snapshots(rng, spec, diamond)

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxcrystal.data import io as io_lib
@@ -81,6 +83,49 @@ def restore_from_workdir(workdir: str | Path, like, which: str = 'best'
     raise FileNotFoundError(f'{workdir}: no checkpoints found')
   state, extra = restore(periodic, step, like)
   return state, extra, step
+
+
+def restore_params(workdir: str | Path, which: str = 'best', use_ema: bool = True,
+                   like=None) -> tuple[Any, int]:
+  """Parameters of a run's best (or 'latest') checkpoint, without building an
+  optimizer: the saved tree is read as it is and its (EMA) parameters taken.
+
+  With `like` (e.g. `jax.eval_shape` of the model's init), the restored tree
+  must have the same structure and shapes; otherwise ValueError names the
+  first differences (a checkpoint of another model or width).
+  Returns (params, step).
+  """
+  workdir = Path(workdir)
+  if not workdir.is_dir():
+    raise FileNotFoundError(f'{workdir}: no such run directory')
+  step, manager = None, None
+  if which == 'best':
+    manager = _manager(workdir / 'best', 1)
+    step = manager.latest_step()
+  if step is None:
+    manager = _manager(workdir / 'checkpoints', 1000)
+    step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'{workdir}: no checkpoints found')
+  out = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))
+  params = out['state']['ema_params' if use_ema else 'params']
+  if like is not None:
+    want = {jax.tree_util.keystr(k): tuple(v.shape)
+            for k, v in jax.tree_util.tree_leaves_with_path(like)}
+    got = {jax.tree_util.keystr(k): tuple(np.shape(v))
+           for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    diff = sorted(f'{k}: checkpoint {got.get(k, "missing")}, model '
+                  f'{want.get(k, "missing")}'
+                  for k in set(want) | set(got) if want.get(k) != got.get(k))
+    if diff:
+      raise ValueError(f'{workdir} step {step}: the checkpoint does not fit the '
+                       f'model of its config.json ({len(diff)} differences, e.g. '
+                       + '; '.join(diff[:3]) + ')')
+    params = jax.tree_util.tree_unflatten(
+        jax.tree_util.tree_structure(like),
+        [jnp.asarray(v) for v in jax.tree_util.tree_leaves(params)])
+  return params, int(step)
 
 
 def read_metrics(path: str | Path) -> list[dict]:
