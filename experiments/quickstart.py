@@ -26,9 +26,12 @@ def main(argv):
   config = train_flags.config_from_flags()
   os.makedirs(FLAGS.workdir, exist_ok=True)
   train_flags.save_flags(FLAGS.workdir)
-  summary = quickstart.run_quickstart(
-      config, FLAGS.workdir, FLAGS.samples_per_structure, resume=FLAGS.resume,
-      seed=FLAGS.seed, step_lr=FLAGS.step_lr)
+  try:
+    summary = quickstart.run_quickstart(
+        config, FLAGS.workdir, FLAGS.samples_per_structure, resume=FLAGS.resume,
+        seed=FLAGS.seed, step_lr=FLAGS.step_lr)
+  except train_flags.GRAPH_ERRORS as err:
+    raise app.UsageError(str(err)) from None
   shown = {k: v for k, v in summary.items() if k != 'train'}
   print(json.dumps(shown, indent=2))
   print(f'outputs in {FLAGS.workdir}: training_curve.png, samples/ '

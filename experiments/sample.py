@@ -11,6 +11,8 @@ from absl import flags
 from absl import logging
 
 from jaxcrystal.generative import generate
+from jaxcrystal.geometry import neighbors
+from jaxcrystal.training import checkpoints
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('checkpoint', None, 'Training workdir to sample from.')
@@ -41,16 +43,22 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
-  spec, params, config, step = generate.load_run(FLAGS.checkpoint, FLAGS.which)
+  try:
+    spec, params, config, step = generate.load_run(FLAGS.checkpoint, FLAGS.which)
+  except (FileNotFoundError, checkpoints.CheckpointMismatchError) as err:
+    raise app.UsageError(f'--checkpoint: {err}') from None
   compositions, lattices = generate.compositions_for_request(
       config, formula=FLAGS.formula, compositions_from=FLAGS.compositions_from,
       samples_per_composition=FLAGS.samples_per_composition,
       num_samples=FLAGS.num_samples, atom_counts_from=FLAGS.atom_counts_from,
       seed=FLAGS.seed)
-  samples, timing = generate.sample_structures(
-      spec, params, compositions, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
-      step_lr=FLAGS.step_lr, corrector_steps=FLAGS.corrector_steps,
-      lattices=lattices, progress=FLAGS.progress)
+  try:
+    samples, timing = generate.sample_structures(
+        spec, params, compositions, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
+        step_lr=FLAGS.step_lr, corrector_steps=FLAGS.corrector_steps,
+        lattices=lattices, progress=FLAGS.progress)
+  except neighbors.GraphOverflowError as err:
+    raise app.UsageError(str(err)) from None
   summary = generate.write_samples(FLAGS.out, samples, {
       'checkpoint': FLAGS.checkpoint, 'checkpoint_step': step, **timing})
   print(summary)

@@ -23,7 +23,10 @@ def main(argv):
   config = train_flags.config_from_flags()
   os.makedirs(FLAGS.workdir, exist_ok=True)
   train_flags.save_flags(FLAGS.workdir)
-  summary = train.train_and_evaluate(config, FLAGS.workdir, resume=FLAGS.resume)
+  try:
+    summary = train.train_and_evaluate(config, FLAGS.workdir, resume=FLAGS.resume)
+  except train_flags.GRAPH_ERRORS as err:
+    raise app.UsageError(str(err)) from None
   print(summary)
 
 

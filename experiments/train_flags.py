@@ -8,9 +8,12 @@ from jaxcrystal.generative import losses
 from jaxcrystal.generative import model as model_lib
 from jaxcrystal.generative import tasks
 from jaxcrystal.generative import train
+from jaxcrystal.geometry import neighbors
 from jaxcrystal.training import state as state_lib
 
 FLAGS = flags.FLAGS
+# Errors a user fixes with a flag: shown as one line, not a traceback.
+GRAPH_ERRORS = (neighbors.GraphCapacityError, neighbors.GraphOverflowError)
 
 flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, metrics, plots).')
 flags.DEFINE_bool('resume', False, 'Continue from the latest checkpoint in --workdir.')

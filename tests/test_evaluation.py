@@ -10,7 +10,7 @@ import pytest
 from helpers import rattled
 
 from jaxcrystal.data import datasets
-from jaxcrystal.generative import model as diffusion
+from jaxcrystal.generative import model as model_lib
 from jaxcrystal.evaluation import evaluate as evaluation
 from jaxcrystal.data import io as io_lib
 from jaxcrystal.plotting import process_views
@@ -106,7 +106,7 @@ def test_evaluate_cli_dng_without_uniqueness(tmp_path):
 
 @pytest.fixture(scope='module')
 def tiny_spec():
-  return diffusion.build(diffusion.ModelConfig(hidden=16, num_layers=1, num_freqs=4,
+  return model_lib.build(model_lib.ModelConfig(hidden=16, num_layers=1, num_freqs=4,
                                                time_dim=8, num_steps=20))
 
 
@@ -127,7 +127,7 @@ def test_forward_snapshots_follow_the_schedule(tiny_spec):
 def test_sampling_trajectory_ends_at_a_sample(tiny_spec, keys):
   from jaxcrystal.data import batch as batch_lib
   diamond = datasets.builtin_structures()[14]
-  params = diffusion.init_params(tiny_spec, next(keys),
+  params = tiny_spec.init_params(next(keys),
                                  batch_lib.to_device(batch_lib.batch_from_atoms([diamond])))
   frames, labels = process_views.sampling_trajectory(next(keys), tiny_spec, params,
                                                      diamond.numbers)
@@ -140,10 +140,10 @@ def test_every_figure_is_written(tmp_path, tiny_spec):
   real = datasets.builtin_structures()
   generated = rattled(real, 0.3, 0)
   generated[0].positions[1] = generated[0].positions[0]  # one invalid sample
-  sched = tiny_spec.lattice_process.schedule
+  sched = tiny_spec.processes['lattice'].schedule
   paths = [
       structure_plots.plot_schedule(sched.betas, sched.alpha_bars,
-                                    tiny_spec.frac_process.schedule.sigmas,
+                                    tiny_spec.processes['coords'].schedule.sigmas,
                                     tmp_path / 'schedule.png'),
       structure_plots.plot_structure_snapshots(real[:3], ['a', 'b', 'c'],
                                                tmp_path / 'snapshots.png', 'x'),

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from ase.geometry import find_mic
 
+from jaxcrystal.generative import model as model_lib
 from jaxcrystal.generative import processes as forward
 from jaxcrystal.generative import wrapped_normal
 
@@ -25,16 +26,16 @@ def test_wrapped_normal_score_is_gradient_of_log_density(sigma):
 def test_registry():
   assert set(forward.PROCESSES) >= {'lattice_ddpm', 'frac_wrapped_normal',
                                     'cart_minimum_image', 'types_ddpm'}
-  with pytest.raises(ValueError, match='unknown forward process'):
-    forward.get_process('nope')
+  with pytest.raises(ValueError, match='unknown process'):
+    forward.get_process('nope', model_lib.ModelConfig())
 
 
 @pytest.mark.parametrize('t', [10, 300, 700, 1000])
 def test_lattice_ddpm_statistics(keys, t):
-  proc = forward.get_process('lattice_ddpm', num_steps=1000)
+  proc = forward.get_process('lattice_ddpm', model_lib.ModelConfig(num_steps=1000))
   lat0 = jnp.broadcast_to(jnp.array([[4.0, 0, 0], [1.0, 5.0, 0], [0.5, 0.5, 6.0]]),
                           (20000, 3, 3))
-  fn = jax.jit(proc.noise)
+  fn = jax.jit(proc.diffuse)
   lat_t, eps = fn(next(keys), lat0, jnp.full((20000,), t))
   chex.assert_shape([lat_t, eps], (20000, 3, 3))
   ab = float(proc.schedule.alpha_bars[t])
@@ -43,18 +44,18 @@ def test_lattice_ddpm_statistics(keys, t):
   np.testing.assert_allclose(lat_t.std(0), np.sqrt(1 - ab), rtol=0.05)
   np.testing.assert_allclose(lat_t, np.sqrt(ab) * lat0 + np.sqrt(1 - ab) * eps, atol=1e-5)
   # jit == no jit
-  np.testing.assert_allclose(proc.noise(jax.random.PRNGKey(1), lat0[:4], jnp.full((4,), t))[0],
+  np.testing.assert_allclose(proc.diffuse(jax.random.PRNGKey(1), lat0[:4], jnp.full((4,), t))[0],
                              fn(jax.random.PRNGKey(1), lat0[:4], jnp.full((4,), t))[0],
                              atol=1e-6)
 
 
 @pytest.mark.parametrize('t', [1, 400, 800, 1000])
 def test_frac_wrapped_normal_statistics(keys, t):
-  proc = forward.get_process('frac_wrapped_normal', num_steps=1000)
+  proc = forward.get_process('frac_wrapped_normal', model_lib.ModelConfig(num_steps=1000))
   n = 50000
   frac0 = jnp.full((n, 3), 0.3)
   tt = jnp.full((n,), t)
-  frac_t, target = jax.jit(proc.noise)(next(keys), frac0, tt)
+  frac_t, target = jax.jit(proc.diffuse)(next(keys), frac0, tt)
   assert float(frac_t.min()) >= 0 and float(frac_t.max()) < 1
   sigma = float(proc.schedule.sigmas[t])
   # circular statistics against theory: E[exp(2 pi i (F_t - F_0))] = exp(-2 pi^2 sigma^2)
@@ -69,14 +70,14 @@ def test_frac_wrapped_normal_statistics(keys, t):
 
 
 def test_cartesian_minimum_image_process(keys):
-  proc = forward.get_process('cart_minimum_image', num_steps=100, sigma_begin=0.01,
-                             sigma_end=1.0)
+  proc = forward.get_process('cart_minimum_image', model_lib.ModelConfig(
+      num_steps=100, cart_sigma_begin=0.01, cart_sigma_end=1.0))
   n = 20000
   lattice = jnp.broadcast_to(jnp.array([[5.0, 0, 0], [2.0, 5.0, 0], [1.0, 1.0, 6.0]]),
                              (n, 3, 3))
   cart0 = jnp.full((n, 3), 1.0)
   for t, check_gaussian in ((10, True), (100, False)):
-    cart_t, target = jax.jit(proc.noise)(next(keys), cart0, jnp.full((n,), t), lattice)
+    cart_t, target = jax.jit(proc.diffuse)(next(keys), cart0, jnp.full((n,), t), lattice)
     frac_t = np.asarray(jnp.einsum('ni,nij->nj', cart_t, jnp.linalg.inv(lattice)))
     assert frac_t.min() > -1e-5 and frac_t.max() < 1 + 1e-5  # wrapped into the cell
     sigma = float(proc.schedule.sigmas[t])
@@ -92,9 +93,9 @@ def test_cartesian_minimum_image_process(keys):
 
 @pytest.mark.parametrize('t', [50, 500, 1000])
 def test_types_ddpm_statistics(keys, t):
-  proc = forward.get_process('types_ddpm', num_steps=1000)
+  proc = forward.get_process('types_ddpm', model_lib.ModelConfig(num_steps=1000))
   species = jnp.full((30000,), 26)
-  x_t, eps = jax.jit(proc.noise)(next(keys), species, jnp.full((30000,), t))
+  x_t, eps = jax.jit(proc.diffuse)(next(keys), species, jnp.full((30000,), t))
   chex.assert_shape(x_t, (30000, 100))
   ab = float(proc.schedule.alpha_bars[t])
   np.testing.assert_allclose(x_t[:, 25].mean(), np.sqrt(ab), atol=0.03)

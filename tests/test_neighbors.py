@@ -49,7 +49,7 @@ def test_radius_graph_matches_ase(cutoff, jit):
   fn = jax.jit(neighbors.radius_graph, static_argnums=(1, 2, 3)) if jit else \
       neighbors.radius_graph
   nbrs = fn(batch, cutoff, max_image, capacity)
-  assert int(nbrs.overflow) == 0
+  assert not nbrs.did_overflow()
   offset = 0
   for atoms in crystals:
     expected = _ase_set(atoms, cutoff)
@@ -67,10 +67,38 @@ def test_radius_graph_reports_overflow():
   max_image = neighbors.estimate_max_image(batch.lattice, 6.0)
   full = neighbors.radius_graph(batch, 6.0, max_image, 100000)
   small = neighbors.radius_graph(batch, 6.0, max_image, 10)
-  assert int(small.overflow) == int(full.num_edges()) - 10 > 0
+  # every crystal has its own 10 edge slots; what does not fit is counted
+  per_crystal = np.bincount(np.asarray(batch.graph_index)[np.asarray(full.receivers)[
+      np.asarray(full.edge_mask)]], minlength=batch.num_graph_slots)
+  edge_buffer, bins, thin = np.asarray(small.overflow)
+  assert edge_buffer == np.maximum(per_crystal - 10, 0).sum() > 0 and bins == thin == 0
   assert small.did_overflow() and not full.did_overflow()
+  assert 'edge buffer' in neighbors.describe_overflow(small.overflow)
+  with pytest.raises(neighbors.GraphOverflowError, match='step 7.*edge buffer'):
+    neighbors.check_overflow(small.overflow, 'step 7')
+  neighbors.check_overflow(full.overflow, 'step 7')  # nothing lost: no error
   too_few_images = neighbors.radius_graph(batch, 6.0, 0, 100000)
-  assert too_few_images.did_overflow()
+  assert np.asarray(too_few_images.overflow)[2] > 0  # cell_too_thin
+  assert 'cell too thin' in neighbors.describe_overflow(too_few_images.overflow)
+
+
+def test_radius_graph_capacity_is_per_crystal():
+  """A crystal with a tiny cell fills only its own block: the others keep
+  every edge (a batch-wide buffer would have handed it their slots)."""
+  rng = np.random.default_rng(11)
+  crystals = _random_crystals(rng, 3)
+  tiny = crystals[0].copy()
+  tiny.set_cell(tiny.cell[:] * 0.4, scale_atoms=True)
+  batch = batch_lib.batch_from_atoms([tiny] + crystals[1:])
+  max_image = neighbors.estimate_max_image(batch.lattice, 4.0)
+  capacity = neighbors.estimate_capacity(
+      batch_lib.batch_from_atoms(crystals[1:]), 4.0, max_image)
+  nbrs = neighbors.radius_graph(batch, 4.0, max_image, capacity)
+  assert np.asarray(nbrs.overflow)[0] > 0  # the tiny cell lost edges ...
+  offset = len(tiny)
+  for atoms in crystals[1:]:  # ... and nobody else did
+    assert _edge_set(nbrs, offset, len(atoms)) == _ase_set(atoms, 4.0)
+    offset += len(atoms)
 
 
 def test_radius_graph_under_vmap_matches_loop():
@@ -122,7 +150,7 @@ def test_cell_list_matches_ase_and_radius_graph(cell):
   frac = jnp.asarray(atoms.get_scaled_positions(), jnp.float32)
   lat = jnp.asarray(atoms.cell[:], jnp.float32)
   nbrs = jax.jit(neighbors.cell_list_graph, static_argnums=2)(frac, lat, spec)
-  assert int(nbrs.overflow) == 0
+  assert not nbrs.did_overflow()
   assert _edge_set(nbrs, 0, len(atoms)) == _ase_set(atoms, 4.0)
   eager = neighbors.cell_list_graph(frac, lat, spec)
   assert _edge_set(eager, 0, len(atoms)) == _edge_set(nbrs, 0, len(atoms))
@@ -134,11 +162,13 @@ def test_cell_list_overflow_and_small_cell_error():
   tight = neighbors.CellListSpec(spec.bins, spec.bin_capacity, 100, spec.cutoff)
   frac = jnp.asarray(atoms.get_scaled_positions(), jnp.float32)
   lat = jnp.asarray(atoms.cell[:], jnp.float32)
-  assert neighbors.cell_list_graph(frac, lat, tight).did_overflow()
+  reasons = lambda spec_, lat_: np.asarray(
+      neighbors.cell_list_graph(frac, lat_, spec_).overflow) > 0
+  assert list(reasons(spec, lat)) == [False, False, False]
+  assert list(reasons(tight, lat)) == [True, False, False]       # edge buffer
   crowded = neighbors.CellListSpec(spec.bins, 1, spec.capacity, spec.cutoff)
-  assert neighbors.cell_list_graph(frac, lat, crowded).did_overflow()
-  shrunk = neighbors.cell_list_graph(frac, lat * 0.8, spec)
-  assert shrunk.did_overflow()  # bins thinner than the cutoff are flagged
+  assert reasons(crowded, lat)[1]                                # bin capacity
+  assert reasons(spec, lat * 0.8)[2]  # bins thinner than the cutoff
   with pytest.raises(ValueError, match='cell too small'):
     neighbors.allocate_cell_list(np.zeros((1, 3)), np.eye(3) * 5, 4.0)
 

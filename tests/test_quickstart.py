@@ -4,7 +4,7 @@ import json
 import numpy as np
 from ase.build import bulk
 
-from jaxcrystal.generative import model as diffusion
+from jaxcrystal.generative import model as model_lib
 from jaxcrystal.recipes import quickstart
 from jaxcrystal.generative import train
 
@@ -24,7 +24,7 @@ def test_prototype_check_accepts_prototypes_and_rejects_others():
 
 def test_run_quickstart_tiny(tmp_path):
   config = train.TrainConfig(
-      model=diffusion.ModelConfig(hidden=16, num_layers=1, num_freqs=4, time_dim=8,
+      model=model_lib.ModelConfig(hidden=16, num_layers=1, num_freqs=4, time_dim=8,
                                   num_steps=10),
       batch_size=21, num_buckets=1, train_steps=10, eval_every=10, checkpoint_every=10,
       val_data='builtin', progress=False)

@@ -6,7 +6,8 @@ import pytest
 
 from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.data import datasets
-from jaxcrystal.generative import model as diffusion
+from jaxcrystal.generative import model as model_lib
+from jaxcrystal.generative import updates
 from jaxcrystal.generative import sampling
 from jaxcrystal.generative import schedules
 
@@ -14,13 +15,13 @@ TINY = dict(hidden=16, num_layers=1, num_freqs=4, time_dim=8, num_steps=20)
 
 
 def _setup(task, **kw):
-  config = diffusion.ModelConfig(task=task, **{**TINY, **kw})
-  spec = diffusion.build(config)
+  config = model_lib.ModelConfig(task=task, **{**TINY, **kw})
+  spec = model_lib.build(config)
   structures = datasets.builtin_structures()[::3]
   template = batch_lib.to_device(sampling.template_from_compositions(
       [s.numbers for s in structures],
       lattices=[s.cell[:] for s in structures] if task == 'cartesian' else None))
-  params = diffusion.init_params(spec, jax.random.PRNGKey(0), template)
+  params = spec.init_params(jax.random.PRNGKey(0), template)
   return spec, params, template
 
 
@@ -31,18 +32,18 @@ def test_ddpm_predictor_inverts_forward_mean_when_eps_known():
   t = jnp.full((4,), 1)
   ab = sched.alpha_bars[1]
   x1 = jnp.sqrt(ab) * x0 + jnp.sqrt(1 - ab) * eps
-  _, mean = sampling.ddpm_predictor(jax.random.PRNGKey(1), x1, eps, t, sched)
+  _, mean = updates.ddpm_predictor(jax.random.PRNGKey(1), x1, eps, t, sched)
   np.testing.assert_allclose(mean, x0, atol=1e-4)  # at t = 1 the step is exact
 
 
 def test_ve_predictor_and_corrector_follow_score():
   x = jnp.zeros((1000, 3))
   score = jnp.ones((1000, 3))
-  out, mean = sampling.ve_predictor(jax.random.PRNGKey(0), x, score, 0.5, 0.3)
+  out, mean = updates.ve_predictor(jax.random.PRNGKey(0), x, score, 0.5, 0.3)
   np.testing.assert_allclose(mean, 0.25 - 0.09, rtol=1e-5)
   np.testing.assert_allclose(np.std(np.asarray(out - mean)),
                              np.sqrt(0.09 * 0.16 / 0.25), rtol=0.05)
-  out, mean = sampling.langevin_corrector(jax.random.PRNGKey(0), x, score, 0.5, 0.005,
+  out, mean = updates.langevin_corrector(jax.random.PRNGKey(0), x, score, 0.5, 0.005,
                                           1e-5, 0.0)
   np.testing.assert_allclose(out, mean)
   np.testing.assert_allclose(mean, 1e-5 * 100**2, rtol=1e-5)
@@ -52,10 +53,11 @@ def test_ve_predictor_and_corrector_follow_score():
 def test_sampler_reproducible_and_masks_padding(task):
   spec, params, template = _setup(task)
   sample = jax.jit(sampling.get_sampler(spec, step_lr=1e-5))
-  a, _ = sample(jax.random.PRNGKey(3), params, template)
-  b, _ = sample(jax.random.PRNGKey(3), params, template)
-  c, _ = sample(jax.random.PRNGKey(4), params, template)
+  a, _, overflow = sample(jax.random.PRNGKey(3), params, template)
+  b, _, _ = sample(jax.random.PRNGKey(3), params, template)
+  c, _, _ = sample(jax.random.PRNGKey(4), params, template)
   chex.assert_trees_all_equal(a, b)
+  assert not np.any(np.asarray(overflow))
   assert not np.allclose(a.frac[a.atom_mask], c.frac[c.atom_mask])
   chex.assert_tree_all_finite(a)
   assert float(a.frac.min()) >= 0 and float(a.frac.max()) < 1
@@ -74,8 +76,8 @@ def test_sampler_reproducible_and_masks_padding(task):
 @pytest.mark.parametrize('corrector_steps', [0, 2])
 def test_corrector_steps_change_the_sample(corrector_steps):
   spec, params, template = _setup('csp')
-  base, _ = jax.jit(sampling.get_sampler(spec))(jax.random.PRNGKey(0), params, template)
-  other, _ = jax.jit(sampling.get_sampler(spec, corrector_steps=corrector_steps))(
+  base, _, _ = jax.jit(sampling.get_sampler(spec))(jax.random.PRNGKey(0), params, template)
+  other, _, _ = jax.jit(sampling.get_sampler(spec, corrector_steps=corrector_steps))(
       jax.random.PRNGKey(0), params, template)
   chex.assert_tree_all_finite(other)
   assert not np.allclose(base.frac[base.atom_mask], other.frac[other.atom_mask])
@@ -86,7 +88,8 @@ def test_corrector_steps_change_the_sample(corrector_steps):
 def test_trajectory_every_k_steps():
   spec, params, template = _setup('csp')
   sample = jax.jit(sampling.get_sampler(spec, trajectory_every=5))
-  final, (lat, frac, _) = sample(jax.random.PRNGKey(0), params, template)
+  final, traj, _ = sample(jax.random.PRNGKey(0), params, template)
+  lat, frac = traj['lattice'], traj['coords']
   chex.assert_shape(lat, (4, template.num_graph_slots, 3, 3))
   chex.assert_shape(frac, (4, template.num_atom_slots, 3))
   # the last snapshot is the final state (before the handedness fix)
@@ -101,8 +104,9 @@ def test_trajectory_every_k_steps():
 def test_cartesian_sampler_keeps_cell():
   spec, params, template = _setup('cartesian', graph='radius', cutoff=4.0,
                                   cart_sigma_end=0.5)
-  out, _ = jax.jit(sampling.get_sampler(spec))(jax.random.PRNGKey(0), params, template)
+  out, _, overflow = jax.jit(sampling.get_sampler(spec))(jax.random.PRNGKey(0), params, template)
   np.testing.assert_array_equal(out.lattice, template.lattice)
+  assert not np.any(np.asarray(overflow))
   assert float(out.frac.min()) >= 0 and float(out.frac.max()) < 1
   assert not np.allclose(out.frac, template.frac)
 

@@ -17,26 +17,28 @@ from helpers import write_cdvae_csv
 from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.data import pipeline as data_lib
 from jaxcrystal.data import datasets
-from jaxcrystal.generative import model as diffusion
+from jaxcrystal.generative import losses
+from jaxcrystal.generative import model as model_lib
+from jaxcrystal.training import state as state_lib
 from jaxcrystal.generative import generate
 from jaxcrystal.generative import schedules
 from jaxcrystal.generative import train
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL = diffusion.ModelConfig(hidden=16, num_layers=1, num_freqs=4, time_dim=8,
+TINY_MODEL = model_lib.ModelConfig(hidden=16, num_layers=1, num_freqs=4, time_dim=8,
                                    num_steps=50)
 TINY_FLAGS = ['--hidden=16', '--num_layers=1', '--num_freqs=4', '--time_dim=8',
               '--num_steps=50', '--batch_size=7', '--num_buckets=1', '--progress=false']
 
 
 def _state_and_step(task='csp', lr=3e-3):
-  spec = diffusion.build(diffusion.ModelConfig(**{**TINY_MODEL.__dict__, 'task': task}))
-  loss_fn = diffusion.get_loss_fn(spec)
-  opt = train.make_optimizer(train.OptimConfig(learning_rate=lr, warmup_steps=1,
+  spec = model_lib.build(model_lib.ModelConfig(**{**TINY_MODEL.__dict__, 'task': task}))
+  loss_fn = losses.get_loss_fn(spec)
+  opt = state_lib.make_optimizer(state_lib.OptimConfig(learning_rate=lr, warmup_steps=1,
                                                schedule='constant'), 100)
   batch = batch_lib.to_device(batch_lib.batch_from_atoms(datasets.builtin_structures()))
   state = train.create_train_state(jax.random.PRNGKey(0), spec, batch, opt)
-  return spec, loss_fn, state, jax.jit(train.make_train_step(loss_fn, opt, 0.9)), batch
+  return spec, loss_fn, state, jax.jit(state_lib.make_train_step(loss_fn, opt, 0.9)), batch
 
 
 @pytest.mark.parametrize('task', ['csp', 'dng'])
@@ -77,7 +79,7 @@ def test_non_finite_loss_skips_update_and_counts():
 
 def test_loss_at_times_is_the_training_loss_at_its_times():
   spec, loss_fn, state, _, batch = _state_and_step('dng')  # all three terms
-  loss_at_times = jax.jit(diffusion.get_loss_at_times_fn(spec))
+  loss_at_times = jax.jit(losses.get_loss_at_times_fn(spec))
   rng = jax.random.PRNGKey(3)
   t = schedules.sample_timesteps(jax.random.split(rng, 4)[0], batch.num_graph_slots,
                                 spec.config.num_steps)
@@ -234,17 +236,19 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 import jax, jax.numpy as jnp, numpy as np, chex
 from jaxcrystal.data import pipeline as data
 from jaxcrystal.data import datasets
-from jaxcrystal.generative import model as diffusion
+from jaxcrystal.generative import losses
+from jaxcrystal.generative import model as model_lib
+from jaxcrystal.training import state as state_lib
 from jaxcrystal.training import sharding
 from jaxcrystal.generative import train
 assert jax.local_device_count() == 4, jax.devices()
-spec = diffusion.build(diffusion.ModelConfig(hidden=16, num_layers=1, num_freqs=4,
+spec = model_lib.build(model_lib.ModelConfig(hidden=16, num_layers=1, num_freqs=4,
                                              time_dim=8, num_steps=50))
 ds = data.BucketedDataset(datasets.builtin_structures(), 7, (16,), num_devices=4)
 host = ds.batch_for_step(0, 0)
-opt = train.make_optimizer(train.OptimConfig(warmup_steps=1), 10)
-loss_fn = diffusion.get_loss_fn(spec)
-step = jax.jit(train.make_train_step(loss_fn, opt, 0.9))
+opt = state_lib.make_optimizer(state_lib.OptimConfig(warmup_steps=1), 10)
+loss_fn = losses.get_loss_fn(spec)
+step = jax.jit(state_lib.make_train_step(loss_fn, opt, 0.9))
 single_dev = jax.devices()[:1]
 state = train.create_train_state(jax.random.PRNGKey(0), spec, host, opt)
 s1 = jax.device_put(state, single_dev[0])

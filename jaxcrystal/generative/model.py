@@ -89,8 +89,8 @@ class Model:
     """Host check before training: the most edges per atom slot any clean
     crystal of `batches` needs in the radius graph, with `headroom` for noise,
     must fit `edge_capacity_per_atom`. Returns that need (0 for fully
-    connected graphs, which cannot overflow); raises ValueError naming the
-    value to set otherwise. Noise can still exceed it: every step checks."""
+    connected graphs, which cannot overflow); raises
+    `neighbors.GraphCapacityError` naming the value to set otherwise. Noise can still exceed it: every step checks."""
     c = self.config
     if c.graph != 'radius':
       return 0
@@ -100,7 +100,7 @@ class Model:
                                                 c.max_image, multiplier=headroom)
       need = max(need, -(-per_crystal // b.max_atoms_per_graph))
     if need > c.edge_capacity_per_atom:
-      raise ValueError(
+      raise neighbors.GraphCapacityError(
           f'{source}: the radius graph (cutoff {c.cutoff} A) needs up to {need} '
           f'edge slots per atom with {headroom:.2f}x head room for noise, more '
           f'than --edge_capacity_per_atom={c.edge_capacity_per_atom}; set it to '

@@ -39,6 +39,10 @@ class GraphOverflowError(RuntimeError):
   """A neighbour list lost edges; the message names the reasons."""
 
 
+class GraphCapacityError(ValueError):
+  """A configured capacity is too small for the data (found on the host)."""
+
+
 def overflow_counts(edge_buffer=0, bin_capacity=0, cell_too_thin=0) -> jax.Array:
   """`[len(OVERFLOW_REASONS)]` int32 counts, in the order of the reasons."""
   return jnp.stack([jnp.asarray(x, jnp.int32).reshape(())

@@ -19,6 +19,10 @@ import orbax.checkpoint as ocp
 from jaxcrystal.data import io as io_lib
 
 
+class CheckpointMismatchError(ValueError):
+  """A checkpoint does not fit the model its run's config describes."""
+
+
 def _manager(directory: Path, keep: int) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          enable_async_checkpointing=False)
@@ -91,7 +95,8 @@ def restore_params(workdir: str | Path, which: str = 'best', use_ema: bool = Tru
   optimizer: the saved tree is read as it is and its (EMA) parameters taken.
 
   With `like` (e.g. `jax.eval_shape` of the model's init), the restored tree
-  must have the same structure and shapes; otherwise ValueError names the
+  must have the same structure and shapes; otherwise
+  `CheckpointMismatchError` names the
   first differences (a checkpoint of another model or width).
   Returns (params, step).
   """
@@ -119,7 +124,7 @@ def restore_params(workdir: str | Path, which: str = 'best', use_ema: bool = Tru
                   f'{want.get(k, "missing")}'
                   for k in set(want) | set(got) if want.get(k) != got.get(k))
     if diff:
-      raise ValueError(f'{workdir} step {step}: the checkpoint does not fit the '
+      raise CheckpointMismatchError(f'{workdir} step {step}: the checkpoint does not fit the '
                        f'model of its config.json ({len(diff)} differences, e.g. '
                        + '; '.join(diff[:3]) + ')')
     params = jax.tree_util.tree_unflatten(
