@@ -31,6 +31,8 @@ flags.DEFINE_float('lr', 2e-3, 'Peak learning rate.')
 flags.DEFINE_float('ema_decay', 0.99, 'EMA decay of the parameters.')
 flags.DEFINE_integer('seed', 0, 'Seed of data, parameters and damage.')
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+flags.DEFINE_bool('resume', False, 'Continue exactly from the latest checkpoint '
+                  'in --workdir.')
 flags.mark_flags_as_required(['workdir'])
 flags.register_validator('repeats', lambda v: all(x.isdigit() and int(x) >= 1 for x in v),
                          message='--repeats must be positive integers, e.g. 2,3')
@@ -58,7 +60,7 @@ def main(argv):
       progress=FLAGS.progress)
   try:
     config.model.validate()
-    summary = healing.train_denoiser(config, FLAGS.workdir)
+    summary = healing.train_denoiser(config, FLAGS.workdir, resume=FLAGS.resume)
   except (ValueError, FileExistsError) as err:
     raise app.UsageError(str(err))
   print(summary)

@@ -31,6 +31,8 @@ flags.DEFINE_float('lr', 2e-3, 'Peak learning rate.')
 flags.DEFINE_integer('sample_steps', 500, 'Reverse-SDE steps when sampling.')
 flags.DEFINE_integer('seed', 0, 'Seed.')
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+flags.DEFINE_bool('resume', False, 'Continue exactly from the latest checkpoint '
+                  'in --workdir.')
 flags.mark_flags_as_required(['workdir'])
 flags.register_validator('grid_shape', lambda v: 1 <= len(v) <= 3 and all(
     x.isdigit() and int(x) >= 1 for x in v), message='--grid_shape: 1 to 3 positive sizes')
@@ -52,7 +54,7 @@ def main(argv):
       learning_rate=FLAGS.lr, sample_steps=FLAGS.sample_steps, seed=FLAGS.seed,
       progress=FLAGS.progress)
   try:
-    print(graph_tasks.train_graph_diffusion(config, FLAGS.workdir))
+    print(graph_tasks.train_graph_diffusion(config, FLAGS.workdir, resume=FLAGS.resume))
   except (ValueError, FileExistsError) as err:
     raise app.UsageError(str(err))
 

@@ -2,12 +2,20 @@
 import os
 from pathlib import Path
 
-import jax
-import numpy as np
-import pytest
-from ase.geometry import cellpar_to_cell
+# One XLA compilation cache for the test workers and the command-line runs
+# they start (inherited through the environment): many tests compile the same
+# tiny models. It lives in the checkout's ignored .cache/, so a fresh clone
+# (CI) starts empty; results do not depend on it, only compile time does.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(
+    Path(__file__).resolve().parents[1] / '.cache' / 'jax-compilation'))
+
+import jax  # noqa: E402  (after the cache location is set)
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from ase.geometry import cellpar_to_cell  # noqa: E402
 
 jax.config.update('jax_debug_nans', True)
+jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
 
 DATASETS = Path(__file__).resolve().parents[1].parent / 'shared' / 'datasets'
 

@@ -97,15 +97,15 @@ def test_sampling_reproduces_the_recorded_samples(task):
   paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(like)]
   ema = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like),
                                      [jnp.asarray(want['ema' + p]) for p in paths])
-  out, _, overflow = jax.jit(sampling.get_sampler(model, step_lr=1e-4))(
-      jax.random.PRNGKey(11), ema, template)
+  sample = jax.jit(sampling.get_sampler(model, step_lr=1e-4))
+  out, _, overflow = sample(jax.random.PRNGKey(11), ema, template)
   assert not np.any(np.asarray(overflow))
   np.testing.assert_allclose(np.asarray(out.lattice), want['sample_lattice'], atol=1e-6)
   np.testing.assert_allclose(np.asarray(out.frac), want['sample_frac'], atol=1e-6)
   np.testing.assert_array_equal(np.asarray(out.species), want['sample_species'])
   # the samples depend on the parameters: a test that cannot fail is a defect
-  other, _, _ = jax.jit(sampling.get_sampler(model, step_lr=1e-4))(
-      jax.random.PRNGKey(11), jax.tree_util.tree_map(lambda x: 1.5 * x, ema), template)
+  other, _, _ = sample(jax.random.PRNGKey(11),
+                       jax.tree_util.tree_map(lambda x: 1.5 * x, ema), template)
   assert not np.allclose(np.asarray(other.frac), want['sample_frac'], atol=1e-3)
 
 

@@ -1,7 +1,9 @@
 """Timing helpers behind `experiments/benchmark*.py` (not used by the library)."""
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -163,11 +165,14 @@ def coord_learning_curve(structures, config, steps: int, max_t: int,
   kit's guarded step) only at small noise, t in {1..max_t}: how quickly a
   variant (`config`, a `model.ModelConfig`; cells as given in `structures`)
   learns local geometry, the part that decides whether samples have sane
-  bonds. Returns `[steps]` normalised-score MSEs (1: nothing learned)."""
+  bonds. Trained by the library's loop in a temporary folder. Returns
+  `[steps]` normalised-score MSEs (1: nothing learned)."""
   import optax
   from jaxcrystal.data import pipeline as data_lib
   from jaxcrystal.generative import losses
   from jaxcrystal.generative import model as model_lib
+  from jaxcrystal.training import checkpoints
+  from jaxcrystal.training import loop as loop_lib
   from jaxcrystal.training import state as state_lib
   if not 1 <= max_t <= config.num_steps:
     raise ValueError(f'max_t must be in 1..{config.num_steps}, got {max_t}')
@@ -185,8 +190,10 @@ def coord_learning_curve(structures, config, steps: int, max_t: int,
   params = spec.init_params(jax.random.PRNGKey(seed), dataset.batch_for_step(seed, 0))
   state = state_lib.initial_state(params, optimizer, jax.random.PRNGKey(seed + 1))
   step = jax.jit(state_lib.make_train_step(loss_fn, optimizer, 0.0))
-  curve = []
-  for k in range(steps):
-    state, metrics = step(state, dataset.batch_for_step(seed, k))
-    curve.append(float(metrics['coords']))
-  return np.asarray(curve)
+  loop = loop_lib.LoopConfig(train_steps=steps, log_every=1, keep_checkpoints=1,
+                             progress=False, curve_keys=('coords',))
+  with tempfile.TemporaryDirectory() as workdir:
+    loop_lib.run(workdir, loop, state, step,
+                 lambda k: dataset.batch_for_step(seed, k), log=lambda *_: None)
+    records = checkpoints.read_metrics(Path(workdir) / 'metrics.jsonl')
+  return np.asarray([r['coords'] for r in records if r['split'] == 'train'])
