@@ -15,7 +15,8 @@ core = [m.name for m in pkgutil.walk_packages(jaxcrystal.__path__, "jaxcrystal."
 for name in core:
     importlib.import_module(name)
 print(matplotlib.get_backend())
-print(len(core), any(m.startswith("jaxcrystal.recipes") for m in sys.modules))
+# walk_packages imports packages (recipes/__init__ too) but no module in them
+print(len(core), any(m.startswith("jaxcrystal.recipes.") for m in sys.modules))
 '''
 
 
