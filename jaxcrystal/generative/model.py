@@ -90,7 +90,8 @@ class Model:
     crystal of `batches` needs in the radius graph, with `headroom` for noise,
     must fit `edge_capacity_per_atom`. Returns that need (0 for fully
     connected graphs, which cannot overflow); raises
-    `neighbors.GraphCapacityError` naming the value to set otherwise. Noise can still exceed it: every step checks."""
+    `neighbors.GraphCapacityError` naming the value to set otherwise. Noise
+    can still exceed it: the loss reports overflow and every step is checked."""
     c = self.config
     if c.graph != 'radius':
       return 0
