@@ -114,6 +114,16 @@ def _place_frac(template, frac):
   return jnp.where(template.atom_mask[:, None], pbc.wrap_frac(frac), template.frac)
 
 
+def _uniform_frac(rng, template):
+  """Prior of fractional positions: uniform in the cell, padding kept."""
+  frac = jax.random.uniform(rng, (template.num_atom_slots, 3), template.frac.dtype)
+  return jnp.where(template.atom_mask[:, None], frac, template.frac)
+
+
+def _write_frac(batch, x):
+  return batch.replace(frac=jnp.where(batch.atom_mask[:, None], x, batch.frac))
+
+
 @flax.struct.dataclass
 class FracWrappedNormal(Process):
   """Wrapped normal on the torus: F_t = wrap(F_0 + sigma_t eps)."""
@@ -148,14 +158,13 @@ class FracWrappedNormal(Process):
     return batch.frac
 
   def prior(self, rng, template):
-    frac = jax.random.uniform(rng, (template.num_atom_slots, 3), template.frac.dtype)
-    return jnp.where(template.atom_mask[:, None], frac, template.frac)
+    return _uniform_frac(rng, template)
 
   def noise(self, rng, batch, t):
     return self.diffuse(rng, batch.frac, t)
 
   def write(self, batch, x):
-    return batch.replace(frac=jnp.where(batch.atom_mask[:, None], x, batch.frac))
+    return _write_frac(batch, x)
 
   def predictor(self, rng, x, out, t, t_prev, template):
     score = self.score_from_prediction(out, rows(t, template, 'atom'))
@@ -201,8 +210,11 @@ class CartesianMinimumImage(Process):
   def clean(self, batch):
     return batch.frac
 
-  prior = FracWrappedNormal.prior
-  write = FracWrappedNormal.write
+  def prior(self, rng, template):
+    return _uniform_frac(rng, template)
+
+  def write(self, batch, x):
+    return _write_frac(batch, x)
 
   def noise(self, rng, batch, t):
     lattice = batch.atom_lattice()

@@ -21,6 +21,7 @@ from jaxcrystal.generative import schedules
 class DiscreteTime:
   """Integer steps 1..T; index 0 is the clean data."""
   num_steps: int
+  dtype = jnp.int32
 
   def sample(self, rng: jax.Array, num: int) -> jax.Array:
     """Training times `[num]` int32, uniform in {1..T}."""
@@ -39,7 +40,7 @@ class DiscreteTime:
     return t_prev == 0
 
   def full(self, value, num: int) -> jax.Array:
-    return jnp.full((num,), value, jnp.int32)
+    return jnp.full((num,), value, self.dtype)
 
   def validate(self, timesteps: Sequence) -> list:
     """Host check of user-given times; returns the bad ones."""
@@ -51,6 +52,7 @@ class DiscreteTime:
 class ContinuousTime:
   """t in [0, 1] (0: data, 1: prior), sampled in `num_steps` equal steps."""
   num_steps: int
+  dtype = jnp.float32
 
   def sample(self, rng: jax.Array, num: int) -> jax.Array:
     return jax.random.uniform(rng, (num,), jnp.float32)
@@ -66,7 +68,7 @@ class ContinuousTime:
     return t_prev <= 0.0
 
   def full(self, value, num: int) -> jax.Array:
-    return jnp.full((num,), value, jnp.float32)
+    return jnp.full((num,), value, self.dtype)
 
   def validate(self, timesteps: Sequence) -> list:
     return [t for t in timesteps if not 0.0 <= float(t) <= 1.0]

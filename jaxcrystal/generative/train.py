@@ -118,7 +118,7 @@ def loss_by_noise_level(model: model_lib.Model, params,
   loss_at_times = jax.jit(losses.get_loss_at_times_fn(model, weights))
   batches = list(dataset.all_batches())
   rng = jax.random.PRNGKey(seed)
-  ts = np.asarray(timesteps, np.asarray(model.time.full(0, 1)).dtype)
+  ts = np.asarray(timesteps, model.time.dtype)
   out = {'t': ts}
   for t in tqdm(ts, desc='noise levels', disable=not progress):
     means = _crystal_weighted_means(batches, lambda k, b: loss_at_times(

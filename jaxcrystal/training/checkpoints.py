@@ -66,29 +66,6 @@ def restore(manager: ocp.CheckpointManager, step: int, like) -> tuple[Any, dict]
   return out['state'], dict(out['extra'] or {})
 
 
-def restore_from_workdir(workdir: str | Path, like, which: str = 'best'
-                         ) -> tuple[Any, dict, int]:
-  """Restore the best (or 'latest') checkpoint of a finished run.
-
-  Falls back to the latest periodic checkpoint when no best one exists (runs
-  without validation data).
-  """
-  workdir = Path(workdir)
-  if not workdir.is_dir():
-    raise FileNotFoundError(f'{workdir}: no such run directory')
-  best = _manager(workdir / 'best', 1)
-  if which == 'best' and best.latest_step() is not None:
-    step = best.latest_step()
-    state, extra = restore(best, step, like)
-    return state, extra, step
-  periodic = _manager(workdir / 'checkpoints', 1000)
-  step = periodic.latest_step()
-  if step is None:
-    raise FileNotFoundError(f'{workdir}: no checkpoints found')
-  state, extra = restore(periodic, step, like)
-  return state, extra, step
-
-
 def restore_params(workdir: str | Path, which: str = 'best', use_ema: bool = True,
                    like=None) -> tuple[Any, int]:
   """Parameters of a run's best (or 'latest') checkpoint, without building an
@@ -96,8 +73,8 @@ def restore_params(workdir: str | Path, which: str = 'best', use_ema: bool = Tru
 
   With `like` (e.g. `jax.eval_shape` of the model's init), the restored tree
   must have the same structure and shapes; otherwise
-  `CheckpointMismatchError` names the
-  first differences (a checkpoint of another model or width).
+  `CheckpointMismatchError` names the first differences (a checkpoint of
+  another model or width).
   Returns (params, step).
   """
   workdir = Path(workdir)

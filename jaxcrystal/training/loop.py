@@ -65,12 +65,10 @@ def _due(done: int, every: int, last: int) -> bool:
   return done == last or (every > 0 and done % every == 0)
 
 
-def _check(metrics: dict, where: str) -> dict:
-  """Pop the graph overflow counts of a step's metrics and raise if any."""
-  overflow = metrics.pop('overflow', None)
-  if overflow is not None:
-    neighbors.check_overflow(overflow, where)
-  return metrics
+def _settle(pending) -> None:
+  """Raise if the (step, overflow counts) of a finished step lost edges."""
+  if pending is not None and pending[1] is not None:
+    neighbors.check_overflow(pending[1], f'training step {pending[0]}')
 
 
 def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
@@ -127,12 +125,10 @@ def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
       state, metrics = train_step(state, batch_for_step(step))
       done = step + 1
       # Check the previous step while this one runs (no stall of the device).
-      if pending is not None:
-        neighbors.check_overflow(pending[1], f'training step {pending[0]}')
-      pending = (done, metrics['overflow']) if 'overflow' in metrics else None
+      _settle(pending)
+      pending = (done, metrics.pop('overflow', None))
       if _due(done, loop.log_every, total):
-        metrics = _check(dict(jax.device_get(metrics)), f'training step {done}')
-        pending = None
+        metrics = jax.device_get(metrics)
         now = time.perf_counter()
         rate = (done - s_last) / max(now - t_last, 1e-9)
         t_last, s_last = now, done
@@ -150,14 +146,11 @@ def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
           best_val = val['loss']
           manager.save_best(done, state, {'best_val': best_val})
       if _due(done, loop.checkpoint_every, total):
-        if pending is not None:
-          neighbors.check_overflow(pending[1], f'training step {pending[0]}')
-          pending = None
+        _settle(pending)  # never checkpoint an update made on a lossy graph
         manager.save(done, state, {'best_val': best_val})
       bar.update(1)
   bar.close()
-  if pending is not None:
-    neighbors.check_overflow(pending[1], f'training step {pending[0]}')
+  _settle(pending)
   manager.wait()
   plots.plot_training_curve(checkpoints.read_metrics(metrics_path),
                             workdir / 'training_curve.png', keys=loop.curve_keys)
