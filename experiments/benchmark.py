@@ -6,12 +6,13 @@
 Two sizes: hidden 128 x 4 layers and DiffCSP's 512 x 6; 128 Fourier
 frequencies; 256 structures; sampling with 1000 predictor-corrector steps.
 """
-from absl import app
 from absl import flags
 from absl import logging
 
+from jaxcrystal import cli
 from jaxcrystal.recipes import benchmarks
 from jaxcrystal.data import io
+from jaxcrystal.data import readers
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('data', None, 'Perov-5 CSV (compositions and cells).')
@@ -27,7 +28,7 @@ flags.mark_flag_as_required('data')
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  structures, report = io.read_cdvae_csv(FLAGS.data, skip_bad=True, progress=False)
+  structures, report = readers.read_structures(FLAGS.data, skip_bad=True, progress=False)
   print(report.summary())
   rows = []
   for size in FLAGS.sizes:
@@ -40,4 +41,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -13,14 +13,15 @@ coord_learning.md and coord_learning.png.
 import os
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
 
+from jaxcrystal import cli
 from jaxcrystal.recipes import benchmarks
 from jaxcrystal.generative import model as model_lib
 from jaxcrystal.data import io as io_lib
+from jaxcrystal.data import readers
 from jaxcrystal.plotting import plots
 
 VARIANTS = {
@@ -46,13 +47,11 @@ flags.register_validator('steps', lambda v: v >= 50, message='--steps must be >=
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
   curves, rows = {}, []
   for name in FLAGS.variants:
     niggli, overrides = VARIANTS[name]
-    structures, _ = io_lib.read_cdvae_csv(FLAGS.data, skip_bad=True, niggli=niggli,
+    structures, _ = readers.read_structures(FLAGS.data, skip_bad=True, niggli=niggli,
                                           max_atoms=FLAGS.max_atoms, progress=False)
     config = model_lib.ModelConfig(task='csp', hidden=128, num_layers=4,
                                    num_freqs=128, time_dim=128, **overrides)
@@ -85,4 +84,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

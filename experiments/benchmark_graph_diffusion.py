@@ -11,10 +11,10 @@ import time
 
 import jax
 import numpy as np
-from absl import app
 from absl import flags
 from absl import logging
 
+from jaxcrystal import cli
 from jaxcrystal.graph_diffusion import tasks as graph_tasks
 from jaxcrystal.data import io as io_lib
 
@@ -64,4 +64,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -10,10 +10,10 @@ warm-up. Prints a markdown table and the fitted log-log slope.
 import os
 
 import numpy as np
-from absl import app
 from absl import flags
 from absl import logging
 
+from jaxcrystal import cli
 from jaxcrystal.recipes import benchmarks
 from jaxcrystal.healing import heal as healing
 from jaxcrystal.data import io as io_lib
@@ -57,4 +57,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -5,9 +5,9 @@ timing is the best of --repeats after a warm-up call (jit compilation excluded).
 
   python experiments/benchmark_neighbors.py --out docs/benchmark_neighbors.json
 """
-from absl import app
 from absl import flags
 
+from jaxcrystal import cli
 from jaxcrystal.recipes import benchmarks
 
 FLAGS = flags.FLAGS
@@ -29,4 +29,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -5,23 +5,34 @@
   python experiments/evaluate.py --samples runs/dng/samples.npz --task dng \
       --test_csv FILE --train_csv FILE --dataset perov_5 --out runs/eval_dng
 
-For CSP, the samples must follow the test file's order, K consecutive samples
-per test row (`sample.py --compositions_from TEST --samples_per_composition K`).
-Writes metrics.json, metrics.md (the papers' table layout) and figures.
+For CSP, each sample is paired with the test row it was made for (the
+`source_row` that `sample.py --compositions_from TEST` records), never by
+position; --pair_by_position reads files that record no rows (DiffCSP's
+outputs) as K consecutive samples per test row. Writes metrics.json,
+metrics.md (the papers' table layout), figures and skipped_rows.json into
+--out, which must be new or empty (or give --overwrite).
 """
 import os
 
 from absl import app
 from absl import flags
+from absl import logging
 
+from jaxcrystal import cli
+from jaxcrystal.data import outputs
+from jaxcrystal.data import readers
 from jaxcrystal.evaluation import evaluate as evaluation
-from jaxcrystal.data import io as io_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('samples', None, 'Generated structures (.npz, extxyz, ...).')
 flags.DEFINE_string('test_csv', None, 'Test (or val) structures to compare with.')
 flags.DEFINE_enum('task', None, ['csp', 'dng'], 'Which metrics.')
 flags.DEFINE_string('train_csv', '', 'DNG: training structures for novelty.')
+flags.DEFINE_bool('skip_bad', False, 'Skip unusable rows of --test_csv and '
+                  '--train_csv (reported, and in skipped_rows.json) instead of '
+                  'stopping; CSP samples of a skipped row are then refused.')
+flags.DEFINE_bool('pair_by_position', False, 'CSP: the samples record no test '
+                  'rows; read them as K consecutive samples per test row.')
 flags.DEFINE_bool('unique_novel', True, 'DNG: also compute uniqueness and novelty '
                   '(quadratic StructureMatcher work on one-element sets).')
 flags.DEFINE_enum('dataset', 'perov_5', ['perov_5', 'carbon_24', 'mp_20'],
@@ -33,50 +44,56 @@ flags.DEFINE_integer('seed', 0, 'Seed of the EMD subsample and of --subset.')
 flags.DEFINE_integer('subset', 0, 'Evaluate a seeded (--seed) random subset of '
                      'this many samples (0: all); e.g. 1000 rows of a training '
                      'CSV scored as if generated, the ceiling of a reference set.')
-flags.DEFINE_string('out', None, 'Output folder.')
+flags.DEFINE_string('out', None, 'Output folder (new or empty).')
+flags.DEFINE_bool('overwrite', False, 'Replace what --out holds.')
 flags.DEFINE_bool('progress', True, 'Show progress bars.')
 flags.mark_flags_as_required(['samples', 'test_csv', 'task', 'out'])
-for _name in ('samples', 'test_csv'):
-  flags.register_validator(_name, lambda v: v is None or os.path.isfile(v),
-                           message=f'--{_name} must be an existing file')
-flags.register_validator('train_csv', lambda v: not v or os.path.isfile(v),
-                         message='--train_csv must be an existing file')
-
-
-def _read(path):
-  if path.endswith('.csv'):
-    structures, report = io_lib.read_cdvae_csv(path, skip_bad=False,
-                                               progress=FLAGS.progress)
-    return structures
-  return evaluation.read_samples(path)
+cli.existing_file('samples', 'test_csv')
+cli.existing_file('train_csv', optional=True)
+cli.at_least(1, 'num_eval_samples', 'workers')
+cli.at_least(0, 'subset')
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  outputs.check_writable(FLAGS.out, FLAGS.overwrite)
   samples = evaluation.read_samples(FLAGS.samples)
   try:
     samples, _ = evaluation.random_subset(samples, FLAGS.subset, FLAGS.seed)
   except ValueError as err:
-    raise app.UsageError(f'--subset: {err} ({FLAGS.samples})') from err
-  reference = _read(FLAGS.test_csv)
+    raise app.UsageError(f'--subset: {err} ({FLAGS.samples})') from None
+  reports = []
+
+  def read(path):
+    structures, report = readers.read_structures(path, skip_bad=FLAGS.skip_bad,
+                                                 progress=FLAGS.progress)
+    if report.skipped:
+      print(report.summary())
+    reports.append(report)
+    return structures
+  reference = read(FLAGS.test_csv)
   if FLAGS.task == 'csp':
     result = evaluation.evaluate_csp(samples, reference, workers=FLAGS.workers,
-                                     progress=FLAGS.progress)
+                                     progress=FLAGS.progress,
+                                     by_position=FLAGS.pair_by_position)
   else:
-    train = _read(FLAGS.train_csv) if FLAGS.train_csv else None
+    train = read(FLAGS.train_csv) if FLAGS.train_csv else None
     result = evaluation.evaluate_dng(
         samples, reference, train, dataset=FLAGS.dataset,
         num_eval_samples=FLAGS.num_eval_samples, seed=FLAGS.seed,
         unique_novel=FLAGS.unique_novel, workers=FLAGS.workers,
         progress=FLAGS.progress)
   result.update(samples=FLAGS.samples, test_csv=FLAGS.test_csv,
-                samples_subset=FLAGS.subset, subset_seed=FLAGS.seed)
-  paths = evaluation.write_report(FLAGS.out, result, samples, reference,
-                                  FLAGS.dataset)
+                samples_subset=FLAGS.subset, subset_seed=FLAGS.seed,
+                rows_skipped=sum(len(r.skipped) for r in reports))
+  with outputs.output_folder(FLAGS.out, FLAGS.overwrite) as out:
+    paths = evaluation.write_report(out, result, samples, reference, FLAGS.dataset)
+    (out / 'skipped_rows.json').write_text(readers.skip_reports_json(reports))
   print(evaluation.markdown_report(result, FLAGS.dataset))
-  print('wrote', ', '.join(str(p) for p in paths.values()))
+  print('wrote', ', '.join(os.path.join(FLAGS.out, str(p.relative_to(out)))
+                          for p in paths.values()))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

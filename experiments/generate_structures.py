@@ -14,6 +14,8 @@ import time
 from absl import app
 from absl import flags
 
+from jaxcrystal import cli
+from jaxcrystal.data import outputs
 from jaxcrystal.generators import dataset_factory as factory
 from jaxcrystal.data import io as io_lib
 
@@ -26,18 +28,17 @@ flags.DEFINE_string('fractions', 'molecule=0.4,crystal=0.3,cluster=0.15,surface=
 flags.DEFINE_integer('min_atoms', 2, 'Smallest structure.')
 flags.DEFINE_integer('max_atoms', 64, 'Largest structure.')
 flags.DEFINE_integer('workers', os.cpu_count() or 1, 'Processes.')
-flags.DEFINE_string('out', None, 'Output folder.')
+flags.DEFINE_string('out', None, 'Output folder (new or empty).')
+flags.DEFINE_bool('overwrite', False, 'Replace what --out holds.')
 flags.DEFINE_bool('ase_db', False, 'Also write an ASE database (structures.db).')
 flags.DEFINE_string('calculator', '', "Label energies and forces ('emt').")
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 flags.mark_flags_as_required(['out'])
-flags.register_validator('num_samples', lambda v: v >= 1, message='--num_samples must be >= 1')
-flags.register_validator('workers', lambda v: v >= 1, message='--workers must be >= 1')
+cli.at_least(1, 'num_samples', 'workers', 'min_atoms', 'max_atoms')
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  outputs.check_writable(FLAGS.out, FLAGS.overwrite)
   try:
     config = factory.SamplingConfig(
         elements=tuple(e.strip() for e in FLAGS.elements),
@@ -55,16 +56,16 @@ def main(argv):
       structures = factory.label(structures, FLAGS.calculator)
     except ValueError as err:
       raise app.UsageError(f'--calculator: {err}')
-  os.makedirs(FLAGS.out, exist_ok=True)
-  io_lib.write_extxyz(os.path.join(FLAGS.out, 'structures.extxyz'), structures)
-  if FLAGS.ase_db:
-    io_lib.write_ase_db(os.path.join(FLAGS.out, 'structures.db'), structures)
-  io_lib.write_json_atomic(os.path.join(FLAGS.out, 'config.json'), dict(
-      config.to_dict(), seed=FLAGS.seed, num_samples=FLAGS.num_samples,
-      calculator=FLAGS.calculator or None))
   metrics = dict(factory.diversity(structures, config), redraws=redraws,
                  generation_seconds=seconds, workers=FLAGS.workers)
-  io_lib.write_json_atomic(os.path.join(FLAGS.out, 'diversity.json'), metrics)
+  with outputs.output_folder(FLAGS.out, FLAGS.overwrite) as out:
+    io_lib.write_extxyz(out / 'structures.extxyz', structures)
+    if FLAGS.ase_db:
+      io_lib.write_ase_db(out / 'structures.db', structures)
+    io_lib.write_json_atomic(out / 'config.json', dict(
+        config.to_dict(), seed=FLAGS.seed, num_samples=FLAGS.num_samples,
+        calculator=FLAGS.calculator or None))
+    io_lib.write_json_atomic(out / 'diversity.json', metrics)
   print(f'{len(structures)} valid structures in {seconds:.2f} s with {FLAGS.workers} '
         f'workers ({redraws} invalid draws redrawn) -> {FLAGS.out}')
   print({k: metrics[k] for k in ('element_coverage', 'composition_entropy_normalised',
@@ -73,4 +74,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

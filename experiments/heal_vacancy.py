@@ -10,17 +10,18 @@ damage --trial_sigma) and reports how many improved tenfold and kept the
 vacancy empty.
 """
 import json
-import os
 
-from absl import app
 from absl import flags
 from absl import logging
 
+from jaxcrystal import cli
+from jaxcrystal.data import outputs
 from jaxcrystal.healing import heal as healing
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('denoiser', None, 'Workdir of train_denoiser.py.')
-flags.DEFINE_string('out', None, 'Output folder.')
+flags.DEFINE_string('out', None, 'Output folder (new or empty).')
+flags.DEFINE_bool('overwrite', False, 'Replace what --out holds.')
 flags.DEFINE_integer('repeat', 4, 'Supercell size n (n x n x n conventional cells).')
 flags.DEFINE_float('thermal_sigma', 0.05, 'Thermal damage of all atoms (A).')
 flags.DEFINE_float('vacancy_displacement', 0.3, "Displacement of the vacancy's "
@@ -31,21 +32,22 @@ flags.DEFINE_integer('num_steps', 60, 'Healing steps at most.')
 flags.DEFINE_integer('seed', 1000, 'Seed of the damage (training used others).')
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 flags.mark_flags_as_required(['denoiser', 'out'])
-flags.register_validator('denoiser', lambda v: v is None or os.path.isdir(v),
-                         message='--denoiser must be a train_denoiser.py workdir')
-flags.register_validator('repeat', lambda v: v >= 2, message='--repeat must be >= 2')
+cli.existing_dir('denoiser', 'a train_denoiser.py workdir')
+cli.at_least(2, 'repeat')
+cli.at_least(1, 'trials', 'num_steps')
+cli.at_least(0, 'thermal_sigma', 'vacancy_displacement', 'trial_sigma')
 
 
 def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  outputs.check_writable(FLAGS.out, FLAGS.overwrite)
   model, params, config = healing.load_denoiser(FLAGS.denoiser)
-  report = healing.vacancy_experiment(
-      model, params, config, repeat=FLAGS.repeat, thermal_sigma=FLAGS.thermal_sigma,
-      vacancy_displacement=FLAGS.vacancy_displacement, trials=FLAGS.trials,
-      trial_sigma=FLAGS.trial_sigma, num_steps=FLAGS.num_steps, seed=FLAGS.seed,
-      outdir=FLAGS.out, progress=FLAGS.progress)
+  with outputs.output_folder(FLAGS.out, FLAGS.overwrite) as out:
+    report = healing.vacancy_experiment(
+        model, params, config, repeat=FLAGS.repeat, thermal_sigma=FLAGS.thermal_sigma,
+        vacancy_displacement=FLAGS.vacancy_displacement, trials=FLAGS.trials,
+        trial_sigma=FLAGS.trial_sigma, num_steps=FLAGS.num_steps, seed=FLAGS.seed,
+        outdir=out, progress=FLAGS.progress)
   show, trials = report['showcase'], report['trials']
   print(report['system'])
   print(f"showcase: RMSD {show['rmsd_before']:.4f} -> {show['rmsd_after']:.4f} A "
@@ -61,4 +63,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -8,12 +8,13 @@ is noised to each step of --timesteps; the coordinate loss is a normalised
 score MSE, so 1.0 means nothing learned at that level and a sharp model is
 near 0 at small t. Writes loss_by_noise_level.json and .png.
 """
-import os
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from jaxcrystal import cli
+from jaxcrystal.data import outputs
 from jaxcrystal.data import pipeline as data_lib
 from jaxcrystal.generative import generate
 from jaxcrystal.data import io as io_lib
@@ -29,21 +30,19 @@ flags.DEFINE_list('timesteps', ['1', '3', '10', '30', '100', '200', '400', '600'
                                 '800', '1000'], 'Diffusion steps to evaluate.')
 flags.DEFINE_integer('batch_size', 64, 'Crystals per batch.')
 flags.DEFINE_integer('seed', 0, 'Noise seed.')
-flags.DEFINE_string('out', None, 'Output folder.')
+flags.DEFINE_string('out', None, 'Output folder (new or empty).')
+flags.DEFINE_bool('overwrite', False, 'Replace what --out holds.')
 flags.DEFINE_bool('progress', True, 'Show progress bars.')
 flags.mark_flags_as_required(['checkpoint', 'out'])
 flags.register_validator('timesteps', lambda v: all(s.strip().isdigit() for s in v),
                          message='--timesteps must be positive integers')
-flags.register_validator('data', lambda v: not v or os.path.isfile(v),
-                         message='--data must be an existing file')
-flags.register_validator('batch_size', lambda v: v >= 1,
-                         message='--batch_size must be >= 1')
+cli.existing_file('data', optional=True)
+cli.at_least(1, 'batch_size')
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
+  outputs.check_writable(FLAGS.out, FLAGS.overwrite)
   spec, params, config, step = generate.load_run(FLAGS.checkpoint, FLAGS.which)
   data = FLAGS.data or config.val_data
   if not data:
@@ -57,22 +56,20 @@ def main(argv):
         weights=config.loss_weights, seed=FLAGS.seed, progress=FLAGS.progress)
   except ValueError as err:
     raise app.UsageError(f'--timesteps: {err}') from err
-  os.makedirs(FLAGS.out, exist_ok=True)
   report = {k: v.tolist() for k, v in result.items()}
   report.update(checkpoint=FLAGS.checkpoint, checkpoint_step=step, data=data,
                 num_structures=len(structures))
-  io_lib.write_json_atomic(os.path.join(FLAGS.out, 'loss_by_noise_level.json'),
-                           report)
   curves = {k: v for k, v in result.items()
             if k not in ('t', 'loss', 'sigma_frac', 'sigma_angstrom')}
-  plots.plot_curve(result['t'], curves,
-                   os.path.join(FLAGS.out, 'loss_by_noise_level.png'),
-                   xlabel='diffusion step t (noise grows with t)',
-                   ylabel='loss (coords: 1 = nothing learned)', log_x=True,
-                   markers=True, title=f'{FLAGS.checkpoint} (step {step})')
+  with outputs.output_folder(FLAGS.out, FLAGS.overwrite) as out:
+    io_lib.write_json_atomic(out / 'loss_by_noise_level.json', report)
+    plots.plot_curve(result['t'], curves, out / 'loss_by_noise_level.png',
+                     xlabel='diffusion step t (noise grows with t)',
+                     ylabel='loss (coords: 1 = nothing learned)', log_x=True,
+                     markers=True, title=f'{FLAGS.checkpoint} (step {step})')
   for i, t in enumerate(result['t']):
     print(f't={t:5d}  ' + '  '.join(f'{k}={result[k][i]:.4f}' for k in curves))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

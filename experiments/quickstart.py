@@ -4,34 +4,29 @@
       --workdir=runs/quickstart
 """
 import json
-import os
 
-from absl import app
 from absl import flags
 from absl import logging
 
 import train_flags  # noqa: F401  (defines the training flags)
+from jaxcrystal import cli
 from jaxcrystal.recipes import quickstart
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('samples_per_structure', 5,
                      'Samples per built-in composition (21 compositions).')
 flags.DEFINE_float('step_lr', 1e-5, 'Langevin corrector step scale.')
+cli.at_least(1, 'samples_per_structure')
+cli.at_least(0, 'step_lr')
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
   config = train_flags.config_from_flags()
-  os.makedirs(FLAGS.workdir, exist_ok=True)
-  train_flags.save_flags(FLAGS.workdir)
-  try:
-    summary = quickstart.run_quickstart(
-        config, FLAGS.workdir, FLAGS.samples_per_structure, resume=FLAGS.resume,
-        seed=FLAGS.seed, step_lr=FLAGS.step_lr)
-  except train_flags.GRAPH_ERRORS as err:
-    raise app.UsageError(str(err)) from None
+  summary = quickstart.run_quickstart(
+      config, FLAGS.workdir, FLAGS.samples_per_structure, resume=FLAGS.resume,
+      seed=FLAGS.seed, step_lr=FLAGS.step_lr, overwrite=FLAGS.overwrite,
+      files=train_flags.flags_file())
   shown = {k: v for k, v in summary.items() if k != 'train'}
   print(json.dumps(shown, indent=2))
   print(f'outputs in {FLAGS.workdir}: training_curve.png, samples/ '
@@ -39,4 +34,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

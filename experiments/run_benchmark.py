@@ -23,9 +23,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from jaxcrystal import cli
 from jaxcrystal.evaluation import evaluate as evaluation
 from jaxcrystal.generative import generate
-from jaxcrystal.data import io as io_lib
+from jaxcrystal.data import outputs
+from jaxcrystal.data import readers
 from jaxcrystal.generative import train
 
 FLAGS = flags.FLAGS
@@ -42,43 +44,45 @@ flags.DEFINE_integer('num_targets', 0, 'Evaluate a random subset of this many '
                      'test rows (0: all).')
 flags.DEFINE_bool('unique_novel', True, 'DNG: also compute uniqueness and novelty.')
 flags.DEFINE_integer('workers', os.cpu_count() or 1, 'Processes for the metrics.')
-flags.DEFINE_string('out', None, 'Output folder.')
+flags.DEFINE_string('out', None, 'Output folder (new or empty).')
+flags.DEFINE_bool('overwrite', False, 'Replace what --out holds.')
+flags.DEFINE_bool('skip_bad', False, 'Skip unusable rows of --test_csv '
+                  '(reported, and in skipped_rows.json) instead of stopping.')
 flags.DEFINE_bool('progress', True, 'Show progress bars.')
 flags.mark_flags_as_required(['task', 'dataset', 'checkpoint', 'test_csv', 'out'])
-flags.register_validator('checkpoint', lambda v: v is None or os.path.isdir(v),
-                         message='--checkpoint must be a training workdir')
-flags.register_validator('test_csv', lambda v: v is None or os.path.isfile(v),
-                         message='--test_csv must be an existing file')
-flags.register_validator('num_samples', lambda v: v >= 1,
-                         message='--num_samples must be >= 1')
-flags.register_validator('num_targets', lambda v: v >= 0,
-                         message='--num_targets must be >= 0')
+cli.existing_dir('checkpoint', 'a training workdir')
+cli.existing_file('test_csv')
+cli.at_least(1, 'num_samples', 'batch_size', 'workers')
+cli.at_least(0, 'num_targets', 'step_lr')
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  del argv
   logging.set_verbosity(logging.WARNING)
+  outputs.check_writable(FLAGS.out, FLAGS.overwrite)
   spec, params, config, step = generate.load_run(FLAGS.checkpoint, FLAGS.which)
   if config.model.task != FLAGS.task:
     raise app.UsageError(f'--checkpoint is a {config.model.task} model, not {FLAGS.task}')
-  test_all, _ = io_lib.read_cdvae_csv(FLAGS.test_csv, progress=FLAGS.progress)
+  test_all, report = readers.read_structures(
+      FLAGS.test_csv, skip_bad=FLAGS.skip_bad, progress=FLAGS.progress)
+  if report.skipped:
+    print(report.summary())
   try:
     test, _ = evaluation.random_subset(test_all, FLAGS.num_targets, FLAGS.seed)
   except ValueError as err:
-    raise app.UsageError(f'--num_targets: {err} ({FLAGS.test_csv})') from err
+    raise app.UsageError(f'--num_targets: {err} ({FLAGS.test_csv})') from None
+  rows = None
   if FLAGS.task == 'csp':
-    compositions = evaluation.csp_compositions(test, FLAGS.num_samples)
+    compositions, rows = evaluation.csp_compositions(test, FLAGS.num_samples)
   else:
-    compositions, _ = generate.compositions_for_request(
+    compositions, _, _, _ = generate.compositions_for_request(
         config, num_samples=FLAGS.num_samples, seed=FLAGS.seed)
   start = time.perf_counter()
   samples, timing = generate.sample_structures(
       spec, params, compositions, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
       step_lr=FLAGS.step_lr, progress=FLAGS.progress)
   sample_wall = time.perf_counter() - start
-  generate.write_samples(os.path.join(FLAGS.out, 'samples'), samples, dict(
-      checkpoint=FLAGS.checkpoint, checkpoint_step=step, **timing))
+  generate.set_source_rows(samples, rows)
   if FLAGS.task == 'csp':
     result = evaluation.evaluate_csp(samples, test, workers=FLAGS.workers,
                                      progress=FLAGS.progress)
@@ -91,11 +95,15 @@ def main(argv):
   result.update(checkpoint=FLAGS.checkpoint, checkpoint_step=step,
                 test_csv=FLAGS.test_csv, test_rows_in_file=len(test_all),
                 test_rows_evaluated=len(test), target_seed=FLAGS.seed,
-                sampling_seconds=sample_wall,
+                rows_skipped=len(report.skipped), sampling_seconds=sample_wall,
                 num_generated=len(samples))
-  evaluation.write_report(FLAGS.out, result, samples, test, FLAGS.dataset)
+  with outputs.output_folder(FLAGS.out, FLAGS.overwrite) as out:
+    generate.write_samples(out / 'samples', samples, dict(
+        checkpoint=FLAGS.checkpoint, checkpoint_step=step, **timing))
+    evaluation.write_report(out, result, samples, test, FLAGS.dataset)
+    (out / 'skipped_rows.json').write_text(readers.skip_reports_json([report]))
   print(evaluation.markdown_report(result, FLAGS.dataset))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

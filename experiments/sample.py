@@ -3,16 +3,18 @@
   python experiments/sample.py --checkpoint runs/quickstart --formula Al4 --num_samples 500 --out runs/samples
   python experiments/sample.py --checkpoint RUN --compositions_from FILE --samples_per_composition 20 --out DIR
   python experiments/sample.py --checkpoint RUN_DNG --num_samples 1000 --out DIR   (de novo)
-"""
-import os
 
-from absl import app
+--out must be new or empty (or give --overwrite); it appears only when every
+file is written. Samples made for --compositions_from record the file row
+they belong to (`source_row`), which evaluate.py pairs by.
+"""
 from absl import flags
 from absl import logging
 
+from jaxcrystal import cli
+from jaxcrystal.data import outputs
+from jaxcrystal.data import readers
 from jaxcrystal.generative import generate
-from jaxcrystal.geometry import neighbors
-from jaxcrystal.training import checkpoints
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('checkpoint', None, 'Training workdir to sample from.')
@@ -21,6 +23,8 @@ flags.DEFINE_integer('num_samples', 100, 'Samples (for --formula or de novo).')
 flags.DEFINE_string('formula', '', 'One composition, e.g. BaTiO3 or C8.')
 flags.DEFINE_string('compositions_from', '',
                     'File of structures (CSV, extxyz, ...): one sample per row.')
+flags.DEFINE_bool('skip_bad', False, 'Skip unusable rows of --compositions_from '
+                  '(reported, and listed in skipped_rows.json) instead of stopping.')
 flags.DEFINE_integer('samples_per_composition', 1, 'With --compositions_from.')
 flags.DEFINE_string('atom_counts_from', '',
                     'De novo: draw atom counts from this file (default: the '
@@ -30,39 +34,44 @@ flags.DEFINE_float('step_lr', 1e-5, 'Langevin corrector step scale.')
 flags.DEFINE_integer('corrector_steps', 1,
                      'Langevin corrector steps per noise level (0: predictor only).')
 flags.DEFINE_integer('seed', 0, 'Sampling seed.')
-flags.DEFINE_string('out', None, 'Output folder.')
+flags.DEFINE_string('out', None, 'Output folder (new or empty).')
+flags.DEFINE_bool('overwrite', False, 'Replace what --out holds.')
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 flags.mark_flags_as_required(['checkpoint', 'out'])
-flags.register_validator('checkpoint', lambda v: v is None or os.path.isdir(v),
-                         message='--checkpoint must be a training workdir')
-flags.register_validator('num_samples', lambda v: v >= 1,
-                         message='--num_samples must be >= 1')
+cli.existing_dir('checkpoint', 'a training workdir')
+cli.existing_file('compositions_from', 'atom_counts_from', optional=True)
+cli.at_least(1, 'num_samples', 'samples_per_composition', 'batch_size')
+cli.at_least(0, 'corrector_steps', 'step_lr')
+cli.formula('formula')
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  del argv
   logging.set_verbosity(logging.WARNING)
-  try:
-    spec, params, config, step = generate.load_run(FLAGS.checkpoint, FLAGS.which)
-  except (FileNotFoundError, checkpoints.CheckpointMismatchError) as err:
-    raise app.UsageError(f'--checkpoint: {err}') from None
-  compositions, lattices = generate.compositions_for_request(
+  outputs.check_writable(FLAGS.out, FLAGS.overwrite)  # before any work
+  spec, params, config, step = generate.load_run(FLAGS.checkpoint, FLAGS.which)
+  compositions, lattices, rows, report = generate.compositions_for_request(
       config, formula=FLAGS.formula, compositions_from=FLAGS.compositions_from,
       samples_per_composition=FLAGS.samples_per_composition,
       num_samples=FLAGS.num_samples, atom_counts_from=FLAGS.atom_counts_from,
-      seed=FLAGS.seed)
-  try:
-    samples, timing = generate.sample_structures(
-        spec, params, compositions, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
-        step_lr=FLAGS.step_lr, corrector_steps=FLAGS.corrector_steps,
-        lattices=lattices, progress=FLAGS.progress)
-  except neighbors.GraphOverflowError as err:
-    raise app.UsageError(str(err)) from None
-  summary = generate.write_samples(FLAGS.out, samples, {
-      'checkpoint': FLAGS.checkpoint, 'checkpoint_step': step, **timing})
+      seed=FLAGS.seed, skip_bad=FLAGS.skip_bad)
+  if report is not None and report.skipped:
+    print(report.summary())
+  samples, timing = generate.sample_structures(
+      spec, params, compositions, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
+      step_lr=FLAGS.step_lr, corrector_steps=FLAGS.corrector_steps,
+      lattices=lattices, progress=FLAGS.progress)
+  generate.set_source_rows(samples, rows)
+  with outputs.output_folder(FLAGS.out, FLAGS.overwrite) as out:
+    summary = generate.write_samples(out, samples, {
+        'checkpoint': FLAGS.checkpoint, 'checkpoint_step': step,
+        'compositions_from': FLAGS.compositions_from or None,
+        'rows_skipped': len(report.skipped) if report is not None else 0,
+        **timing})
+    if report is not None:
+      (out / 'skipped_rows.json').write_text(readers.skip_reports_json([report]))
   print(summary)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -7,6 +7,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from jaxcrystal import cli
 from jaxcrystal.healing import denoiser
 from jaxcrystal.healing import heal as healing
 from jaxcrystal.training import state as state_lib
@@ -36,13 +37,15 @@ flags.DEFINE_bool('resume', False, 'Continue exactly from the latest checkpoint 
 flags.mark_flags_as_required(['workdir'])
 flags.register_validator('repeats', lambda v: all(x.isdigit() and int(x) >= 1 for x in v),
                          message='--repeats must be positive integers, e.g. 2,3')
-flags.register_validator('batch_size', lambda v: v >= 1, message='--batch_size must be >= 1')
+cli.at_least(1, 'batch_size', 'num_structures', 'num_basis', 'hidden', 'train_steps')
+cli.positive('lattice_constant', 'cutoff', 'sigma_min', 'sigma_max', 'lr')
+cli.at_least(0, 'vacancy_fraction')
+flags.register_validator('ema_decay', lambda v: 0 <= v < 1,
+                         message='--ema_decay must be in [0, 1)')
 
 
 def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if FLAGS.batch_size > FLAGS.num_structures:
     raise app.UsageError('--batch_size cannot exceed --num_structures')
   config = healing.HealingTrainConfig(
@@ -67,4 +70,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -2,21 +2,22 @@
 `TrainConfig`. Only parsing lives here; all logic is in `jaxcrystal`."""
 import os
 
+from absl import app
 from absl import flags
 
+from jaxcrystal import cli
 from jaxcrystal.generative import losses
 from jaxcrystal.generative import model as model_lib
 from jaxcrystal.generative import tasks
 from jaxcrystal.generative import train
-from jaxcrystal.geometry import neighbors
 from jaxcrystal.training import state as state_lib
 
 FLAGS = flags.FLAGS
-# Errors a user fixes with a flag: shown as one line, not a traceback.
-GRAPH_ERRORS = (neighbors.GraphCapacityError, neighbors.GraphOverflowError)
 
 flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, metrics, plots).')
-flags.DEFINE_bool('resume', False, 'Continue from the latest checkpoint in --workdir.')
+flags.DEFINE_bool('resume', False, 'Continue from the latest checkpoint in --workdir '
+                  '(only --train_steps and logging flags may change).')
+flags.DEFINE_bool('overwrite', False, 'Delete what --workdir holds and start afresh.')
 flags.DEFINE_enum('task', 'csp', list(tasks.TASKS), 'What is generated.')
 flags.DEFINE_string('train_data', 'builtin', "'builtin' or a CSV/extxyz/CIF path.")
 flags.DEFINE_string('val_data', '', 'Validation file (empty: none).')
@@ -58,7 +59,9 @@ flags.DEFINE_integer('checkpoint_every', 200, 'Checkpoint every N steps.')
 flags.DEFINE_integer('keep_checkpoints', 3, 'Periodic checkpoints kept.')
 flags.DEFINE_integer('seed', 0, 'Seed of parameters, data order and noise.')
 flags.DEFINE_integer('max_atoms', 64, 'Reject (or skip) crystals with more atoms.')
-flags.DEFINE_bool('skip_bad', True, 'Skip unusable rows and report them.')
+flags.DEFINE_bool('skip_bad', False, 'Skip unusable rows of --train_data and '
+                  '--val_data and report them (printed and in skipped_rows.json) '
+                  'instead of stopping at the first.')
 flags.DEFINE_bool('niggli', False, 'Niggli-reduce the cells of --train_data and '
                   '--val_data files, as DiffCSP and CDVAE do: skewed cells make '
                   'the fractional geometry harder to learn.')
@@ -70,17 +73,31 @@ flags.DEFINE_integer('num_processes', 1, 'Multi-host: number of processes.')
 flags.DEFINE_integer('process_id', 0, 'Multi-host: index of this process.')
 
 flags.mark_flag_as_required('workdir')
-for _name in ('hidden', 'num_layers', 'num_freqs', 'time_dim', 'num_steps',
-              'batch_size', 'train_steps', 'eval_every', 'checkpoint_every',
-              'keep_checkpoints', 'max_atoms', 'num_buckets', 'edge_capacity_per_atom'):
-  flags.register_validator(_name, lambda v: v >= 1, message=f'--{_name} must be >= 1')
-flags.register_validator('lr', lambda v: v > 0, message='--lr must be > 0')
+cli.at_least(1, 'hidden', 'num_layers', 'num_freqs', 'time_dim', 'num_steps',
+             'batch_size', 'train_steps', 'eval_every', 'checkpoint_every',
+             'keep_checkpoints', 'max_atoms', 'num_buckets', 'edge_capacity_per_atom')
+cli.at_least(0, 'warmup_steps', 'distance_basis', 'max_image', 'num_processes',
+             'process_id')
+cli.positive('lr', 'sigma_begin', 'sigma_end', 'cart_sigma_begin', 'cart_sigma_end',
+             'cutoff', 'grad_clip')
+for _name in ('weight_decay', 'lattice_weight', 'coord_weight', 'type_weight'):
+  flags.register_validator(_name, lambda v: v >= 0, message=f'--{_name} must be >= 0')
 flags.register_validator('ema_decay', lambda v: 0 <= v < 1,
                          message='--ema_decay must be in [0, 1)')
+flags.register_multi_flags_validator(
+    ['sigma_begin', 'sigma_end'], lambda f: f['sigma_begin'] < f['sigma_end'],
+    message='--sigma_begin must be below --sigma_end')
+flags.register_multi_flags_validator(
+    ['cart_sigma_begin', 'cart_sigma_end'],
+    lambda f: f['cart_sigma_begin'] < f['cart_sigma_end'],
+    message='--cart_sigma_begin must be below --cart_sigma_end')
 flags.register_multi_flags_validator(
     ['edge_score_head', 'distance_basis'],
     lambda f: not f['edge_score_head'] or f['distance_basis'] >= 1,
     message='--edge_score_head needs --distance_basis >= 1')
+flags.register_multi_flags_validator(
+    ['resume', 'overwrite'], lambda f: not (f['resume'] and f['overwrite']),
+    message='--resume and --overwrite contradict each other')
 for _name in ('train_data', 'val_data'):
   flags.register_validator(
       _name, lambda v: v in ('', 'builtin') or os.path.isfile(v),
@@ -111,7 +128,10 @@ def config_from_flags() -> train.TrainConfig:
       max_atoms=FLAGS.max_atoms, skip_bad=FLAGS.skip_bad, niggli=FLAGS.niggli,
       cache_dir=FLAGS.cache_dir,
       progress=FLAGS.progress)
-  config.model.validate()
+  try:
+    config.model.validate()
+  except ValueError as err:
+    raise app.UsageError(f'model flags: {err}') from None
   return config
 
 
@@ -122,7 +142,6 @@ def maybe_initialize_distributed() -> None:
                                     FLAGS.process_id)
 
 
-def save_flags(workdir: str) -> None:
-  """Write the flags used as a reusable flag file."""
-  from jaxcrystal.data import io
-  io.write_text_atomic(os.path.join(workdir, 'flags.txt'), FLAGS.flags_into_string())
+def flags_file() -> dict[str, str]:
+  """{'flags.txt': the flags used, as a reusable flag file}, for the workdir."""
+  return {'flags.txt': FLAGS.flags_into_string()}

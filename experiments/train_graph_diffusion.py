@@ -7,6 +7,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from jaxcrystal import cli
 from jaxcrystal.graph_diffusion import model as gd
 from jaxcrystal.graph_diffusion import tasks as graph_tasks
 
@@ -36,12 +37,13 @@ flags.DEFINE_bool('resume', False, 'Continue exactly from the latest checkpoint 
 flags.mark_flags_as_required(['workdir'])
 flags.register_validator('grid_shape', lambda v: 1 <= len(v) <= 3 and all(
     x.isdigit() and int(x) >= 1 for x in v), message='--grid_shape: 1 to 3 positive sizes')
-flags.register_validator('gamma', lambda v: v >= 0, message='--gamma must be >= 0')
+cli.at_least(0, 'gamma', 'energy_weight', 'smoothness_weight', 'alignment_weight')
+cli.at_least(1, 'num_train', 'hidden', 'num_layers', 'batch_size', 'train_steps',
+             'sample_steps')
+cli.positive('lr', 'smoothing')
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
   config = graph_tasks.GraphTrainConfig(
       task=FLAGS.task, grid_shape=tuple(int(x) for x in FLAGS.grid_shape),
@@ -60,4 +62,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

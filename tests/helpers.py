@@ -24,9 +24,10 @@ def cif_text(atoms, tmp_path):
 
 
 def write_cdvae_csv(path, rows):
-  """A CSV in the CDVAE layout from (material_id, cif text) rows."""
+  """A CSV in the CDVAE layout from (material_id, cif text[, formula]) rows;
+  the formula column is left empty (unchecked) where none is given."""
   with open(path, 'w', newline='') as f:
     w = csv.writer(f)
     w.writerow(['', 'material_id', 'cif', 'formula'])
-    for k, (mid, cif) in enumerate(rows):
-      w.writerow([k, mid, cif, 'X'])
+    for k, (mid, cif, *formula) in enumerate(rows):
+      w.writerow([k, mid, cif, formula[0] if formula else ''])

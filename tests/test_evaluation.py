@@ -20,20 +20,44 @@ from jaxcrystal.evaluation import validation
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_group_predictions_checks_order_and_counts():
+def test_group_predictions_pairs_by_row_never_by_position():
   test = datasets.builtin_structures()[:3]
-  samples = [s for s in test for _ in range(2)]
+  for row, t in enumerate(test):
+    t.info['row'] = row
+  samples = [s.copy() for s in test for _ in range(2)]
+  for j, s in enumerate(samples):
+    s.info['source_row'] = j // 2
   groups = evaluation.group_predictions(samples, test)
   assert [len(g) for g in groups] == [2, 2, 2]
+  # Reordered samples land with their own rows, not by position.
+  reordered = evaluation.group_predictions(samples[::-1], test)
+  assert [[s.info['source_row'] for s in g] for g in reordered] == [[0, 0], [1, 1], [2, 2]]
+  # A row without samples, a sample of a row the file lacks, no rows at all.
+  with pytest.raises(evaluation.PairingError, match='1 test rows have no samples, first row 2'):
+    evaluation.group_predictions(samples[:4], test)
+  stray = samples[0].copy()
+  stray.info['source_row'] = 9
+  with pytest.raises(evaluation.PairingError, match='sample 6 was made for row 9'):
+    evaluation.group_predictions(samples + [stray], test)
+  bare = [s.copy() for s in test]
+  for s in bare:
+    s.info.pop('source_row', None)
+  with pytest.raises(evaluation.PairingError, match='3 of 3 samples do not record'):
+    evaluation.group_predictions(bare, test)
+  # Files without rows (DiffCSP's) pair by position only when asked.
+  assert len(evaluation.group_predictions(bare, test, by_position=True)) == 3
   with pytest.raises(ValueError, match='not a multiple'):
-    evaluation.group_predictions(samples[:-1], test)
-  shuffled = [datasets.builtin_structures()[10]] + samples[1:]  # Fe2 where Al4 is due
-  with pytest.raises(ValueError, match='sample 0 has composition Fe2'):
-    evaluation.group_predictions(shuffled, test)
+    evaluation.group_predictions(bare[:-1] + bare, test, by_position=True)
+  wrong = [datasets.builtin_structures()[10]] + samples[1:]  # Fe2 where Al4 is due
+  wrong[0].info['source_row'] = 0
+  with pytest.raises(ValueError, match='test row 0 has composition Fe2'):
+    evaluation.group_predictions(wrong, test)
 
 
 def test_random_subset_is_a_seeded_subset_in_file_order():
   test = datasets.builtin_structures()
+  for row, t in enumerate(test):
+    t.info['row'] = row
   picked, rows = evaluation.random_subset(test, 5, seed=3)
   assert len(picked) == 5 and len(set(rows.tolist())) == 5
   assert np.all(np.diff(rows) > 0)
@@ -47,9 +71,10 @@ def test_random_subset_is_a_seeded_subset_in_file_order():
   with pytest.raises(ValueError, match='asked for 99 rows'):
     evaluation.random_subset(test, 99)
   # K samples per target, in the order group_predictions expects.
-  comps = evaluation.csp_compositions(picked, 3)
+  comps, source_rows = evaluation.csp_compositions(picked, 3)
   assert len(comps) == 15
   np.testing.assert_array_equal(comps[3], picked[1].numbers)
+  assert source_rows[3] == rows[1]  # the target's file row
   report = evaluation.markdown_report(
       dict(task='csp', k=1, match_rate=0.5, rmse=0.1, test_rows_evaluated=5,
            test_rows_in_file=len(test), target_seed=3), 'perov_5')
@@ -63,7 +88,8 @@ def test_evaluate_cli_csp_end_to_end(tmp_path):
   io_lib.write_extxyz(tmp_path / 'test.extxyz', test)
   # K = 2: a badly perturbed and a mildly perturbed prediction per test row.
   bad, good = rattled(test, 0.08, 0), rattled(test, 0.01, 1)
-  io_lib.write_npz(tmp_path / 'samples.npz', [s for pair in zip(bad, good) for s in pair])
+  io_lib.write_npz(tmp_path / 'samples.npz', [s for pair in zip(bad, good) for s in pair],
+                   source_row=np.repeat(np.arange(len(test)), 2))
   cmd = [sys.executable, str(ROOT / 'experiments' / 'evaluate.py'),
          f'--samples={tmp_path / "samples.npz"}', f'--test_csv={tmp_path / "test.extxyz"}',
          '--task=csp', f'--out={tmp_path / "out"}', '--workers=1', '--noprogress']

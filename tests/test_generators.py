@@ -60,6 +60,59 @@ def test_check_catches_bad_structures():
   assert 'too close' in factory.check(wrapped, 'crystal', CONFIG)  # through the boundary
 
 
+def _real_structures():
+  """(kind, name, Atoms) of ASE's g2 molecules, ASE's elemental reference
+  crystals and pymatgen's ordered test structures."""
+  import glob
+  import warnings
+  import pymatgen.core
+  from ase.build import bulk
+  from ase.collections import g2
+  from ase.data import chemical_symbols, reference_states
+  from pymatgen.core import Structure
+  from pymatgen.io.ase import AseAtomsAdaptor
+  out = [('molecule', name, g2[name]) for name in g2.names if len(g2[name]) > 1]
+  for z, state in enumerate(reference_states):
+    if state and state.get('symmetry') in ('fcc', 'bcc', 'hcp', 'diamond', 'sc'):
+      try:
+        out.append(('crystal', chemical_symbols[z], bulk(chemical_symbols[z])))
+      except ValueError:  # a reference state ASE cannot build without a basis
+        pass
+  folder = Path(pymatgen.core.__file__).parents[1] / 'util' / 'structures'
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')
+    for path in sorted(glob.glob(str(folder / '*.json'))):
+      structure = Structure.from_dict(json.loads(Path(path).read_text()))
+      if structure.is_ordered:
+        out.append(('crystal', Path(path).stem, AseAtomsAdaptor.get_atoms(structure)))
+  return out
+
+
+def test_physical_checks_accept_real_structures_and_refuse_packed_hydrogen():
+  real = _real_structures()
+  kinds = [k for k, _, _ in real]
+  assert kinds.count('molecule') > 100 and kinds.count('crystal') > 60
+  refused = {name: factory.physical_check(atoms, kind) for kind, name, atoms in real
+             if factory.physical_check(atoms, kind)}
+  assert not refused, refused
+  # The case that passed before: H32 in a 1.95 x 1.95 x 1.89 A cell, H-H 0.35 A.
+  rng = np.random.default_rng(0)
+  dense = Atoms('H32', cell=[1.95, 1.95, 1.89], pbc=True,
+                scaled_positions=rng.uniform(0, 1, (32, 3)))
+  assert 'too close' in factory.physical_check(dense, 'crystal')
+  # At bond length but packed like a metal: too dense for hydrogen.
+  fcc_h = Atoms('H4', cell=[0.88] * 3, pbc=True, scaled_positions=[
+      [0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+  assert 'too dense' in factory.physical_check(fcc_h, 'crystal')
+  # The issue's command: no hydrogen crystal denser than solid H2's 20 %.
+  structures, _ = factory.generate(factory.SamplingConfig(), 200, seed=3, workers=1,
+                                   progress=False)
+  for atoms in structures:
+    assert factory.physical_check(atoms, atoms.info['system_type']) == ''
+    if atoms.info['system_type'] == 'crystal' and set(atoms.get_chemical_symbols()) == {'H'}:
+      assert atoms.get_volume() / len(atoms) > 0.2 * generators.elemental_volume('H')
+
+
 def test_configuration_validation_names_the_field():
   with pytest.raises(ValueError, match='sum to 1'):
     factory.SamplingConfig(fractions=(('molecule', 0.5), ('crystal', 0.3))).validate()

@@ -11,6 +11,7 @@ from helpers import write_cdvae_csv as _write_csv
 from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.data import datasets
 from jaxcrystal.data import io as io_lib
+from jaxcrystal.data import readers
 
 
 
@@ -35,23 +36,24 @@ def csv_with_bad_rows(tmp_path):
 
 def test_csv_bad_row_raises_naming_file_and_row(csv_with_bad_rows):
   path, _ = csv_with_bad_rows
-  with pytest.raises(io_lib.DataError, match=r'data\.csv, row 1 \(corrupt\).*CIF'):
-    io_lib.read_cdvae_csv(path, progress=False)
+  with pytest.raises(readers.DataError, match=r'data\.csv, row 1 \(corrupt\): CIF has no'):
+    readers.read_structures(path, progress=False)
 
 
 def test_csv_skip_bad_reports_each_reason(csv_with_bad_rows, tmp_path):
   path, expected = csv_with_bad_rows
-  structures, report = io_lib.read_cdvae_csv(path, skip_bad=True, progress=False)
+  structures, report = readers.read_structures(path, skip_bad=True, progress=False)
   assert [s.info['material_id'] for s in structures] == ['good-0', 'good-7', 'good-14']
   reasons = {s.identifier: s.reason for s in report.skipped}
   assert set(reasons) == {'corrupt', 'overlap', 'flat'}
-  assert 'overlap' in reasons['overlap'] and 'unparseable' in reasons['corrupt']
+  assert 'overlap' in reasons['overlap'] and '_cell_length_b' in reasons['corrupt']
+  assert 'zero-length cell edge' in reasons['flat']
   assert 'row 3 (overlap)' in report.summary()
   for got, ref in zip(structures, expected):
     np.testing.assert_allclose(got.cell.cellpar(), ref.cell.cellpar(), atol=1e-4)
     assert got.get_chemical_formula() == ref.get_chemical_formula()
   # the budget check: too many atoms is a named error
-  small, report = io_lib.read_cdvae_csv(path, skip_bad=True, max_atoms=4,
+  small, report = readers.read_structures(path, skip_bad=True, max_atoms=4,
                                         progress=False)
   assert len(small) == 2
   assert 'exceed the budget of 4' in {s.identifier: s.reason
@@ -62,8 +64,8 @@ def test_csv_skip_bad_reports_each_reason(csv_with_bad_rows, tmp_path):
 def test_csv_cache_second_load_identical(csv_with_bad_rows, tmp_path):
   path, _ = csv_with_bad_rows
   cache = tmp_path / 'cache'
-  first, r1 = io_lib.read_cdvae_csv(path, skip_bad=True, cache_dir=cache, progress=False)
-  second, r2 = io_lib.read_cdvae_csv(path, skip_bad=True, cache_dir=cache, progress=False)
+  first, r1 = readers.read_structures(path, skip_bad=True, cache_dir=cache, progress=False)
+  second, r2 = readers.read_structures(path, skip_bad=True, cache_dir=cache, progress=False)
   assert not r1.from_cache and r2.from_cache
   assert len(list(cache.iterdir())) == 1
   assert [s.reason for s in r2.skipped] == [s.reason for s in r1.skipped]
@@ -73,23 +75,23 @@ def test_csv_cache_second_load_identical(csv_with_bad_rows, tmp_path):
 
 
 def test_missing_file_and_nan_frames(tmp_path):
-  with pytest.raises(io_lib.DataError, match='no such file'):
-    io_lib.read_cdvae_csv(tmp_path / 'nope.csv')
+  with pytest.raises(readers.DataError, match='no such file'):
+    readers.read_structures(tmp_path / 'nope.csv')
   a = bulk('Cu', 'fcc', a=3.6) * (2, 1, 1)
   b = a.copy()
   b.positions[0, 0] = np.nan
   path = tmp_path / 'frames.extxyz'
   ase.io.write(path, [a, b, a], format='extxyz')
-  with pytest.raises(io_lib.DataError, match=r'frames\.extxyz, row 1 .*NaN'):
-    io_lib.read_structures(path)
-  good, report = io_lib.read_structures(path, skip_bad=True)
+  with pytest.raises(readers.DataError, match=r'frames\.extxyz, row 1 .*NaN'):
+    readers.read_structures(path)
+  good, report = readers.read_structures(path, skip_bad=True)
   assert len(good) == 2 and report.skipped[0].row == 1
 
 
 def test_real_datasets_load(datasets_dir, tmp_path):
   for name, expected_max in (('perov_5', 5), ('carbon_24', 24)):
     for split in ('train', 'val'):
-      structures, report = io_lib.read_cdvae_csv(
+      structures, report = readers.read_structures(
           datasets_dir / name / f'{split}.csv', skip_bad=True, progress=False)
       assert report.num_read == len(structures) > 100
       assert max(len(s) for s in structures) <= expected_max
@@ -116,7 +118,7 @@ def test_writers_round_trip(tmp_path):
                                 [12.0] * 7 + [8.0] * 7 + [4.0] * 7)
   assert np.all(arrays['valid'])
   np.testing.assert_allclose(arrays['density'][0], 2.70, atol=0.02)  # Al
-  back = io_lib.read_npz(tmp_path / 's.npz')
+  back = readers.read_npz(tmp_path / 's.npz')
   for a, b in zip(structures, back):
     np.testing.assert_allclose(a.get_all_distances(mic=True),
                                b.get_all_distances(mic=True), atol=1e-6)

@@ -9,6 +9,7 @@ from ase.build import bulk
 
 from jaxcrystal.data import datasets
 from jaxcrystal.data import io as io_lib
+from jaxcrystal.data import readers
 from jaxcrystal.evaluation import metrics
 
 
@@ -136,7 +137,7 @@ def test_markdown_table_layout():
 
 
 def test_perov5_val_self_match_and_ceiling(datasets_dir):
-  structures, _ = io_lib.read_cdvae_csv(datasets_dir / 'perov_5' / 'val.csv',
+  structures, _ = readers.read_structures(datasets_dir / 'perov_5' / 'val.csv',
                                         progress=False)
   subset = structures[:60]
   strict = metrics.csp_match(subset, subset, progress=False)

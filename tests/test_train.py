@@ -294,6 +294,9 @@ def test_train_then_sample_cli_end_to_end(tmp_path):
   assert set(arrays['atom_types'].tolist()) == {26}
   res = _run(['experiments/sample.py', f'--checkpoint={run}', f'--out={out}'],
              timeout=120)
+  assert res.returncode == 2 and 'already holds files from an earlier run' in res.stderr
+  res = _run(['experiments/sample.py', f'--checkpoint={run}', f'--out={tmp_path / "o2"}'],
+             timeout=120)
   assert res.returncode != 0 and 'needs --formula or --compositions_from' in res.stderr
   # The benchmark runner on a random 3-row subset of a CDVAE-layout file, K = 2.
   test_csv = tmp_path / 'test.csv'
@@ -312,7 +315,7 @@ def test_train_then_sample_cli_end_to_end(tmp_path):
   assert 'random subset of 3 of the 21' in (bench / 'metrics.md').read_text()
   res = _run(['experiments/run_benchmark.py', '--task=csp', '--dataset=perov_5',
               f'--checkpoint={run}', f'--test_csv={test_csv}', '--num_targets=50',
-              f'--out={bench}'], timeout=120)
+              f'--out={tmp_path / "bench2"}'], timeout=120)
   assert res.returncode != 0 and 'asked for 50 rows' in res.stderr
   noise = tmp_path / 'noise'
   res = _run(['experiments/loss_by_noise_level.py', f'--checkpoint={run}',
@@ -324,5 +327,5 @@ def test_train_then_sample_cli_end_to_end(tmp_path):
   assert all(v > 0 for v in report['coords'])
   assert (noise / 'loss_by_noise_level.png').stat().st_size > 0
   res = _run(['experiments/loss_by_noise_level.py', f'--checkpoint={run}',
-              '--timesteps=0,51', f'--out={noise}'], timeout=120)
+              '--timesteps=0,51', f'--out={tmp_path / "noise2"}'], timeout=120)
   assert res.returncode != 0 and 'timesteps must be in 1..50' in res.stderr

@@ -19,11 +19,12 @@ import jax.numpy as jnp
 import jraph
 import numpy as np
 
+from jaxcrystal import errors
 
 NUM_ELEMENTS = 100  # type classes: atomic numbers 1..100
 
 
-class BudgetError(ValueError):
+class BudgetError(errors.UserError, ValueError):
   """Raised when structures do not fit the static budgets of a batch."""
 
 

@@ -11,8 +11,10 @@ from typing import Sequence
 import ase
 import numpy as np
 
-from jaxcrystal.evaluation import descriptors
+from jaxcrystal import errors
 from jaxcrystal.data import io as io_lib
+from jaxcrystal.data import readers
+from jaxcrystal.evaluation import descriptors
 from jaxcrystal.evaluation import metrics
 from jaxcrystal.plotting import structure_plots
 from jaxcrystal.evaluation import validation
@@ -50,40 +52,78 @@ CSP_TABLE_COLUMNS = metrics.CSP_COLUMNS + (
     ('match_rate_composition', 'Composition-aware (%)', 100.0))
 
 
+class PairingError(errors.UserError, ValueError):
+  """Samples that cannot be paired with the test rows they were made for."""
+
+
 def read_samples(path: str | Path) -> list[ase.Atoms]:
   """Generated structures from `.npz` (ours or DiffCSP's layout), extxyz, or
-  anything ASE reads. Raises FileNotFoundError / DataError naming the file."""
+  anything ASE reads, as they are: nothing is refused for bad geometry (an
+  invalid sample counts as invalid in the metrics). Raises DataError naming
+  the file when it cannot be read, or lies in an unfinished output folder."""
   path = Path(path)
   if not path.exists():
-    raise FileNotFoundError(f'--samples {path}: no such file')
+    raise readers.DataError(f'--samples {path}: no such file')
   if path.suffix == '.npz':
-    return io_lib.read_npz(path)
-  structures, _ = io_lib.read_structures(str(path), skip_bad=False,
-                                         min_distance=0.0)
+    return readers.read_npz(path)
+  structures, _ = readers.read_structures(str(path), validate=False)
   return structures
 
 
-def group_predictions(samples: Sequence[ase.Atoms], targets: Sequence[ase.Atoms]
-                      ) -> list[list[ase.Atoms]]:
-  """Split `samples` into K consecutive predictions per target (the order
-  `sample.py --compositions_from --samples_per_composition K` writes), and
-  check that every prediction has its target's composition."""
+def group_predictions(samples: Sequence[ase.Atoms], targets: Sequence[ase.Atoms],
+                      by_position: bool = False) -> list[list[ase.Atoms]]:
+  """The samples made for each target, in sample order.
+
+  Pairs by row: a sample's `info['source_row']` (written by `sample.py
+  --compositions_from`) is the target's `info['row']` in its file. With
+  `by_position`, for files that record no rows (DiffCSP's outputs), K
+  consecutive samples per target in file order instead. Every target needs
+  at least one sample, and each sample its target's composition.
+
+  Raises PairingError naming the sample or row at fault.
+  """
   if not targets:
-    raise ValueError('no test structures')
-  if len(samples) % len(targets):
-    raise ValueError(f'{len(samples)} samples is not a multiple of the '
-                     f'{len(targets)} test structures (K samples per test row, '
-                     'in test-file order)')
-  k = len(samples) // len(targets)
-  groups = [list(samples[i * k:(i + 1) * k]) for i in range(len(targets))]
+    raise PairingError('no test structures')
+  if by_position:
+    if len(samples) % len(targets):
+      raise PairingError(f'{len(samples)} samples is not a multiple of the '
+                         f'{len(targets)} test structures (K samples per test '
+                         'row, in test-file order)')
+    k = len(samples) // len(targets)
+    groups = [list(samples[i * k:(i + 1) * k]) for i in range(len(targets))]
+  else:
+    rows = [s.info.get('source_row') for s in samples]
+    unpaired = sum(r is None for r in rows)
+    if unpaired:
+      raise PairingError(
+          f'{unpaired} of {len(samples)} samples do not record the test-file row '
+          'they were made for (source_row): sample with sample.py '
+          '--compositions_from TEST_FILE, or pass --pair_by_position for files '
+          'in test-file order that record no rows (e.g. DiffCSP outputs)')
+    index = {int(t.info.get('row', i)): i for i, t in enumerate(targets)}
+    groups = [[] for _ in targets]
+    for j, (sample, row) in enumerate(zip(samples, rows)):
+      if int(row) not in index:
+        raise PairingError(f'sample {j} was made for row {row}, which the test '
+                           'file does not have (or skipped): another test file?')
+      groups[index[int(row)]].append(sample)
+    empty = [i for i, g in enumerate(groups) if not g]
+    if empty:
+      t = targets[empty[0]]
+      raise PairingError(
+          f'{len(empty)} test rows have no samples, first row '
+          f'{t.info.get("row", empty[0])} ({t.info.get("material_id", "")}): the '
+          'samples were made for another file, or a subset of this one')
   for i, (group, target) in enumerate(zip(groups, targets)):
     want = sorted(target.numbers.tolist())
-    for j, pred in enumerate(group):
+    for pred in group:
       if sorted(pred.numbers.tolist()) != want:
-        raise ValueError(
-            f'sample {i * k + j} has composition {pred.get_chemical_formula()} but '
-            f'test row {i} is {target.get_chemical_formula()}: samples must follow '
-            'the test file order, K per row')
+        raise PairingError(
+            f'a sample for test row {target.info.get("row", i)} has composition '
+            f'{pred.get_chemical_formula()} but the row is '
+            f'{target.get_chemical_formula()}' + (
+                ': samples must follow the test file order, K per row'
+                if by_position else ''))
   return groups
 
 
@@ -107,23 +147,29 @@ def random_subset(structures: Sequence[ase.Atoms], num: int = 0,
   return [structures[i] for i in rows], rows
 
 
-def csp_compositions(targets: Sequence[ase.Atoms], k: int) -> list[np.ndarray]:
-  """Atomic numbers to sample for CSP: each target's, `k` times in a row (the
-  order `group_predictions` expects)."""
-  return [t.numbers for t in targets for _ in range(k)]
+def csp_compositions(targets: Sequence[ase.Atoms], k: int
+                     ) -> tuple[list[np.ndarray], list[int]]:
+  """What to sample for CSP: each target's atomic numbers, `k` times in a
+  row, and the target's file row for each (the `source_rows` of
+  `generate.write_samples`, by which `group_predictions` pairs)."""
+  return ([t.numbers for t in targets for _ in range(k)],
+          [int(t.info.get('row', i)) for i, t in enumerate(targets) for _ in range(k)])
 
 
 def evaluate_csp(samples: Sequence[ase.Atoms], targets: Sequence[ase.Atoms], *,
-                 workers: int = 1, progress: bool = True) -> dict:
-  """One-sample (first of each group), best-of-K and composition-aware rates."""
-  groups = group_predictions(samples, targets)
-  k = len(groups[0])
+                 workers: int = 1, progress: bool = True,
+                 by_position: bool = False) -> dict:
+  """One-sample (first of each group), best-of-K and composition-aware
+  rates; samples are paired with targets by `group_predictions`."""
+  groups = group_predictions(samples, targets, by_position)
+  k = max(len(g) for g in groups)
   # Validity (SMACT and distances) once per sample, not once per rate.
   valid_by_id = {id(s): metrics.is_valid_structure(s) for s in samples}
   is_valid = lambda atoms: valid_by_id[id(atoms)]
   one = metrics.csp_match([g[0] for g in groups], targets, is_valid=is_valid,
                           workers=workers, progress=progress)
   result = dict(task='csp', k=k, num_targets=len(targets),
+                paired_by='position' if by_position else 'source_row',
                 match_rate=one['match_rate'], rmse=one['rmse'],
                 valid_fraction=one['valid_fraction'])
   if k > 1:
@@ -187,9 +233,13 @@ def write_report(outdir: str | Path, result: dict, samples: Sequence[ase.Atoms],
   outdir = Path(outdir)
   outdir.mkdir(parents=True, exist_ok=True)
   paths = {'json': outdir / 'metrics.json', 'markdown': outdir / 'metrics.md'}
-  io_lib.write_json_atomic(paths['json'], result)
-  io_lib.write_text_atomic(paths['markdown'], markdown_report(result, dataset, label))
   summary = validation.summary_arrays(samples)
+  result = dict(result, symmetry_library_messages=int(
+      summary['symmetry_messages'].sum()))
+  nulls = io_lib.write_json_atomic(paths['json'], result)
+  if nulls:
+    print(f'{paths["json"]}: {nulls} NaN or infinite values written as null')
+  io_lib.write_text_atomic(paths['markdown'], markdown_report(result, dataset, label))
   paths['batch'] = structure_plots.plot_batch_analysis(
       summary, samples, outdir / 'batch_analysis.png',
       title=f'{len(samples)} generated structures')
@@ -203,8 +253,9 @@ def write_report(outdir: str | Path, result: dict, samples: Sequence[ase.Atoms],
   shown = {k: v for k, v in result.items()
            if isinstance(v, (int, float)) and not isinstance(v, bool)}
   # CSP: show each test structure beside its own (first) prediction.
-  shown_generated = (list(samples[::result['k']]) if result['task'] == 'csp'
-                     else usable or list(samples))
+  shown_generated = ([g[0] for g in group_predictions(
+      samples, reference, result.get('paired_by') == 'position')]
+                     if result['task'] == 'csp' else usable or list(samples))
   paths['real_vs_generated'] = structure_plots.plot_real_vs_generated(
       list(reference), shown_generated, r if r is not None else np.zeros(1),
       curves, shown, outdir / 'real_vs_generated.png',

@@ -5,12 +5,18 @@ the per-structure fields written to `.npz` and JSON summaries.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import sys
+import tempfile
 import warnings
 
 import ase
 import numpy as np
 from ase.neighborlist import neighbor_list
+
+from jaxcrystal import errors
 
 # 1 atomic mass unit per Angstrom^3 in g/cm^3.
 AMU_PER_A3_TO_G_PER_CM3 = 1.66053906660
@@ -21,7 +27,7 @@ MAX_IMAGES = 20000          # image budget of one coordination count
 MAX_SYMMETRY_LENGTH = 1000.0  # Angstrom; longer lattice vectors get no space group
 
 
-class StructureError(ValueError):
+class StructureError(errors.UserError, ValueError):
   """A structure that cannot be used, with the reason."""
 
 
@@ -116,6 +122,7 @@ class StructureSummary:
   reason: str              # '' when valid
   space_group: int         # international number by spglib; 0 if undetermined
   space_group_symbol: str  # Hermann-Mauguin symbol; '' if undetermined
+  symmetry_messages: int   # lines spglib's C code printed (silenced, counted)
 
 
 def _safe_mean_coordination(atoms, shell_tolerance, reason) -> float:
@@ -145,10 +152,41 @@ def absurd_cell(lattice) -> bool:
               abs(np.linalg.det(lattice)) < 1e-3 * np.prod(lengths))
 
 
-def space_group(atoms: ase.Atoms, symprec: float = 0.1) -> tuple[int, str]:
+@contextlib.contextmanager
+def capture_c_stderr(lines: list):
+  """Capture what C code writes to file descriptor 2 into `lines`.
+
+  spglib prints warnings such as 'spglib: ssm_get_exact_positions failed.'
+  straight to fd 2 when it cannot refine a sample's symmetry; `space_group`
+  already reports that case as (0, ''), so the lines are counted instead of
+  shown. Lines from anything else are passed on to stderr.
+  """
+  sys.stderr.flush()
+  saved = os.dup(2)
+  try:
+    with tempfile.TemporaryFile() as tmp:
+      os.dup2(tmp.fileno(), 2)
+      try:
+        yield
+      finally:
+        os.dup2(saved, 2)
+        tmp.seek(0)
+        text = tmp.read().decode(errors='replace')
+    for line in text.splitlines():
+      if line.startswith('spglib'):
+        lines.append(line)
+      elif line.strip():
+        print(line, file=sys.stderr)
+  finally:
+    os.close(saved)
+
+
+def space_group(atoms: ase.Atoms, symprec: float = 0.1,
+                messages: list | None = None) -> tuple[int, str]:
   """(international number, Hermann-Mauguin symbol) by spglib with tolerance
   `symprec` Angstrom (0.1, as CDVAE/DiffCSP analyses); (0, '') when spglib
-  finds none, as for an overlapping or degenerate sample."""
+  finds none, as for an overlapping or degenerate sample. What spglib prints
+  on the way is appended to `messages` instead of the terminal."""
   import spglib
   # spglib can crash (not raise) on absurd cells such as an untrained model's
   # 1e5 A needles; symmetry is meaningless there anyway.
@@ -159,7 +197,8 @@ def space_group(atoms: ase.Atoms, symprec: float = 0.1) -> tuple[int, str]:
   try:
     with warnings.catch_warnings():  # spglib's deprecation notice, per call
       warnings.simplefilter('ignore', DeprecationWarning)
-      dataset = spglib.get_symmetry_dataset(cell, symprec=symprec)
+      with capture_c_stderr(messages if messages is not None else []):
+        dataset = spglib.get_symmetry_dataset(cell, symprec=symprec)
   except Exception:  # spglib raises on degenerate cells in recent versions
     dataset = None
   if dataset is None:
@@ -191,7 +230,9 @@ def structure_summary(atoms: ase.Atoms,
       np.isfinite(atoms.cell[:]))
   vol = float(abs(np.linalg.det(atoms.cell[:]))) if finite else float('nan')
   usable = finite and vol > DEFAULT_MIN_VOLUME and len(atoms) > 0
-  sg_number, sg_symbol = space_group(atoms) if usable and not reason else (0, '')
+  messages = []
+  sg_number, sg_symbol = (space_group(atoms, messages=messages)
+                          if usable and not reason else (0, ''))
   return StructureSummary(
       n_atoms=len(atoms), volume=vol,
       volume_per_atom=vol / max(len(atoms), 1),
@@ -200,4 +241,5 @@ def structure_summary(atoms: ase.Atoms,
                     if usable and len(atoms) else float('nan')),
       mean_coordination=_safe_mean_coordination(atoms, shell_tolerance, reason),
       valid=not reason, reason=reason,
-      space_group=sg_number, space_group_symbol=sg_symbol)
+      space_group=sg_number, space_group_symbol=sg_symbol,
+      symmetry_messages=len(messages))

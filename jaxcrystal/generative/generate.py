@@ -4,7 +4,6 @@ Used by `experiments/sample.py` and the quickstart.
 """
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
@@ -15,8 +14,10 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxcrystal import errors
 from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.data import io as io_lib
+from jaxcrystal.data import readers
 from jaxcrystal.generative import model as model_lib
 from jaxcrystal.generative import sampling
 from jaxcrystal.generative import tasks
@@ -35,11 +36,9 @@ def load_run(workdir: str | Path, which: str = 'best', use_ema: bool = True):
   Returns (model, params, config, step).
   """
   workdir = Path(workdir)
-  config_path = workdir / 'config.json'
-  if not config_path.is_file():
-    raise FileNotFoundError(f'{workdir}: no config.json; is this a training '
-                            'workdir (--workdir of train_ddpm.py)?')
-  config = train.TrainConfig.from_dict(json.loads(config_path.read_text()))
+  config = checkpoints.read_config(
+      workdir, train.TrainConfig.from_dict,
+      'a crystal model run (--workdir of train_ddpm.py)')
   model = model_lib.build(config.model)
   example = batch_lib.to_device(_example_batch())
   like = jax.eval_shape(model.init_params, jax.random.PRNGKey(0), example)
@@ -89,19 +88,40 @@ def sample_structures(spec: model_lib.Model, params,
   return out, timing
 
 
+def set_source_rows(structures: Sequence[ase.Atoms], rows: Sequence[int] | None
+                    ) -> None:
+  """Record in each sample's `info['source_row']` the row of the
+  compositions file it was made for (nothing when `rows` is None), by which
+  CSP evaluation pairs samples with test rows."""
+  if rows is None:
+    return
+  if len(rows) != len(structures):
+    raise ValueError(f'{len(rows)} source rows for {len(structures)} samples')
+  for atoms, row in zip(structures, rows):
+    atoms.info['source_row'] = int(row)
+
+
 def write_samples(outdir: str | Path, structures: Sequence[ase.Atoms],
                   extra_summary: dict | None = None) -> dict:
-  """Write extxyz, a folder of CIFs, `.npz` and a JSON validity summary."""
+  """Write extxyz, a folder of CIFs, `.npz` and a JSON validity summary.
+  Samples with `info['source_row']` (`set_source_rows`) keep it in the
+  extxyz and as the `.npz` array `source_row [S]`."""
   outdir = Path(outdir)
-  arrays = io_lib.write_npz(outdir / 'samples.npz', structures)
+  structures = list(structures)
+  extra = {}
+  if structures and all('source_row' in a.info for a in structures):
+    extra['source_row'] = np.array([a.info['source_row'] for a in structures],
+                                   np.int64)
+  arrays = io_lib.write_npz(outdir / 'samples.npz', structures, **extra)
   io_lib.write_extxyz(outdir / 'samples.extxyz', structures)
   io_lib.write_cifs(outdir / 'cifs', structures, prefix='sample')
   summary = {
       'num_samples': len(structures),
       'valid_fraction': float(np.mean(arrays['valid'])),
-      'min_distance_median': float(np.nanmedian(arrays['min_distance'])),
-      'density_mean': float(np.nanmean(arrays['density'])),
-      'mean_coordination_mean': float(np.nanmean(arrays['mean_coordination'])),
+      'min_distance_median': _nan_stat(np.nanmedian, arrays['min_distance']),
+      'density_mean': _nan_stat(np.nanmean, arrays['density']),
+      'mean_coordination_mean': _nan_stat(np.nanmean, arrays['mean_coordination']),
+      'symmetry_library_messages': int(arrays['symmetry_messages'].sum()),
   }
   reasons = {}
   for reason in arrays['reason']:
@@ -114,43 +134,55 @@ def write_samples(outdir: str | Path, structures: Sequence[ase.Atoms],
   return summary
 
 
+def _nan_stat(fn, values) -> float:
+  """`fn` over the finite values; NaN (null in JSON) when there are none."""
+  values = np.asarray(values, float)
+  values = values[np.isfinite(values)]
+  return float(fn(values)) if values.size else float('nan')
+
+
 def compositions_for_request(config: train.TrainConfig, *, formula: str = '',
                              compositions_from: str = '',
                              samples_per_composition: int = 1,
                              num_samples: int = 100, atom_counts_from: str = '',
-                             seed: int = 0):
+                             seed: int = 0, skip_bad: bool = False):
   """What to sample: a formula repeated, every row of a file (K times each),
   or de novo atom counts drawn from the training (or given) distribution.
 
-  Returns (compositions, lattices); lattices are the file's cells for tasks
-  that do not generate the cell, and None otherwise.
-  Raises ValueError for contradictory or unusable requests.
+  Returns (compositions, lattices, source_rows, report): lattices are the
+  file's cells for tasks that do not generate the cell (else None);
+  source_rows the file row of each composition (None without a file); report
+  the file's `LoadReport` (None without a file). A bad row of
+  `compositions_from` stops with its row and reason unless `skip_bad`.
+  Raises `errors.UserError` for contradictory or unusable requests.
   """
   if formula and compositions_from:
-    raise ValueError('give --formula or --compositions_from, not both')
+    raise errors.UserError('give --formula or --compositions_from, not both')
   task = tasks.get_task(config.model.task)
   if not task.generates_lattice and not compositions_from:
-    raise ValueError(f'a {config.model.task} model generates no cell: it needs '
-                     '--compositions_from (a file whose cells and compositions '
-                     'are kept)')
+    raise errors.UserError(
+        f'a {config.model.task} model generates no cell: it needs '
+        '--compositions_from (a file whose cells and compositions are kept)')
   if formula:
     try:
-      numbers = ase.Atoms(formula).numbers
-    except Exception as err:
-      raise ValueError(f'--formula {formula!r} is not a chemical formula') from err
-    return [numbers] * num_samples, None
+      numbers = readers.parse_formula(formula)
+    except ValueError as err:
+      raise errors.UserError(f'--formula: {err}') from None
+    return [numbers] * num_samples, None, None, None
   if compositions_from:
-    structures, report = io_lib.read_structures(compositions_from, skip_bad=True)
+    structures, report = readers.read_structures(compositions_from,
+                                                 skip_bad=skip_bad)
     if not structures:
-      raise ValueError(f'{compositions_from}: no usable structures')
+      raise readers.DataError(f'{compositions_from}: no usable structures')
     rows = [s for s in structures for _ in range(samples_per_composition)]
     lattices = None if task.generates_lattice else [s.cell[:] for s in rows]
-    return [s.numbers for s in rows], lattices
+    return ([s.numbers for s in rows], lattices,
+            [int(s.info['row']) for s in rows], report)
   if not task.generates_types:
-    raise ValueError(f'a {config.model.task} model needs --formula or '
-                     '--compositions_from (it does not generate atom types)')
+    raise errors.UserError(f'a {config.model.task} model needs --formula or '
+                           '--compositions_from (it does not generate atom types)')
   source = atom_counts_from or config.train_data
   structures, _ = train.load_structures(source, config)
   counts = sampling.sample_atom_counts(np.random.default_rng(seed),
                                        [len(s) for s in structures], num_samples)
-  return [np.ones(int(n), int) for n in counts], None  # types are generated
+  return [np.ones(int(n), int) for n in counts], None, None, None  # types generated

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.data import io as io_lib
+from jaxcrystal.data import readers
 from jaxcrystal.data import pipeline as data_lib
 from jaxcrystal.generative import losses
 from jaxcrystal.generative import model as model_lib
@@ -43,7 +44,7 @@ class TrainConfig:
   keep_checkpoints: int = 3
   seed: int = 0
   max_atoms: int = 64
-  skip_bad: bool = True
+  skip_bad: bool = False
   niggli: bool = False            # Niggli-reduce cells read from files
   cache_dir: str = ''
   log_every: int = 20
@@ -133,36 +134,48 @@ def loss_by_noise_level(model: model_lib.Model, params,
 
 
 def load_structures(path: str, config: TrainConfig):
-  """The built-in set or a file; returns (structures, report text)."""
+  """The built-in set or a file; returns (structures, report) where report
+  is None for the built-in set. Raises `readers.DataError` naming the file
+  and row of a bad structure (unless `config.skip_bad`), or when no
+  structure is usable."""
   from jaxcrystal.data import datasets
   if path == 'builtin':
-    s = datasets.builtin_structures()
-    return s, f'builtin: {len(s)} structures'
-  if path.endswith('.csv'):
-    structures, report = io_lib.read_cdvae_csv(
-        path, skip_bad=config.skip_bad, max_atoms=config.max_atoms,
-        niggli=config.niggli, cache_dir=config.cache_dir or None,
-        progress=config.progress)
-  else:
-    structures, report = io_lib.read_structures(
-        path, skip_bad=config.skip_bad, max_atoms=config.max_atoms,
-        niggli=config.niggli)
+    return datasets.builtin_structures(), None
+  structures, report = readers.read_structures(
+      path, skip_bad=config.skip_bad, max_atoms=config.max_atoms,
+      niggli=config.niggli, cache_dir=config.cache_dir or None,
+      progress=config.progress)
   if not structures:
-    raise io_lib.DataError(f'{path}: no usable structures\n{report.summary()}')
-  return structures, report.summary()
+    first = report.skipped[0] if report.skipped else None
+    raise readers.DataError(
+        f'{path}: no usable structures' + (
+            f' ({len(report.skipped)} skipped; row {first.row} ({first.identifier}): '
+            f'{first.reason})' if first else ''))
+  return structures, report
+
+
+def describe_load(path: str, structures, report) -> str:
+  """One line (plus skipped rows) of what a `load_structures` call read."""
+  return report.summary() if report is not None else f'{path}: {len(structures)} structures'
 
 
 def train_and_evaluate(config: TrainConfig, workdir: str | Path,
-                       resume: bool = False, log: Callable = print) -> dict:
-  """Train `config` in `workdir`; resume from its latest checkpoint if asked.
+                       resume: bool = False, log: Callable = print,
+                       overwrite: bool = False,
+                       files: dict[str, str] | None = None) -> dict:
+  """Train `config` in `workdir`; resume from its latest checkpoint if asked
+  (a configuration that would change the results is refused), or start
+  afresh in a used workdir with `overwrite`.
 
   Writes `config.json`, `metrics.jsonl`, `training_curve.png`, periodic
-  checkpoints (last `keep_checkpoints`) and the best-by-validation one.
+  checkpoints (last `keep_checkpoints`), the best-by-validation one,
+  `skipped_rows.json` (what each data file left out) and `files`.
   Returns the loop's summary dict.
   """
   model = model_lib.build(config.model)
-  train_structures, text = load_structures(config.train_data, config)
-  log(text)
+  train_structures, report = load_structures(config.train_data, config)
+  log(describe_load(config.train_data, train_structures, report))
+  reports = [report]
   mesh = sharding.make_mesh()
   edges = data_lib.default_bucket_edges([len(s) for s in train_structures],
                                         config.num_buckets)
@@ -170,8 +183,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path,
                                        edges, mesh.size)
   val_set = None
   if config.val_data:
-    val_structures, text = load_structures(config.val_data, config)
-    log(text)
+    val_structures, val_report = load_structures(config.val_data, config)
+    log(describe_load(config.val_data, val_structures, val_report))
+    reports.append(val_report)
     val_set = data_lib.BucketedDataset(val_structures, config.batch_size,
                                        edges, mesh.size)
   model.check_edge_capacity(train_set.all_batches(), config.train_data)
@@ -199,5 +213,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path,
       workdir, loop, replicate(state), train_step,
       lambda step: place(train_set.batch_for_step(config.seed, step)),
       evaluate=evaluate_fn, config_dict=config.to_dict(), resume=resume,
-      replicate=replicate, log=log)
+      overwrite=overwrite, replicate=replicate, log=log,
+      files=dict(files or {}, **{'skipped_rows.json': readers.skip_reports_json(
+          [r for r in reports if r is not None])}))
   return summary

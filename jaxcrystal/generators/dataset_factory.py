@@ -23,8 +23,21 @@ from jaxcrystal.generators import structures as generators
 
 SYSTEM_TYPES = ('molecule', 'crystal', 'cluster', 'surface')
 MAX_REDRAWS = 50
-# Smallest allowed distance as a fraction of the covalent bond length.
-MIN_BOND_FRACTION = {'molecule': 0.7, 'cluster': 0.7, 'crystal': 0.5, 'surface': 0.5}
+# What real structures hold, with a margin (tests/test_generators.py checks
+# every structure of ASE's g2 molecules, ASE's elemental reference crystals
+# and pymatgen's test structures against these):
+# - every pair distance (minimum image) at least MIN_BOND_FRACTION of the sum
+#   of the two covalent radii (ASE's, Cordero 2008). The shortest real
+#   contacts are triple bonds: 0.77 in CN and C2H (g2), 0.77 in Pb2TiZrO6
+#   (pymatgen), 0.84 in bcc Ta (ASE); 0.7 leaves a 10 % margin.
+MIN_BOND_FRACTION = {'molecule': 0.7, 'cluster': 0.7, 'crystal': 0.7, 'surface': 0.7}
+# - crystals: volume per atom at least MIN_VOLUME_FRACTION of the mean
+#   volume per atom of the elements' own solids (`elemental_volume`,
+#   pymatgen's molar volumes). Real compounds are denser than their elements
+#   but not by much: 0.34 in Li2O2 and 0.35 in Li2O (pymatgen), 0.65 in
+#   diamond (ASE); 0.2 leaves a 40 % margin and refuses hydrogen packed at
+#   bond distance (0.2 A^3 per atom: 0.01 of solid H2's 19 A^3).
+MIN_VOLUME_FRACTION = 0.2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,13 +171,31 @@ def check(atoms: ase.Atoms, kind: str, config: SamplingConfig) -> str:
     return f'periodicity {atoms.pbc.tolist()} is not that of a {kind}'
   if any(periodic) and abs(np.linalg.det(atoms.cell[:])) < 1e-3:
     return 'degenerate cell'
-  ratio = generators.min_bond_ratio(atoms)
-  if ratio < MIN_BOND_FRACTION[kind]:
-    return f'atoms too close ({ratio:.2f} of a covalent bond)'
+  reason = physical_check(atoms, kind)
+  if reason:
+    return reason
   if not any(periodic):
     frac = atoms.get_scaled_positions(wrap=False)
     if np.any(frac < 0) or np.any(frac > 1):
       return 'atoms outside the box'
+  return ''
+
+
+def physical_check(atoms: ase.Atoms, kind: str) -> str:
+  """'' if `atoms` holds what real structures of its `kind` hold (pair
+  distances, and for crystals volume per atom; thresholds above), else why."""
+  ratio = generators.min_bond_ratio(atoms)
+  if ratio < MIN_BOND_FRACTION[kind]:
+    return (f'atoms too close ({ratio:.2f} of a covalent bond, below '
+            f'{MIN_BOND_FRACTION[kind]})')
+  if kind == 'crystal':
+    per_atom = atoms.get_volume() / len(atoms)
+    reference = np.mean([generators.elemental_volume(s)
+                         for s in atoms.get_chemical_symbols()])
+    if per_atom < MIN_VOLUME_FRACTION * reference:
+      return (f'too dense: {per_atom:.3g} A^3 per atom is {per_atom / reference:.2f} '
+              f"of the elements' own solids ({reference:.3g} A^3; below "
+              f'{MIN_VOLUME_FRACTION})')
   return ''
 
 

@@ -33,6 +33,18 @@ def radius(symbol: str) -> float:
   return float(covalent_radii[atomic_numbers[symbol]])
 
 
+@functools.lru_cache(maxsize=None)
+def elemental_volume(symbol: str) -> float:
+  """Volume per atom of the element's own solid (Angstrom^3), from
+  pymatgen's molar volumes (solid H2 19.0, graphite 8.8, ...); for elements
+  without one, 1.8 covalent-sphere volumes."""
+  from pymatgen.core import Element
+  molar = Element(symbol).molar_volume  # cm^3 / mol
+  if molar is None:
+    return 1.8 * 4 / 3 * np.pi * radius(symbol) ** 3
+  return float(molar) * 1e24 / 6.02214076e23
+
+
 def bond_length(a: str, b: str) -> float:
   return radius(a) + radius(b)
 
@@ -105,7 +117,8 @@ def prototype_crystal(rng: np.random.Generator, elements, prototype: str | None 
                       ) -> ase.Atoms:
   """A prototype crystal (fcc, bcc, hcp, diamond; binary rocksalt, zincblende,
   wurtzite, fluorite; ABX3 cubic perovskite) with elements drawn from
-  `elements`, lattice constant from covalent radii (+-3 %)."""
+  `elements`, lattice constant from covalent radii (+-3 %), expanded where
+  that packs atoms denser than real solids (`expand_to_solid_volume`)."""
   elements = sorted(set(elements))
   feasible = PROTOTYPES if len(elements) > 1 else tuple(
       p for p in PROTOTYPES if p not in BINARY_PROTOTYPES + ('perovskite',))
@@ -128,7 +141,22 @@ def prototype_crystal(rng: np.random.Generator, elements, prototype: str | None 
     atoms = bulk(a, prototype, a=_lattice_constant(prototype, a, a) * scale)
   else:
     raise ValueError(f'unknown prototype {prototype!r}; choose from {PROTOTYPES}')
+  atoms = expand_to_solid_volume(rng, atoms)
   atoms.info['prototype'] = prototype
+  return atoms
+
+
+def expand_to_solid_volume(rng: np.random.Generator, atoms: ase.Atoms,
+                           low: float = 0.45, high: float = 0.8) -> ase.Atoms:
+  """`atoms` with its cell scaled up, if its volume per atom is under `low`
+  times the mean of its elements' own solids (`elemental_volume`), to a
+  random `low` to `high` times it (real compounds: 0.34 to 1). Covalent radii
+  alone put fcc oxygen or hydrogen at a few percent of a real density."""
+  reference = np.mean([elemental_volume(s) for s in atoms.get_chemical_symbols()])
+  per_atom = atoms.get_volume() / len(atoms)
+  if per_atom < low * reference:
+    scale = (rng.uniform(low, high) * reference / per_atom) ** (1 / 3)
+    atoms.set_cell(atoms.cell[:] * scale, scale_atoms=True)
   return atoms
 
 
@@ -138,11 +166,18 @@ def random_symmetric_crystal(rng: np.random.Generator, elements,
   """A random crystal of a random space group: `num_sites` random Wyckoff
   generators expanded by the group's operations (ASE's spacegroup module,
   duplicates merged), cell volume set from the atoms' covalent volumes.
-  Draws again (up to `tries` times) while the cell has more than `max_atoms`
-  atoms or two atoms closer than half a covalent bond."""
+  The cell is then scaled until the closest pair sits at 0.95 covalent bond
+  lengths or more, and expanded to a real solid's density where it is
+  denser (`expand_to_solid_volume`: covalent radii alone pack hydrogen far
+  too densely). Draws again (up to `tries` times) while the cell
+  has more than `max_atoms` atoms or collapsed sites."""
   for attempt in range(tries):
     atoms = _random_symmetric_draw(rng, elements, num_sites)
-    if len(atoms) <= max_atoms and min_bond_ratio(atoms) >= 0.5:
+    ratio = min_bond_ratio(atoms)
+    if len(atoms) <= max_atoms and ratio > 0.05:
+      if ratio < 0.95:
+        atoms.set_cell(atoms.cell[:] * (0.95 / ratio), scale_atoms=True)
+      atoms = expand_to_solid_volume(rng, atoms)
       atoms.info['rejected_draws'] = attempt  # counted by the dataset factory
       return atoms
   raise RuntimeError(f'no valid random crystal in {tries} draws')

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcrystal import errors
 from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.geometry import lattice as lattice_lib
 from jaxcrystal.geometry import pbc
@@ -35,11 +36,11 @@ from jaxcrystal.geometry import pbc
 OVERFLOW_REASONS = ('edge_buffer', 'bin_capacity', 'cell_too_thin')
 
 
-class GraphOverflowError(RuntimeError):
+class GraphOverflowError(errors.UserError, RuntimeError):
   """A neighbour list lost edges; the message names the reasons."""
 
 
-class GraphCapacityError(ValueError):
+class GraphCapacityError(errors.UserError, ValueError):
   """A configured capacity is too small for the data (found on the host)."""
 
 

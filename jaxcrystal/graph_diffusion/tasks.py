@@ -8,7 +8,6 @@ white noise W `[n, 3]`, so the reference distribution is known exactly.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import jax
@@ -159,11 +158,8 @@ def train_graph_diffusion(config: GraphTrainConfig, workdir: str | Path,
 def load(workdir: str | Path):
   """(config, GraphModel, EMA params) of a run (no optimizer built)."""
   workdir = Path(workdir)
-  path = workdir / 'config.json'
-  if not path.is_file():
-    raise FileNotFoundError(f'{workdir}: no config.json; is this a '
-                            'train_graph_diffusion.py workdir?')
-  config = GraphTrainConfig.from_dict(json.loads(path.read_text()))
+  config = checkpoints.read_config(workdir, GraphTrainConfig.from_dict,
+                                  'a train_graph_diffusion.py workdir')
   gm = build(config)
   like = jax.eval_shape(lambda r: _init(config, gm, r), jax.random.PRNGKey(0))
   params, _ = checkpoints.restore_params(workdir, 'latest', True, like)

@@ -9,7 +9,6 @@ large enough, else the brute-force radius graph).
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -19,11 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxcrystal import errors
 from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.training import checkpoints
 from jaxcrystal.healing import defects
 from jaxcrystal.healing import denoiser
 from jaxcrystal.data import io as io_lib
+from jaxcrystal.data import readers
 from jaxcrystal.geometry import neighbors
 from jaxcrystal.plotting import plots
 from jaxcrystal.training import loop as loop_lib
@@ -93,10 +94,10 @@ def train_denoiser(config: HealingTrainConfig, workdir: str | Path,
   data_path = workdir / 'train.extxyz'
   if not (resume and data_path.is_file()):
     if checkpoints.CheckpointManager(workdir, 1).latest_step() is not None:
-      raise FileExistsError(f'{workdir} already holds a trained denoiser; pass '
+      raise errors.OutputExistsError(f'{workdir} already holds a trained denoiser; pass '
                             '--resume or choose another --workdir')
     io_lib.write_extxyz(data_path, training_structures(config))
-  structures, _ = io_lib.read_structures(str(data_path))  # what was written
+  structures, _ = readers.read_structures(str(data_path))  # what was written
   log(f'{len(structures)} training supercells ({config.element} {config.structure}) '
       f'in {data_path}')
   max_atoms = max(len(s) for s in structures)
@@ -129,11 +130,8 @@ def train_denoiser(config: HealingTrainConfig, workdir: str | Path,
 def load_denoiser(workdir: str | Path, use_ema: bool = True):
   """(model, params, config) of a `train_denoiser` run (no optimizer built)."""
   workdir = Path(workdir)
-  path = workdir / 'config.json'
-  if not path.is_file():
-    raise FileNotFoundError(f'{workdir}: no config.json; is this a denoiser run '
-                            '(--workdir of train_denoiser.py)?')
-  config = HealingTrainConfig.from_dict(json.loads(path.read_text()))
+  config = checkpoints.read_config(workdir, HealingTrainConfig.from_dict,
+                                  'a denoiser run (--workdir of train_denoiser.py)')
   model = _model(config)
   example = batch_lib.to_device(batch_lib.batch_from_atoms([defects.supercell(
       config.element, config.structure, config.lattice_constant, 1)]))

@@ -15,6 +15,7 @@ from jaxcrystal.data import datasets
 from jaxcrystal.evaluation import descriptors
 from jaxcrystal.generative import generate
 from jaxcrystal.data import io as io_lib
+from jaxcrystal.data import outputs
 from jaxcrystal.plotting import plots
 from jaxcrystal.plotting import process_views
 from jaxcrystal.plotting import structure_plots
@@ -44,10 +45,13 @@ def prototype_check(atoms: ase.Atoms, min_distance: float = 0.7) -> tuple[bool, 
 
 def run_quickstart(config: train.TrainConfig, workdir: str | Path,
                    samples_per_structure: int = 5, resume: bool = False,
-                   seed: int = 0, step_lr: float = 1e-5, log=print) -> dict:
-  """Train, sample `samples_per_structure` x 21 crystals, validate and plot."""
+                   seed: int = 0, step_lr: float = 1e-5, log=print,
+                   overwrite: bool = False, files: dict | None = None) -> dict:
+  """Train, sample `samples_per_structure` x 21 crystals, validate and plot.
+  The samples and figures go to `workdir/samples`, replaced as a whole."""
   workdir = Path(workdir)
-  train_summary = train.train_and_evaluate(config, workdir, resume=resume, log=log)
+  train_summary = train.train_and_evaluate(config, workdir, resume=resume, log=log,
+                                           overwrite=overwrite, files=files)
   spec, params, _, step = generate.load_run(workdir, which='latest')
   structures = datasets.builtin_structures()
   compositions = [s.numbers for s in structures] * samples_per_structure
@@ -59,21 +63,21 @@ def run_quickstart(config: train.TrainConfig, workdir: str | Path,
   for s, (ok, why) in zip(samples, checks):
     s.info['prototype_ok'] = ok
     s.info['check'] = why or 'ok'
-  summary = generate.write_samples(workdir / 'samples', samples, {
-      'checkpoint_step': step,
-      'prototype_match_fraction': float(np.mean(passed)),
-      'sampling_compile_s': timing['compile_s'],
-      'sampling_s': timing['sample_s'],
-      'train': train_summary,
-  })
-  _plots(workdir, structures, samples, summary)
-  _process_plots(workdir, spec, params, structures, seed, step_lr)
+  with outputs.output_folder(workdir / 'samples', overwrite=True) as out:
+    summary = generate.write_samples(out, samples, {
+        'checkpoint_step': step,
+        'prototype_match_fraction': float(np.mean(passed)),
+        'sampling_compile_s': timing['compile_s'],
+        'sampling_s': timing['sample_s'],
+        'train': train_summary,
+    })
+    _plots(out, structures, samples, summary)
+    _process_plots(out, spec, params, structures, seed, step_lr)
   return summary
 
 
-def _process_plots(workdir: Path, spec, params, structures, seed, step_lr) -> None:
+def _process_plots(out: Path, spec, params, structures, seed, step_lr) -> None:
   """Schedule analysis, forward process and one sampling trajectory."""
-  out = workdir / 'samples'
   structure_plots.plot_schedule(
       spec.processes['lattice'].schedule.betas,
       spec.processes['lattice'].schedule.alpha_bars,
@@ -91,7 +95,7 @@ def _process_plots(workdir: Path, spec, params, structures, seed, step_lr) -> No
       title=f'Reverse process: sampling {diamond.get_chemical_formula()}')
 
 
-def _plots(workdir: Path, real, samples, summary) -> None:
+def _plots(out: Path, real, samples, summary) -> None:
   curves = {}
   for symbol in ELEMENT_COORDINATION:
     gen = [s for s in samples if s.get_chemical_symbols()[0] == symbol and
@@ -101,16 +105,16 @@ def _plots(workdir: Path, real, samples, summary) -> None:
     curves[f'{symbol} training'] = g
     if gen:  # passing samples have sensible cells
       curves[f'{symbol} generated ({len(gen)})'] = descriptors.mean_rdf(gen)[1]
-  plots.plot_rdf(r, curves, workdir / 'samples' / 'rdf_real_vs_generated.png',
+  plots.plot_rdf(r, curves, out / 'rdf_real_vs_generated.png',
                  title='RDF: training vs generated (passing samples)')
-  with np.load(workdir / 'samples' / 'samples.npz') as npz:  # from write_samples
+  with np.load(out / 'samples.npz') as npz:  # from write_samples
     arrays = dict(npz)
   plots.plot_histograms(
       {'density (g/cm^3)': arrays['density'], 'min distance (A)': arrays['min_distance'],
        'mean coordination': arrays['mean_coordination']},
-      workdir / 'samples' / 'batch_histograms.png', title='Generated structures')
+      out / 'batch_histograms.png', title='Generated structures')
   structure_plots.plot_batch_analysis(
-      arrays, samples, workdir / 'samples' / 'batch_analysis.png',
+      arrays, samples, out / 'batch_analysis.png',
       title='Quickstart samples')
   shown = {'prototype match': summary['prototype_match_fraction'],
            'valid (min dist 0.5 A)': summary['valid_fraction'],
@@ -123,8 +127,8 @@ def _plots(workdir: Path, real, samples, summary) -> None:
                            ref.get_chemical_symbols()[0]), pool[0])
                      for ref in shown_real]
   structure_plots.plot_real_vs_generated(
-      shown_real, shown_generated, r, curves, shown, workdir / 'samples' / 'real_vs_generated.png',
+      shown_real, shown_generated, r, curves, shown, out / 'real_vs_generated.png',
       title='Built-in crystals against quickstart samples')
   passing = [s for s in samples if s.info.get('prototype_ok')]
   if passing:
-    io_lib.write_extxyz(workdir / 'samples' / 'passing.extxyz', passing)
+    io_lib.write_extxyz(out / 'passing.extxyz', passing)

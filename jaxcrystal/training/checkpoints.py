@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxcrystal import errors
+
 from jaxcrystal.data import io as io_lib
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(errors.UserError, ValueError):
   """A checkpoint does not fit the model its run's config describes."""
 
 
@@ -58,6 +60,23 @@ class CheckpointManager:
     return restore(self.periodic, self.periodic.latest_step(), like)
 
 
+def read_config(workdir: str | Path, from_dict: Callable[[dict], Any],
+                what: str) -> Any:
+  """`from_dict` of a run's `config.json`; `NotARunError` naming `what` the
+  folder should be (e.g. 'a train_denoiser.py workdir') when it is missing,
+  damaged or another kind of run's."""
+  path = Path(workdir) / 'config.json'
+  if not path.is_file():
+    raise errors.NotARunError(f'{workdir}: no config.json; expected {what}')
+  try:
+    return from_dict(json.loads(path.read_text()))
+  except json.JSONDecodeError as err:
+    raise errors.NotARunError(f'{path}: damaged ({err})') from None
+  except (TypeError, KeyError, ValueError) as err:
+    raise errors.NotARunError(f'{workdir}: its config.json is not that of '
+                              f'{what} ({type(err).__name__}: {err})') from None
+
+
 def restore(manager: ocp.CheckpointManager, step: int, like) -> tuple[Any, dict]:
   """Restore the state saved at `step` into the structure of `like`."""
   abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
@@ -79,7 +98,7 @@ def restore_params(workdir: str | Path, which: str = 'best', use_ema: bool = Tru
   """
   workdir = Path(workdir)
   if not workdir.is_dir():
-    raise FileNotFoundError(f'{workdir}: no such run directory')
+    raise errors.NotARunError(f'{workdir}: no such run directory')
   step, manager = None, None
   if which == 'best':
     manager = _manager(workdir / 'best', 1)
@@ -88,7 +107,7 @@ def restore_params(workdir: str | Path, which: str = 'best', use_ema: bool = Tru
     manager = _manager(workdir / 'checkpoints', 1000)
     step = manager.latest_step()
   if step is None:
-    raise FileNotFoundError(f'{workdir}: no checkpoints found')
+    raise errors.NotARunError(f'{workdir}: no checkpoints found')
   out = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore()))
   params = out['state']['ema_params' if use_ema else 'params']
@@ -110,15 +129,31 @@ def restore_params(workdir: str | Path, which: str = 'best', use_ema: bool = Tru
   return params, int(step)
 
 
-def read_metrics(path: str | Path) -> list[dict]:
+def read_metrics(path: str | Path, log: Callable = print) -> list[dict]:
+  """The records of a `metrics.jsonl`. A partial last line (a run killed
+  while writing it) is dropped with a message through `log`; a damaged line
+  elsewhere raises `errors.UserError` naming it."""
   path = Path(path)
   if not path.is_file():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  lines = [(k, line) for k, line in enumerate(path.read_text().splitlines(), 1)
+           if line.strip()]
+  records = []
+  for k, line in lines:
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      if k == lines[-1][0]:
+        log(f'{path}: dropped the partial last line {k} (a run killed while '
+            'writing it)')
+        break
+      raise errors.UserError(f'{path}, line {k}: not JSON; the metrics log is '
+                             'damaged') from None
+  return records
 
 
-def truncate_metrics(path: str | Path, step: int) -> None:
+def truncate_metrics(path: str | Path, step: int, log: Callable = print) -> None:
   """Drop metric records after `step` (written after the checkpoint a resumed
   run restarts from), so the log reads as one uninterrupted run."""
-  records = [r for r in read_metrics(path) if r.get('step', 0) <= step]
-  io_lib.write_text_atomic(path, ''.join(json.dumps(r) + '\n' for r in records))
+  records = [r for r in read_metrics(path, log) if r.get('step', 0) <= step]
+  io_lib.write_text_atomic(path, ''.join(io_lib.json_line(r)[0] for r in records))

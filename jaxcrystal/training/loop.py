@@ -2,16 +2,18 @@
 denoiser and graph diffusion all run through `run`).
 
 It owns what every run needs: refusing to overwrite a trained run unless
-asked to resume, exact resume from the latest orbax checkpoint (the batch of
-step s is a pure function of s), `config.json`, `metrics.jsonl`, a progress
-bar, evaluation of the EMA parameters with a best-by-validation checkpoint,
-periodic checkpoints, a check after every step that no graph lost edges,
-the training curve and `train_summary.json`.
+asked to resume (or to overwrite), exact resume from the latest orbax
+checkpoint (the batch of step s is a pure function of s) with the stored
+configuration checked against the new one, `config.json`, strict-JSON
+`metrics.jsonl`, a progress bar, evaluation of the EMA parameters with a best-by-validation checkpoint,
+periodic checkpoints, a check after every step that no graph lost edges and
+that the parameters stayed finite, the training curve and `train_summary.json`.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -20,6 +22,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxcrystal import errors
 from jaxcrystal.data import io as io_lib
 from jaxcrystal.geometry import neighbors
 from jaxcrystal.plotting import plots
@@ -41,6 +44,11 @@ class LoopConfig:
   progress: bool = True
   desc: str = 'train'
   curve_keys: tuple[str, ...] = ('loss', 'lattice', 'coords', 'types')
+  # Config fields (the last part of a dotted key) that a resumed run may
+  # change; every other difference from the stored config.json is refused.
+  may_change_on_resume: tuple[str, ...] = (
+      'train_steps', 'progress', 'cache_dir', 'keep_checkpoints', 'eval_every',
+      'checkpoint_every', 'log_every')
 
 
 def replayed_draws(seed, draw: Callable) -> Callable[[int], object]:
@@ -66,15 +74,63 @@ def _due(done: int, every: int, last: int) -> bool:
 
 
 def _settle(pending) -> None:
-  """Raise if the (step, overflow counts) of a finished step lost edges."""
-  if pending is not None and pending[1] is not None:
-    neighbors.check_overflow(pending[1], f'training step {pending[0]}')
+  """Raise if the finished step (step, overflow counts, update finite) lost
+  graph edges or would have made the parameters non-finite."""
+  if pending is None:
+    return
+  step, overflow, update_finite = pending
+  if overflow is not None:
+    neighbors.check_overflow(overflow, f'training step {step}')
+  if update_finite is not None and not bool(update_finite):
+    raise errors.NonFiniteUpdateError(
+        f'training step {step}: the update would make the parameters NaN or '
+        'infinite (learning rate too high, or bad data?); stopped with the '
+        'parameters of the step before, the last checkpoint is intact')
+
+
+def _flatten(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for key, value in d.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def config_changes(workdir: Path, config_dict: dict,
+                   may_change: tuple[str, ...]) -> dict[str, tuple]:
+  """Compare `config_dict` with the run's stored `config.json`.
+
+  Returns {dotted key: (stored, new)} of the accepted changes. Raises
+  `ConfigChangedError` listing every other differing field in one line.
+  """
+  path = workdir / 'config.json'
+  if not path.is_file():
+    return {}
+  try:
+    stored = _flatten(json.loads(path.read_text()))
+  except json.JSONDecodeError as err:
+    raise errors.ConfigChangedError(f'{path} is damaged ({err}); cannot check '
+                                    'that --resume continues the same run') from None
+  new = _flatten(json.loads(json.dumps(io_lib.strict_json(config_dict)[0])))
+  missing = '<absent>'
+  diff = {k: (stored.get(k, missing), new.get(k, missing))
+          for k in sorted(set(stored) | set(new)) if stored.get(k) != new.get(k)}
+  refused = {k: v for k, v in diff.items() if k.split('.')[-1] not in may_change}
+  if refused:
+    listed = '; '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in refused.items())
+    raise errors.ConfigChangedError(
+        f'{workdir}: --resume would change the results ({listed}); resume with '
+        f'the stored values (see {path}) or start a new --workdir')
+  return diff
 
 
 def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
         train_step: Callable, batch_for_step: Callable[[int], object], *,
         evaluate: Callable[[object, int], dict] | None = None,
         config_dict: dict | None = None, resume: bool = False,
+        overwrite: bool = False, files: dict[str, str] | None = None,
         replicate: Callable = lambda s: s, log: Callable = print
         ) -> tuple[state_lib.TrainState, dict]:
   """Train `state` with the jitted `train_step(state, batch)` in `workdir`.
@@ -85,48 +141,71 @@ def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
     batch_for_step: step (0-based) -> the placed batch of that step.
     evaluate: `(ema_params, step) -> {name: mean}` with 'loss'; a lower loss
       saves the best checkpoint.
-    config_dict: written to `config.json`.
+    config_dict: written to `config.json`; on resume compared with the
+      stored one (only `loop.may_change_on_resume` fields may differ; the
+      changes are appended to `resume_log.jsonl`).
     resume: continue from the latest checkpoint; without it a workdir that
       holds checkpoints is refused.
+    overwrite: delete the workdir's contents and start afresh.
+    files: {name: text} written into the workdir once the configuration is
+      accepted (e.g. the flags used).
     replicate: places a (restored) state on the devices.
   Returns:
     (final state, summary), the summary also in `train_summary.json`.
   Raises:
     neighbors.GraphOverflowError: a step's graph lost edges (the error names
       the step; the step's update is never checkpointed).
+    errors.NonFiniteUpdateError: a step's update would have made the
+      parameters or optimizer state non-finite.
+    errors.ConfigChangedError: `resume` with a configuration that changes
+      the results.
+    errors.OutputExistsError: a workdir holding a run, without `resume` or
+      `overwrite`.
   """
   workdir = Path(workdir)
+  if overwrite and not resume and workdir.is_dir():
+    shutil.rmtree(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   manager = checkpoints.CheckpointManager(workdir, loop.keep_checkpoints)
   metrics_path = workdir / 'metrics.jsonl'
   best_val = float('inf')
   if resume and manager.latest_step() is not None:
+    changes = ({} if config_dict is None else
+               config_changes(workdir, config_dict, loop.may_change_on_resume))
     state, extra = manager.restore_latest(state)
     state = replicate(state)
     best_val = extra.get('best_val', best_val)
     log(f'resumed from step {int(state.step)} in {workdir}')
-    checkpoints.truncate_metrics(metrics_path, int(state.step))
+    if changes:
+      log('changed on resume: ' + '; '.join(f'{k}: {a!r} -> {b!r}'
+                                            for k, (a, b) in changes.items()))
+      with open(workdir / 'resume_log.jsonl', 'a') as f:
+        f.write(io_lib.json_line(dict(step=int(state.step), changes=changes))[0])
+    checkpoints.truncate_metrics(metrics_path, int(state.step), log)
   elif manager.latest_step() is not None:
-    raise FileExistsError(
-        f'{workdir} already holds checkpoints; pass --resume to continue or '
-        'choose another --workdir')
+    raise errors.OutputExistsError(
+        f'{workdir} already holds checkpoints; pass --resume to continue, '
+        '--overwrite to start afresh, or choose another --workdir')
   else:
     metrics_path.unlink(missing_ok=True)
   if config_dict is not None:
     io_lib.write_json_atomic(workdir / 'config.json', config_dict)
+  for name, text in (files or {}).items():
+    io_lib.write_text_atomic(workdir / name, text)
 
   start, total = int(state.step), loop.train_steps
   bar = tqdm(total=total, initial=start, disable=not loop.progress,
              desc=loop.desc, dynamic_ncols=True)
   t0 = t_last = time.perf_counter()
-  s_last, last, pending = start, {}, None
+  s_last, last, pending, non_finite_logged = start, {}, None, 0
   with open(metrics_path, 'a') as mf:
     for step in range(start, total):
       state, metrics = train_step(state, batch_for_step(step))
       done = step + 1
       # Check the previous step while this one runs (no stall of the device).
       _settle(pending)
-      pending = (done, metrics.pop('overflow', None))
+      pending = (done, metrics.pop('overflow', None),
+                 metrics.pop('update_finite', None))
       if _due(done, loop.log_every, total):
         metrics = jax.device_get(metrics)
         now = time.perf_counter()
@@ -135,12 +214,16 @@ def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
         last = {k: float(v) for k, v in metrics.items()}
         record = dict(step=done, split='train', steps_per_s=rate,
                       skipped=int(state.skipped), **last)
-        mf.write(json.dumps(record) + '\n')
+        line, count = io_lib.json_line(record)
+        non_finite_logged += count
+        mf.write(line)
         mf.flush()
         bar.set_postfix(loss=f"{last['loss']:.4f}", it_s=f'{rate:.1f}')
       if evaluate is not None and _due(done, loop.eval_every, total):
         val = evaluate(state.ema_params, done)
-        mf.write(json.dumps(dict(step=done, split='val', **val)) + '\n')
+        line, count = io_lib.json_line(dict(step=done, split='val', **val))
+        non_finite_logged += count
+        mf.write(line)
         mf.flush()
         if val['loss'] < best_val:
           best_val = val['loss']
@@ -152,11 +235,14 @@ def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
   bar.close()
   _settle(pending)
   manager.wait()
-  plots.plot_training_curve(checkpoints.read_metrics(metrics_path),
+  plots.plot_training_curve(checkpoints.read_metrics(metrics_path, log),
                             workdir / 'training_curve.png', keys=loop.curve_keys)
   summary = dict(final_step=int(state.step), skipped_steps=int(state.skipped),
                  best_val_loss=best_val if np.isfinite(best_val) else None,
                  last_train=last, train_seconds=time.perf_counter() - t0,
-                 workdir=str(workdir))
-  io_lib.write_json_atomic(workdir / 'train_summary.json', summary)
+                 workdir=str(workdir), non_finite_values_logged=non_finite_logged)
+  nulls = io_lib.write_json_atomic(workdir / 'train_summary.json', summary)
+  if non_finite_logged or nulls:
+    log(f'{non_finite_logged + nulls} NaN or infinite values were written as '
+        'null in metrics.jsonl and train_summary.json')
   return state, summary

@@ -82,8 +82,9 @@ def initial_state(params, optimizer: optax.GradientTransformation,
 
 
 def _all_finite(tree) -> jax.Array:
-  leaves = jax.tree_util.tree_leaves(tree)
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+  """True if every leaf is finite (an empty tree is)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
@@ -92,8 +93,11 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
 
   `loss_fn(rng, params, batch) -> (loss, aux)`. A non-finite loss or
   gradient leaves params, EMA and optimizer state untouched (selected with
-  `where`, no Python branching) and counts a skip. metrics = aux plus
-  `grad_norm` and `finite`.
+  `where`, no Python branching) and counts a skip. An update that would make
+  the parameters or optimizer state non-finite from finite gradients (a
+  learning rate of inf, an overflowing optimizer) is not applied either, and
+  `update_finite` is False: the training loop stops there, naming the step.
+  metrics = aux plus `grad_norm`, `finite` and `update_finite`.
   """
   def train_step(state: TrainState, batch):
     rng, step_rng = jax.random.split(state.rng)
@@ -104,14 +108,17 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
     updates, opt_state = optimizer.update(safe_grads, state.opt_state,
                                           state.params, value=loss)
     params = optax.apply_updates(state.params, updates)
+    update_finite = _all_finite(params) & _all_finite(opt_state)
+    apply = ok & update_finite
     keep = lambda new, old: jax.tree_util.tree_map(
-        lambda a, b: jnp.where(ok, a, b), new, old)
+        lambda a, b: jnp.where(apply, a, b), new, old)
     params = keep(params, state.params)
     opt_state = keep(opt_state, state.opt_state)
     ema = jax.tree_util.tree_map(
-        lambda e, p: jnp.where(ok, ema_decay * e + (1.0 - ema_decay) * p, e),
+        lambda e, p: jnp.where(apply, ema_decay * e + (1.0 - ema_decay) * p, e),
         state.ema_params, params)
-    metrics = dict(aux, grad_norm=optax.tree.norm(grads), finite=ok)
+    metrics = dict(aux, grad_norm=optax.tree.norm(grads), finite=ok,
+                   update_finite=update_finite | ~ok)
     return TrainState(step=state.step + 1, params=params, ema_params=ema,
                       opt_state=opt_state, rng=rng,
                       skipped=state.skipped + (~ok).astype(jnp.int32)), metrics

@@ -1,0 +1,97 @@
+"""How every experiment script starts and ends: `cli.run(main)`.
+
+User errors end with one line on stderr, `error: ...`, and exit code 2; a
+traceback means a bug. User errors are: a flag that fails its validator or
+does not parse, any float flag that is NaN or infinite (checked for every
+script, at parse time), stray arguments, and any `errors.UserError` (or
+`absl.app.UsageError`) raised by `main`. The validators below are what
+scripts register; they read no flags themselves.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from typing import Callable
+
+from absl import app
+from absl import flags
+
+from jaxcrystal import errors
+
+EXIT_USER_ERROR = 2
+
+
+def fail(message: str) -> None:
+  """Print `error: message` as one line on stderr and exit with code 2."""
+  text = ' '.join(str(message).split())
+  print(f'error: {text}', file=sys.stderr, flush=True)
+  sys.exit(EXIT_USER_ERROR)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  try:
+    rest = flags.FLAGS(argv)
+  except flags.Error as err:
+    fail(str(err))
+  for name in flags.FLAGS:
+    value = flags.FLAGS[name].value
+    if isinstance(value, float) and not math.isfinite(value):
+      fail(f'flag --{name}={value}: must be a finite number')
+  if len(rest) > 1:
+    fail(f'unexpected arguments: {" ".join(rest[1:])} (flags are --name=value)')
+  return rest
+
+
+def run(main: Callable[[list[str]], object]) -> None:
+  """`absl.app.run(main)` with one-line user errors (see the module doc)."""
+  def guarded(argv):
+    try:
+      return main(argv)
+    except (errors.UserError, app.UsageError) as err:
+      fail(str(err))
+  app.run(guarded, flags_parser=_parse_flags)
+
+
+# ----------------------------------------------------------------------------
+# Validators for scripts to register
+
+
+def at_least(minimum: int, *names: str) -> None:
+  """Each flag must be >= `minimum`."""
+  for name in names:
+    flags.register_validator(name, lambda v, m=minimum: v is None or v >= m,
+                             message=f'--{name} must be >= {minimum}')
+
+
+def positive(*names: str) -> None:
+  """Each float flag must be > 0."""
+  for name in names:
+    flags.register_validator(name, lambda v: v is None or v > 0,
+                             message=f'--{name} must be > 0')
+
+
+def existing_file(*names: str, optional: bool = False) -> None:
+  for name in names:
+    flags.register_validator(
+        name, lambda v: (optional and not v) or v is None or os.path.isfile(v),
+        message=f'--{name} must be an existing file')
+
+
+def existing_dir(name: str, what: str) -> None:
+  flags.register_validator(name, lambda v: v is None or os.path.isdir(v),
+                           message=f'--{name} must be {what}')
+
+
+def formula(name: str) -> None:
+  """A chemical formula whose elements the models know (empty allowed)."""
+  from jaxcrystal.data import readers
+
+  def check(value):
+    if value:
+      try:
+        readers.parse_formula(value)
+      except ValueError as err:
+        raise flags.ValidationError(f'--{name}: {err}') from None
+    return True
+  flags.register_validator(name, check)
