@@ -358,10 +358,10 @@ def test_sampling_killed_mid_write_leaves_a_folder_readers_refuse(tmp_path):
 # Training: resume checks, damaged logs, non-finite updates, strict JSON
 
 
-def _quadratic_run(workdir, lr, steps=6, resume=False, config=None):
-  """A one-parameter model trained by the real loop (fast: no network)."""
+def _quadratic_run(workdir, lr, steps=6, resume=False, config=None, size=3):
+  """A `size`-parameter model trained by the real loop (fast: no network)."""
   optimizer = optax.sgd(lr)
-  params = {'w': jnp.ones(3)}
+  params = {'w': jnp.ones(size)}
   state = state_lib.initial_state(params, optimizer, jax.random.PRNGKey(0))
 
   def loss_with_aux(rng, p, batch):
@@ -371,10 +371,26 @@ def _quadratic_run(workdir, lr, steps=6, resume=False, config=None):
   loop = loop_lib.LoopConfig(train_steps=steps, log_every=1, checkpoint_every=2,
                              progress=False, curve_keys=('loss',))
   messages = []
-  _, summary = loop_lib.run(workdir, loop, state, step, lambda k: jnp.full(3, 2.0),
+  _, summary = loop_lib.run(workdir, loop, state, step, lambda k: jnp.full(size, 2.0),
                             config_dict=config or {'lr': lr, 'train_steps': steps},
                             resume=resume, log=messages.append)
   return summary, messages
+
+
+def test_train_step_does_not_apply_a_non_finite_update():
+  optimizer = optax.sgd(float('inf'))
+  state = state_lib.initial_state({'w': jnp.ones(3)}, optimizer, jax.random.PRNGKey(0))
+  loss_fn = lambda rng, p, batch: (jnp.sum((p['w'] - batch) ** 2), {})
+  new, metrics = state_lib.make_train_step(loss_fn, optimizer, 0.9)(
+      state, jnp.full(3, 2.0))
+  assert bool(metrics['finite']) and not bool(metrics['update_finite'])
+  np.testing.assert_array_equal(new.params['w'], np.ones(3))
+  np.testing.assert_array_equal(new.ema_params['w'], np.ones(3))
+  ok, metrics = state_lib.make_train_step(loss_fn, optax.sgd(0.1), 0.9)(
+      state_lib.initial_state({'w': jnp.ones(3)}, optax.sgd(0.1),
+                              jax.random.PRNGKey(0)), jnp.full(3, 2.0))
+  assert bool(metrics['update_finite'])
+  np.testing.assert_allclose(ok.params['w'], 1.2)  # w - 0.1 * 2 (w - 2)
 
 
 def test_non_finite_update_stops_the_run_naming_the_step(tmp_path):
@@ -402,6 +418,18 @@ def test_resume_refuses_changes_that_alter_results_and_records_others(tmp_path):
   assert 'changed on resume: train_steps: 4 -> 6' in messages
   log = [json.loads(line) for line in (workdir / 'resume_log.jsonl').read_text().splitlines()]
   assert log == [{'step': 4, 'changes': {'train_steps': [4, 6]}}]
+
+
+def test_resume_into_a_different_model_is_one_clear_error(tmp_path):
+  """Without a config.json to compare (an old run), orbax's mismatch is
+  still reported in one line, not hundreds."""
+  workdir = tmp_path / 'run'
+  _quadratic_run(workdir, lr=0.1, steps=4)
+  (workdir / 'config.json').unlink()
+  with pytest.raises(checkpoints.CheckpointMismatchError,
+                     match=r'the latest checkpoint does not fit') as err:
+    _quadratic_run(workdir, lr=0.1, steps=6, resume=True, size=5)
+  assert '\n' not in str(err.value)
 
 
 def test_partial_metrics_line_is_dropped_with_a_warning(tmp_path):

@@ -74,16 +74,35 @@ def _due(done: int, every: int, last: int) -> bool:
 
 
 def _settle(pending) -> None:
-  """Raise if the finished step (step, overflow counts, update finite) lost
-  graph edges or would have made the parameters non-finite."""
-  if pending is None:
-    return
-  step, overflow, update_finite = pending
-  if overflow is not None:
-    neighbors.check_overflow(overflow, f'training step {step}')
-  if update_finite is not None and not bool(update_finite):
+  """Raise if the (step, overflow counts) of a finished step lost edges."""
+  if pending is not None and pending[1] is not None:
+    neighbors.check_overflow(pending[1], f'training step {pending[0]}')
+
+
+_state_is_finite = jax.jit(state_lib.all_finite)
+
+
+def _check_state(state, step: int) -> None:
+  """Refuse to checkpoint a state with a NaN or infinity anywhere."""
+  if not bool(_state_is_finite(state)):
     raise errors.NonFiniteUpdateError(
-        f'training step {step}: the update would make the parameters NaN or '
+        f'training step {step}: the parameters or optimizer state hold NaN or '
+        'infinite values; not checkpointed, the last checkpoint is intact')
+
+
+def _check_updates(unchecked: list) -> None:
+  """Raise naming the first of the (step, update_finite) flags that is
+  False, then forget them. Read in one transfer at log, evaluation and
+  checkpoint steps, not every step: a rejected update leaves the parameters
+  as they were, so the steps in between change nothing."""
+  if not unchecked:
+    return
+  flags = jax.device_get([flag for _, flag in unchecked])
+  bad = [step for (step, _), ok in zip(unchecked, flags) if not bool(ok)]
+  unchecked.clear()
+  if bad:
+    raise errors.NonFiniteUpdateError(
+        f'training step {bad[0]}: the update would make the parameters NaN or '
         'infinite (learning rate too high, or bad data?); stopped with the '
         'parameters of the step before, the last checkpoint is intact')
 
@@ -172,7 +191,13 @@ def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
   if resume and manager.latest_step() is not None:
     changes = ({} if config_dict is None else
                config_changes(workdir, config_dict, loop.may_change_on_resume))
-    state, extra = manager.restore_latest(state)
+    try:
+      state, extra = manager.restore_latest(state)
+    except (ValueError, KeyError, TypeError) as err:  # orbax: tree or shape mismatch
+      first = str(err).strip().splitlines()[0] if str(err).strip() else ''
+      raise checkpoints.CheckpointMismatchError(
+          f'{workdir}: the latest checkpoint does not fit this run\'s model or '
+          f'optimizer ({type(err).__name__}: {first[:200]})') from None
     state = replicate(state)
     best_val = extra.get('best_val', best_val)
     log(f'resumed from step {int(state.step)} in {workdir}')
@@ -198,15 +223,18 @@ def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
              desc=loop.desc, dynamic_ncols=True)
   t0 = t_last = time.perf_counter()
   s_last, last, pending, non_finite_logged = start, {}, None, 0
+  unchecked_updates = []
   with open(metrics_path, 'a') as mf:
     for step in range(start, total):
       state, metrics = train_step(state, batch_for_step(step))
       done = step + 1
       # Check the previous step while this one runs (no stall of the device).
       _settle(pending)
-      pending = (done, metrics.pop('overflow', None),
-                 metrics.pop('update_finite', None))
+      pending = (done, metrics.pop('overflow', None))
+      if 'update_finite' in metrics:
+        unchecked_updates.append((done, metrics.pop('update_finite')))
       if _due(done, loop.log_every, total):
+        _check_updates(unchecked_updates)
         metrics = jax.device_get(metrics)
         now = time.perf_counter()
         rate = (done - s_last) / max(now - t_last, 1e-9)
@@ -220,6 +248,7 @@ def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
         mf.flush()
         bar.set_postfix(loss=f"{last['loss']:.4f}", it_s=f'{rate:.1f}')
       if evaluate is not None and _due(done, loop.eval_every, total):
+        _check_updates(unchecked_updates)
         val = evaluate(state.ema_params, done)
         line, count = io_lib.json_line(dict(step=done, split='val', **val))
         non_finite_logged += count
@@ -227,13 +256,17 @@ def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
         mf.flush()
         if val['loss'] < best_val:
           best_val = val['loss']
+          _check_state(state, done)
           manager.save_best(done, state, {'best_val': best_val})
       if _due(done, loop.checkpoint_every, total):
         _settle(pending)  # never checkpoint an update made on a lossy graph
+        _check_updates(unchecked_updates)
+        _check_state(state, done)
         manager.save(done, state, {'best_val': best_val})
       bar.update(1)
   bar.close()
   _settle(pending)
+  _check_updates(unchecked_updates)
   manager.wait()
   plots.plot_training_curve(checkpoints.read_metrics(metrics_path, log),
                             workdir / 'training_curve.png', keys=loop.curve_keys)
