@@ -15,9 +15,7 @@ from jaxcrystal.recipes import quickstart
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('samples_per_structure', 5,
                      'Samples per built-in composition (21 compositions).')
-flags.DEFINE_float('step_lr', 1e-5, 'Langevin corrector step scale.')
 cli.at_least(1, 'samples_per_structure')
-cli.at_least(0, 'step_lr')
 
 
 def main(argv):
@@ -25,7 +23,7 @@ def main(argv):
   config = train_flags.config_from_flags()
   summary = quickstart.run_quickstart(
       config, FLAGS.workdir, FLAGS.samples_per_structure, resume=FLAGS.resume,
-      seed=FLAGS.seed, step_lr=FLAGS.step_lr, overwrite=FLAGS.overwrite,
+      seed=FLAGS.seed, overwrite=FLAGS.overwrite,
       files=train_flags.flags_file())
   shown = {k: v for k, v in summary.items() if k != 'train'}
   print(json.dumps(shown, indent=2))

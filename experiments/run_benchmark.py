@@ -13,6 +13,8 @@ the files named by flags are read. Writes samples/ and the metrics report.
 
 --num_targets=N evaluates a seeded random subset of N test rows (the CSP
 compositions, or the DNG reference) for CPU-budget runs; the report says so.
+The sampler (--sampler, --num_steps, --step_lr, ...) defaults to the one
+stored with the run; the report records what ran and its network calls.
 --nounique_novel leaves out uniqueness and novelty (quadratic StructureMatcher
 work on a one-element set such as Carbon-24).
 """
@@ -23,6 +25,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+import sampler_flags
 from jaxcrystal import cli
 from jaxcrystal.evaluation import evaluate as evaluation
 from jaxcrystal.generative import generate
@@ -38,7 +41,6 @@ flags.DEFINE_enum('which', 'best', ['best', 'latest'], 'Which checkpoint.')
 flags.DEFINE_string('test_csv', None, 'Test (or val) CSV to evaluate against.')
 flags.DEFINE_integer('num_samples', 1, 'CSP: samples per composition; DNG: total.')
 flags.DEFINE_integer('batch_size', 512, 'Structures per sampling batch.')
-flags.DEFINE_float('step_lr', 1e-5, 'Langevin corrector step scale.')
 flags.DEFINE_integer('seed', 0, 'Sampling seed (also picks --num_targets rows).')
 flags.DEFINE_integer('num_targets', 0, 'Evaluate a random subset of this many '
                      'test rows (0: all).')
@@ -53,7 +55,7 @@ flags.mark_flags_as_required(['task', 'dataset', 'checkpoint', 'test_csv', 'out'
 cli.existing_dir('checkpoint', 'a training workdir')
 cli.existing_file('test_csv')
 cli.at_least(1, 'num_samples', 'batch_size', 'workers')
-cli.at_least(0, 'num_targets', 'step_lr')
+cli.at_least(0, 'num_targets')
 
 
 def main(argv):
@@ -61,7 +63,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   outputs.check_writable(FLAGS.out, FLAGS.overwrite)
   spec, params, config, step = generate.load_run(FLAGS.checkpoint, FLAGS.which)
-  if config.model.task != FLAGS.task:
+  if ('dng' if spec.task.generates_types else 'csp') != FLAGS.task:
     raise app.UsageError(f'--checkpoint is a {config.model.task} model, not {FLAGS.task}')
   test_all, report = readers.read_structures(
       FLAGS.test_csv, skip_bad=FLAGS.skip_bad, progress=FLAGS.progress)
@@ -80,7 +82,7 @@ def main(argv):
   start = time.perf_counter()
   samples, timing = generate.sample_structures(
       spec, params, compositions, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
-      step_lr=FLAGS.step_lr, progress=FLAGS.progress)
+      sampler=sampler_flags.sampler_config(config.sampling), progress=FLAGS.progress)
   sample_wall = time.perf_counter() - start
   generate.set_source_rows(samples, rows)
   if FLAGS.task == 'csp':
@@ -96,6 +98,8 @@ def main(argv):
                 test_csv=FLAGS.test_csv, test_rows_in_file=len(test_all),
                 test_rows_evaluated=len(test), target_seed=FLAGS.seed,
                 rows_skipped=len(report.skipped), sampling_seconds=sample_wall,
+                sampler=timing['sampler'],
+                network_calls_per_structure=timing['network_calls_per_structure'],
                 num_generated=len(samples))
   with outputs.output_folder(FLAGS.out, FLAGS.overwrite) as out:
     generate.write_samples(out / 'samples', samples, dict(

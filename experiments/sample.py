@@ -3,6 +3,10 @@
   python experiments/sample.py --checkpoint runs/quickstart --formula Al4 --num_samples 500 --out runs/samples
   python experiments/sample.py --checkpoint RUN --compositions_from FILE --samples_per_composition 20 --out DIR
   python experiments/sample.py --checkpoint RUN_DNG --num_samples 1000 --out DIR   (de novo)
+  python experiments/sample.py --checkpoint RUN --sampler ddim --num_steps 50 ...   (fewer calls)
+
+The sampler (--sampler, --num_steps, --step_lr, ...) defaults to the settings
+stored with the run; summary.json records what ran and its network calls.
 
 --out must be new or empty (or give --overwrite); it appears only when every
 file is written. Samples made for --compositions_from record the file row
@@ -11,6 +15,7 @@ they belong to (`source_row`), which evaluate.py pairs by.
 from absl import flags
 from absl import logging
 
+import sampler_flags
 from jaxcrystal import cli
 from jaxcrystal.data import outputs
 from jaxcrystal.data import readers
@@ -30,9 +35,6 @@ flags.DEFINE_string('atom_counts_from', '',
                     'De novo: draw atom counts from this file (default: the '
                     "run's training data).")
 flags.DEFINE_integer('batch_size', 256, 'Structures per sampling batch.')
-flags.DEFINE_float('step_lr', 1e-5, 'Langevin corrector step scale.')
-flags.DEFINE_integer('corrector_steps', 1,
-                     'Langevin corrector steps per noise level (0: predictor only).')
 flags.DEFINE_integer('seed', 0, 'Sampling seed.')
 flags.DEFINE_string('out', None, 'Output folder (new or empty).')
 flags.DEFINE_bool('overwrite', False, 'Replace what --out holds.')
@@ -41,7 +43,6 @@ flags.mark_flags_as_required(['checkpoint', 'out'])
 cli.existing_dir('checkpoint', 'a training workdir')
 cli.existing_file('compositions_from', 'atom_counts_from', optional=True)
 cli.at_least(1, 'num_samples', 'samples_per_composition', 'batch_size')
-cli.at_least(0, 'corrector_steps', 'step_lr')
 cli.formula('formula')
 
 
@@ -59,8 +60,7 @@ def main(argv):
     print(report.summary())
   samples, timing = generate.sample_structures(
       spec, params, compositions, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
-      step_lr=FLAGS.step_lr, corrector_steps=FLAGS.corrector_steps,
-      lattices=lattices, progress=FLAGS.progress)
+      sampler=sampler_flags.sampler_config(config.sampling), lattices=lattices, progress=FLAGS.progress)
   generate.set_source_rows(samples, rows)
   with outputs.output_folder(FLAGS.out, FLAGS.overwrite) as out:
     summary = generate.write_samples(out, samples, {

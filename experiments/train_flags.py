@@ -6,8 +6,10 @@ from absl import app
 from absl import flags
 
 from jaxcrystal import cli
+from jaxcrystal import errors
 from jaxcrystal.generative import losses
 from jaxcrystal.generative import model as model_lib
+from jaxcrystal.generative import samplers
 from jaxcrystal.generative import tasks
 from jaxcrystal.generative import train
 from jaxcrystal.training import state as state_lib
@@ -54,6 +56,16 @@ flags.DEFINE_float('ema_decay', 0.999, 'EMA decay of the parameters.')
 flags.DEFINE_float('lattice_weight', 1.0, 'Loss weight of the lattice term.')
 flags.DEFINE_float('coord_weight', 1.0, 'Loss weight of the coordinate term.')
 flags.DEFINE_float('type_weight', 1.0, 'Loss weight of the type term (dng).')
+flags.DEFINE_enum('sampler', '', [''] + sorted(samplers.SAMPLERS),
+                  "Default sampler stored with the run ('': pc for score "
+                  'models, euler for flow models).')
+flags.DEFINE_integer('sample_steps', 0, "Default sampler steps stored with the "
+                     "run (0: the model's --num_steps).")
+flags.DEFINE_float('step_lr', 1e-5, "Default Langevin step scale of 'pc' stored "
+                   'with the run (measured per dataset: see the flag files).')
+flags.DEFINE_integer('corrector_steps', 1, "Default corrector steps of 'pc'.")
+flags.DEFINE_float('anneal_slope', 0.0, 'Default anti-annealing slope of the '
+                   'flow samplers.')
 flags.DEFINE_integer('eval_every', 200, 'Validation loss every N steps.')
 flags.DEFINE_integer('checkpoint_every', 200, 'Checkpoint every N steps.')
 flags.DEFINE_integer('keep_checkpoints', 3, 'Periodic checkpoints kept.')
@@ -76,6 +88,7 @@ flags.mark_flag_as_required('workdir')
 cli.at_least(1, 'hidden', 'num_layers', 'num_freqs', 'time_dim', 'num_steps',
              'batch_size', 'train_steps', 'eval_every', 'checkpoint_every',
              'keep_checkpoints', 'max_atoms', 'num_buckets', 'edge_capacity_per_atom')
+cli.at_least(0, 'step_lr', 'corrector_steps', 'anneal_slope', 'sample_steps')
 cli.at_least(0, 'warmup_steps', 'distance_basis', 'max_image', 'num_processes',
              'process_id')
 cli.positive('lr', 'sigma_begin', 'sigma_end', 'cart_sigma_begin', 'cart_sigma_end',
@@ -120,7 +133,11 @@ def config_from_flags() -> train.TrainConfig:
   weights = losses.LossWeights(FLAGS.lattice_weight, FLAGS.coord_weight,
                                   FLAGS.type_weight)
   config = train.TrainConfig(
-      model=model, optim=optim, loss_weights=weights, train_data=FLAGS.train_data,
+      model=model, optim=optim, loss_weights=weights,
+      sampling=samplers.SamplerConfig(
+          name=FLAGS.sampler, num_steps=FLAGS.sample_steps, step_lr=FLAGS.step_lr,
+          corrector_steps=FLAGS.corrector_steps, anneal_slope=FLAGS.anneal_slope),
+      train_data=FLAGS.train_data,
       val_data=FLAGS.val_data, batch_size=FLAGS.batch_size,
       num_buckets=FLAGS.num_buckets, train_steps=FLAGS.train_steps,
       eval_every=FLAGS.eval_every, checkpoint_every=FLAGS.checkpoint_every,
@@ -132,6 +149,10 @@ def config_from_flags() -> train.TrainConfig:
     config.model.validate()
   except ValueError as err:
     raise app.UsageError(f'model flags: {err}') from None
+  try:
+    config.sampling.resolve(model_lib.build(config.model))
+  except errors.UserError as err:
+    raise app.UsageError(f'sampler flags: {err}') from None
   return config
 
 

@@ -510,6 +510,12 @@ CLI_CASES = {
     'not_a_formula': (['--formula=Xx2'], r"^error: flag --formula=Xx2: --formula: "
                       r"'Xx2' is not a chemical formula"),
     'nan_step': (['--step_lr=nan'], r'^error: flag --step_lr=nan: '),
+    'flow_sampler_on_a_score_run': (['--formula=Al4', '--sampler=heun'],
+                                    r"^error: sampler 'heun' runs flow models; this "
+                                    r"is a score model \(task 'csp'\): use one of "
+                                    r"\['ddim', 'pc'\]$"),
+    'more_steps_than_trained': (['--formula=Al4', '--num_steps=100000'],
+                                r'^error: num_steps must be in 1\.\.\d+ for this model'),
     'stray_argument': (['--formula=Al4', 'extra'], r'^error: unexpected arguments: extra'),
     'missing_checkpoint': (['--checkpoint=/nonexistent'], r'^error: flag '
                            r'--checkpoint=/nonexistent: --checkpoint must be a '

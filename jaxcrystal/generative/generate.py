@@ -4,6 +4,7 @@ Used by `experiments/sample.py` and the quickstart.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.data import io as io_lib
 from jaxcrystal.data import readers
 from jaxcrystal.generative import model as model_lib
+from jaxcrystal.generative import samplers
 from jaxcrystal.generative import sampling
 from jaxcrystal.generative import tasks
 from jaxcrystal.generative import train
@@ -53,21 +55,29 @@ def _example_batch():
 
 def sample_structures(spec: model_lib.Model, params,
                       compositions: Sequence[Sequence[int]], *,
-                      batch_size: int = 256, seed: int = 0, step_lr: float = 1e-5,
-                      corrector_steps: int = 1,
+                      sampler: samplers.SamplerConfig = samplers.SamplerConfig(),
+                      batch_size: int = 256, seed: int = 0,
                       lattices: Sequence[np.ndarray] | None = None,
                       progress: bool = True) -> tuple[list[ase.Atoms], dict]:
   """Sample one structure per composition (atomic numbers; for de novo, only
-  the count matters). Batches share one padded budget so the sampler compiles
-  once. Returns (structures, timing). Raises `neighbors.GraphOverflowError`
-  if the model's graph lost edges in any batch."""
+  the count matters) with the configured sampler (`samplers.py`; a run's
+  stored defaults are `config.sampling`). Batches share one padded budget so
+  the sampler compiles once. Returns (structures, timing): timing holds
+  compile_s, sample_s and the resolved sampler settings with
+  `network_calls_per_structure`. Raises `neighbors.GraphOverflowError` if the
+  model's graph lost edges in any batch, `errors.UserError` if the sampler
+  cannot run this model."""
   if not len(compositions):
     raise ValueError('no compositions to sample')
   max_n = max(len(c) for c in compositions)
   size = min(batch_size, len(compositions))
   budget = batch_lib.Budget(size + 1, int(np.ceil((size * max_n + 1) / 8) * 8), max_n)
-  sampler = jax.jit(sampling.get_sampler(spec, step_lr, corrector_steps))
-  out, timing = [], {'compile_s': 0.0, 'sample_s': 0.0}
+  resolved = sampler.resolve(spec)
+  sample_fn = jax.jit(samplers.get_sampler(spec, resolved))
+  out = []
+  timing = {'compile_s': 0.0, 'sample_s': 0.0,
+            'sampler': dataclasses.asdict(resolved),
+            'network_calls_per_structure': resolved.calls_per_structure(spec)}
   chunks = sampling.split_into_batches(list(range(len(compositions))), size)
   for k, chunk in enumerate(tqdm(chunks, desc='sampling', disable=not progress)):
     comps = [compositions[i] for i in chunk]
@@ -77,7 +87,7 @@ def sample_structures(spec: model_lib.Model, params,
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), k)
     t0 = time.perf_counter()
     if k == 0:
-      compiled = sampler.lower(rng, params, template).compile()
+      compiled = sample_fn.lower(rng, params, template).compile()
       timing['compile_s'] = time.perf_counter() - t0
       t0 = time.perf_counter()
     result, _, overflow = compiled(rng, params, template)

@@ -13,6 +13,7 @@ from typing import Any
 import jax
 
 from jaxcrystal.data import batch as batch_lib
+from jaxcrystal.generative import flow  # noqa: F401  (registers the flow processes)
 from jaxcrystal.generative import networks
 from jaxcrystal.generative import processes as processes_lib
 from jaxcrystal.generative import tasks

@@ -18,6 +18,16 @@ loop over the table and never ask which task they serve:
   predictor(rng, x, out, t, t_prev, tmpl) -> x    reverse update from t to
                      t_prev given the network's output `out` for this variable.
   corrector          None, or corrector(rng, x, out, t, is_last, tmpl, step_lr).
+  deterministic(x, out, t, t_prev, tmpl) -> x    noise-free update from t to
+                     any t_prev < t (DDIM; the 'ddim' sampler).
+  kind               'score' (these) or 'flow' (`flow.py`): which samplers
+                     can run it (`samplers.py`).
+
+  strided_predictor  optional: the predictor for t_prev < t - 1, where
+                     `predictor` assumes one step (DDPM's). The
+                     predictor-corrector sampler calls it on strided grids
+                     of fewer steps; on the full grid it calls `predictor`,
+                     so full-grid samples stay bit for bit what they were.
 
 Registered processes:
   lattice_ddpm         lattice [G, 3, 3] (Angstrom); target: the Gaussian noise.
@@ -66,34 +76,23 @@ class Process:
   stream = COORDS_STREAM
   scale_name = ''
   corrector = None
+  kind = 'score'
 
   def finalize(self, batch: batch_lib.CrystalBatch, x) -> batch_lib.CrystalBatch:
     return batch
 
 
-@flax.struct.dataclass
-class LatticeDDPM(Process):
-  """DDPM on lattice matrices: L_t = sqrt(ab_t) L_0 + sqrt(1 - ab_t) eps."""
-  schedule: schedules.BetaSchedule
+class LatticeVariable:
+  """What every lattice process shares: the state is the lattice [G, 3, 3]
+  (Angstrom), the prior N(0, I), and the finished cell is right-handed."""
   per = 'graph'
   stream = LATTICE_STREAM
-
-  def diffuse(self, rng: jax.Array, lattice: jax.Array, t: jax.Array):
-    """`lattice: [G, 3, 3]` Angstrom, `t: [G]` int -> (L_t, eps) both [G, 3, 3]."""
-    chex.assert_rank(lattice, 3)
-    chex.assert_shape(t, lattice.shape[:1])
-    eps = jax.random.normal(rng, lattice.shape, lattice.dtype)
-    ab = self.schedule.alpha_bars[t][:, None, None]
-    return jnp.sqrt(ab) * lattice + jnp.sqrt(1.0 - ab) * eps, eps
 
   def clean(self, batch):
     return batch.lattice
 
   def prior(self, rng, template):
     return jax.random.normal(rng, (template.num_graph_slots, 3, 3), template.frac.dtype)
-
-  def noise(self, rng, batch, t):
-    return self.diffuse(rng, batch.lattice, t)
 
   def write(self, batch, x):
     return batch.replace(lattice=jnp.where(batch.graph_mask[:, None, None], x,
@@ -104,9 +103,70 @@ class LatticeDDPM(Process):
                                                   batch.graph_index)
     return batch.replace(lattice=lattice, frac=frac)
 
+
+class TypesVariable:
+  """What every type process shares: the state is a vector per atom and
+  class [N, K] (one-hot for data, N(0, I) prior), the type its argmax."""
+  stream = TYPES_STREAM
+
+  def one_hot(self, species: jax.Array) -> jax.Array:
+    """Atomic numbers [N] -> one-hot [N, K] (Z = 1 is class 0)."""
+    return jax.nn.one_hot(species - 1, self.num_classes)
+
+  def clean(self, batch):
+    return self.one_hot(batch.species)
+
+  def prior(self, rng, template):
+    return jax.random.normal(rng, (template.num_atom_slots, self.num_classes),
+                             template.frac.dtype)
+
+  def write(self, batch, x):
+    return batch  # types reach the network as the noisy one-hot variable
+
+  def finalize(self, batch, x):
+    return batch.replace(species=self.species(batch, x))
+
+  def species(self, batch, x) -> jax.Array:
+    """Atomic numbers `[N]` of the most likely class (0 on padding)."""
+    return jnp.where(batch.atom_mask, jnp.argmax(x, -1).astype(jnp.int32) + 1, 0)
+
+
+@flax.struct.dataclass
+class LatticeDDPM(LatticeVariable, Process):
+  """DDPM on lattice matrices: L_t = sqrt(ab_t) L_0 + sqrt(1 - ab_t) eps."""
+  schedule: schedules.BetaSchedule
+
+  def diffuse(self, rng: jax.Array, lattice: jax.Array, t: jax.Array):
+    """`lattice: [G, 3, 3]` Angstrom, `t: [G]` int -> (L_t, eps) both [G, 3, 3]."""
+    chex.assert_rank(lattice, 3)
+    chex.assert_shape(t, lattice.shape[:1])
+    eps = jax.random.normal(rng, lattice.shape, lattice.dtype)
+    ab = self.schedule.alpha_bars[t][:, None, None]
+    return jnp.sqrt(ab) * lattice + jnp.sqrt(1.0 - ab) * eps, eps
+
+  def noise(self, rng, batch, t):
+    return self.diffuse(rng, batch.lattice, t)
+
   def predictor(self, rng, x, out, t, t_prev, template):
     return updates.ddpm_predictor(rng, x, out, rows(t, template, 'graph'),
                                   self.schedule)[0]
+
+  def strided_predictor(self, rng, x, out, t, t_prev, template):
+    return _strided_ddpm(rng, x, out, t, t_prev, template, 'graph', self.schedule)
+
+  def deterministic(self, x, out, t, t_prev, template):
+    return _ddim(x, out, t, t_prev, template, 'graph', self.schedule)
+
+
+def _strided_ddpm(rng, x, out, t, t_prev, template, per, schedule):
+  """Ancestral step over a stride t -> t_prev: DDIM's with eta = 1."""
+  return updates.ddim_step(rng, x, out, rows(t, template, per),
+                           rows(t_prev, template, per), schedule, 1.0)[0]
+
+
+def _ddim(x, out, t, t_prev, template, per, schedule):
+  return updates.ddim_step(None, x, out, rows(t, template, per),
+                           rows(t_prev, template, per), schedule, 0.0)[1]
 
 
 def _place_frac(template, frac):
@@ -172,6 +232,11 @@ class FracWrappedNormal(Process):
                                 self.schedule.sigmas[t_prev])
     return _place_frac(template, x)
 
+  def deterministic(self, x, out, t, t_prev, template):
+    score = self.score_from_prediction(out, rows(t, template, 'atom'))
+    return _place_frac(template, updates.ve_ddim_step(
+        x, score, self.schedule.sigmas[t], self.schedule.sigmas[t_prev]))
+
   def corrector(self, rng, x, out, t, is_last, template, step_lr):
     score = self.score_from_prediction(out, rows(t, template, 'atom'))
     x, _ = updates.langevin_corrector(
@@ -234,6 +299,10 @@ class CartesianMinimumImage(Process):
         rng, cart, -out / sigma, self.schedule.sigmas[t],
         self.schedule.sigmas[t_prev])[0], t)
 
+  def deterministic(self, x, out, t, t_prev, template):
+    return self._update(template, x, lambda cart, sigma: updates.ve_ddim_step(
+        cart, -out / sigma, self.schedule.sigmas[t], self.schedule.sigmas[t_prev]), t)
+
   def corrector(self, rng, x, out, t, is_last, template, step_lr):
     return self._update(template, x, lambda cart, sigma: updates.langevin_corrector(
         rng, cart, -out / sigma, self.schedule.sigmas[t], self.schedule.sigmas[1],
@@ -241,15 +310,10 @@ class CartesianMinimumImage(Process):
 
 
 @flax.struct.dataclass
-class TypesDDPM(Process):
+class TypesDDPM(TypesVariable, Process):
   """DDPM on one-hot type vectors (DiffCSP's ab initio variant)."""
   schedule: schedules.BetaSchedule
   num_classes: int = flax.struct.field(pytree_node=False, default=NUM_ELEMENTS)
-  stream = TYPES_STREAM
-
-  def one_hot(self, species: jax.Array) -> jax.Array:
-    """Atomic numbers [N] -> one-hot [N, K] (Z = 1 is class 0)."""
-    return jax.nn.one_hot(species - 1, self.num_classes)
 
   def diffuse(self, rng: jax.Array, species: jax.Array, t: jax.Array):
     """`species: [N]` atomic numbers, `t: [N]` -> (x_t [N, K], eps [N, K])."""
@@ -260,29 +324,18 @@ class TypesDDPM(Process):
     ab = self.schedule.alpha_bars[t][:, None]
     return jnp.sqrt(ab) * x0 + jnp.sqrt(1.0 - ab) * eps, eps
 
-  def clean(self, batch):
-    return self.one_hot(batch.species)
-
-  def prior(self, rng, template):
-    return jax.random.normal(rng, (template.num_atom_slots, self.num_classes),
-                             template.frac.dtype)
-
   def noise(self, rng, batch, t):
     return self.diffuse(rng, batch.species, t)
-
-  def write(self, batch, x):
-    return batch  # types reach the network as the noisy one-hot variable
-
-  def finalize(self, batch, x):
-    return batch.replace(species=self.species(batch, x))
-
-  def species(self, batch, x) -> jax.Array:
-    """Atomic numbers `[N]` of the most likely class (0 on padding)."""
-    return jnp.where(batch.atom_mask, jnp.argmax(x, -1).astype(jnp.int32) + 1, 0)
 
   def predictor(self, rng, x, out, t, t_prev, template):
     return updates.ddpm_predictor(rng, x, out, rows(t, template, 'atom'),
                                   self.schedule)[0]
+
+  def strided_predictor(self, rng, x, out, t, t_prev, template):
+    return _strided_ddpm(rng, x, out, t, t_prev, template, 'atom', self.schedule)
+
+  def deterministic(self, x, out, t, t_prev, template):
+    return _ddim(x, out, t, t_prev, template, 'atom', self.schedule)
 
 
 PROCESSES: dict[str, Callable] = {

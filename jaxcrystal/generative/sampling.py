@@ -1,4 +1,6 @@
-"""Reverse-time sampler of any model: one `lax.scan` over the time grid.
+"""The predictor-corrector sampler of score models, one `lax.scan` over the
+time grid, and what every sampler shares (state, prior draw, scan, templates).
+Other samplers: `ddim.py`, `ode.py`; by name: `samplers.py`.
 
 Each step runs the correctors of the variables that have one (one network
 call per corrector step; DiffCSP's Langevin corrector on coordinates), then
@@ -45,17 +47,76 @@ class SamplerState:
   overflow: jax.Array
 
 
+def network_outputs(model: model_lib.Model, params, template, xs: dict, t):
+  """The network's outputs on states `xs` at scalar time `t` (every crystal
+  at t), and the graph's overflow."""
+  times = model.time.full(t, template.num_graph_slots)
+  return model.apply(params, model.write(template, xs), times, xs)
+
+
+def initial_state(model: model_lib.Model, rng, template) -> SamplerState:
+  """Every variable drawn from its prior (the first release's key layout)."""
+  keys, key = model_lib.stream_keys(rng, 4, PRIOR_SLOTS)
+  xs = {name: p.prior(key(p.stream), template)
+        for name, p in model.processes.items()}
+  return SamplerState(keys[3], xs, jnp.zeros((len(neighbors.OVERFLOW_REASONS),),
+                                             jnp.int32))
+
+
+def check_trajectory(num_steps: int, trajectory_every: int) -> None:
+  if trajectory_every and num_steps % trajectory_every:
+    raise ValueError(f'num_steps {num_steps} is not divisible by trajectory_every '
+                     f'{trajectory_every}')
+
+
+def scan_grid(step, state: SamplerState, grid: tuple[jax.Array, jax.Array],
+              trajectory_every: int = 0):
+  """Run `step(state, (t, t_prev)) -> state` over the grid in one `lax.scan`
+  (nested when a trajectory is kept: the states every k steps,
+  `{variable: [S / k, ...]}`). Returns (state, trajectory or None)."""
+  body = lambda s, tt: (step(s, tt), None)
+  if not trajectory_every:
+    return jax.lax.scan(body, state, grid)[0], None
+  chunks = tuple(g.reshape(-1, trajectory_every) for g in grid)
+
+  def outer(s, tts):
+    s, _ = jax.lax.scan(body, s, tts)
+    return s, s.xs
+  return jax.lax.scan(outer, state, chunks)
+
+
+def make_sample(model: model_lib.Model, step, grid, trajectory_every: int = 0):
+  """The sampler of a step rule: `step(params, template, state, (t, t_prev))
+  -> state` run from the prior over `grid` (`scan_grid`). Returns
+  `sample(rng, params, template) -> (batch, trajectory, overflow)`."""
+  check_trajectory(int(grid[0].shape[0]), trajectory_every)
+
+  def sample(rng, params, template: batch_lib.CrystalBatch):
+    template.validate_shapes()
+    state, traj = scan_grid(lambda s, tt: step(params, template, s, tt),
+                            initial_state(model, rng, template), grid,
+                            trajectory_every)
+    return model.finalize(template, state.xs), traj, state.overflow
+
+  return sample
+
+
 def get_sampler(model: model_lib.Model, step_lr: float = 1e-5,
-                corrector_steps: int = 1, trajectory_every: int = 0):
-  """Build `sample(rng, params, template) -> (batch, trajectory, overflow)`.
+                corrector_steps: int = 1, trajectory_every: int = 0,
+                num_steps: int | None = None):
+  """Build the predictor-corrector `sample(rng, params, template) -> (batch,
+  trajectory, overflow)`.
 
   Args:
-    model: the model (`model.build`).
+    model: the model (`model.build`); a score model.
     step_lr: Langevin step scale of the correctors.
     corrector_steps: corrector steps per time step (0: predictor only;
       DiffCSP uses 1). Each costs one network call.
     trajectory_every: if k > 0, also return the states every k steps (the
       number of steps must be divisible by k): `{variable: [S / k, ...]}`.
+    num_steps: time steps S (default: the model's T); fewer run on a strided
+      grid (`times.DiscreteTime.reverse_grid`). Network calls per structure:
+      S * (1 + corrector_steps).
 
   The template is a `CrystalBatch` fixing atom counts and masks, and what
   the task does not generate (species; the cell of fixed-cell tasks).
@@ -64,17 +125,13 @@ def get_sampler(model: model_lib.Model, step_lr: float = 1e-5,
   `neighbors.describe_overflow` (non-zero: the graph lost edges).
   """
   time = model.time
-  num_steps = time.num_steps
+  grid = time.reverse_grid(num_steps)
   if corrector_steps < 0:
     raise ValueError(f'corrector_steps must be >= 0, got {corrector_steps}')
-  if trajectory_every and num_steps % trajectory_every:
-    raise ValueError(f'num_steps {num_steps} is not divisible by trajectory_every '
-                     f'{trajectory_every}')
   corrected = {n: p for n, p in model.processes.items() if p.corrector is not None}
-
-  def network(params, template, xs, t):
-    times = time.full(t, template.num_graph_slots)
-    return model.apply(params, model.write(template, xs), times, xs)
+  strided = int(grid[0].shape[0]) < time.num_steps
+  predictors = {n: getattr(p, 'strided_predictor', p.predictor) if strided
+                else p.predictor for n, p in model.processes.items()}
 
   def step(params, template, state: SamplerState, tt):
     t, t_prev = tt
@@ -83,7 +140,7 @@ def get_sampler(model: model_lib.Model, step_lr: float = 1e-5,
 
     def correct(carry, rng_k):
       xs, overflow = carry
-      out, lost = network(params, template, xs, t)
+      out, lost = network_outputs(model, params, template, xs, t)
       _, ckey = model_lib.stream_keys(rng_k, 1, CORRECTOR_SLOTS)
       xs = dict(xs)
       for name, p in corrected.items():
@@ -95,36 +152,13 @@ def get_sampler(model: model_lib.Model, step_lr: float = 1e-5,
     if corrector_steps and corrected:
       (xs, overflow), _ = jax.lax.scan(correct, (xs, overflow),
                                        jax.random.split(keys[1], corrector_steps))
-    out, lost = network(params, template, xs, t)
-    xs = {name: p.predictor(key(p.stream), xs[name], out[name], t, t_prev, template)
+    out, lost = network_outputs(model, params, template, xs, t)
+    xs = {name: predictors[name](key(p.stream), xs[name], out[name], t, t_prev,
+                                 template)
           for name, p in model.processes.items()}
     return SamplerState(keys[0], xs, jnp.maximum(overflow, lost))
 
-  def initial_state(rng, template) -> SamplerState:
-    keys, key = model_lib.stream_keys(rng, 4, PRIOR_SLOTS)
-    xs = {name: p.prior(key(p.stream), template)
-          for name, p in model.processes.items()}
-    return SamplerState(keys[3], xs, jnp.zeros((len(neighbors.OVERFLOW_REASONS),),
-                                               jnp.int32))
-
-  def sample(rng, params, template: batch_lib.CrystalBatch):
-    template.validate_shapes()
-    state = initial_state(rng, template)
-    grid = time.reverse_grid()
-    body = lambda s, tt: (step(params, template, s, tt), None)
-    if trajectory_every:
-      chunks = tuple(g.reshape(-1, trajectory_every) for g in grid)
-
-      def outer(s, tts):
-        s, _ = jax.lax.scan(body, s, tts)
-        return s, s.xs
-      state, traj = jax.lax.scan(outer, state, chunks)
-    else:
-      state, _ = jax.lax.scan(body, state, grid)
-      traj = None
-    return model.finalize(template, state.xs), traj, state.overflow
-
-  return sample
+  return make_sample(model, step, grid, trajectory_every)
 
 
 # ----------------------------------------------------------------------------

@@ -7,6 +7,10 @@ types are generated).
   csp        crystal structure prediction: composition given; lattice (DDPM)
              and fractional coordinates (wrapped normal) generated.
   dng        de novo generation: csp plus atom types (DDPM on one-hot vectors).
+  csp_flow   csp by flow matching (`flow.py`): straight paths from a normal
+             lattice and uniform coordinates (geodesics on the torus).
+  dng_flow   dng by flow matching; types flow from Gaussian vectors to
+             one-hot.
   cartesian  positions in a fixed, given cell (VE noise under the minimum
              image), with the E(3)-equivariant `CartesianEGNN`.
 
@@ -48,9 +52,13 @@ class Task:
 
 
 _CSP = (('lattice', 'lattice_ddpm'), ('coords', 'frac_wrapped_normal'))
+_CSP_FLOW = (('lattice', 'lattice_flow'), ('coords', 'frac_torus_flow'))
 TASKS: dict[str, Task] = {
     'csp': Task(_CSP, 'cspnet'),
     'dng': Task(_CSP + (('types', 'types_ddpm'),), 'cspnet'),
+    'csp_flow': Task(_CSP_FLOW, 'cspnet', time='continuous'),
+    'dng_flow': Task(_CSP_FLOW + (('types', 'types_flow'),), 'cspnet',
+                     time='continuous'),
     'cartesian': Task((('coords', 'cart_minimum_image'),), 'cartesian_egnn',
                       graph='radius'),
 }

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxcrystal.generative import schedules
 
@@ -31,10 +32,20 @@ class DiscreteTime:
     """What the network sees: t / T in (0, 1]."""
     return t.astype(jnp.float32) / self.num_steps
 
-  def reverse_grid(self) -> tuple[jax.Array, jax.Array]:
-    """(t, t_prev) `[T]` each: T..1 and T-1..0."""
-    t = jnp.arange(self.num_steps, 0, -1, dtype=jnp.int32)
-    return t, t - 1
+  def reverse_grid(self, num_steps: int | None = None
+                   ) -> tuple[jax.Array, jax.Array]:
+    """(t, t_prev) `[S]` each. S = T (default): T..1 and T-1..0. Fewer
+    steps: S integer times evenly spaced from T down to 0 (rounded), each
+    step from one to the next."""
+    n = self.num_steps if num_steps is None else num_steps
+    if not 1 <= n <= self.num_steps:
+      raise ValueError(f'num_steps must be in 1..{self.num_steps} (the model\'s '
+                       f'steps), got {n}')
+    if n == self.num_steps:
+      t = jnp.arange(self.num_steps, 0, -1, dtype=jnp.int32)
+      return t, t - 1
+    grid = np.round(np.linspace(self.num_steps, 0, n + 1)).astype(np.int32)
+    return jnp.asarray(grid[:-1]), jnp.asarray(grid[1:])
 
   def is_last(self, t_prev: jax.Array) -> jax.Array:
     return t_prev == 0
@@ -60,8 +71,14 @@ class ContinuousTime:
   def fraction(self, t: jax.Array) -> jax.Array:
     return t.astype(jnp.float32)
 
-  def reverse_grid(self) -> tuple[jax.Array, jax.Array]:
-    grid = jnp.linspace(1.0, 0.0, self.num_steps + 1, dtype=jnp.float32)
+  def reverse_grid(self, num_steps: int | None = None
+                   ) -> tuple[jax.Array, jax.Array]:
+    """(t, t_prev) `[S]` each: S equal steps from 1 to 0 (S = `num_steps`,
+    default the model's)."""
+    n = self.num_steps if num_steps is None else num_steps
+    if n < 1:
+      raise ValueError(f'num_steps must be >= 1, got {n}')
+    grid = jnp.linspace(1.0, 0.0, n + 1, dtype=jnp.float32)
     return grid[:-1], grid[1:]
 
   def is_last(self, t_prev: jax.Array) -> jax.Array:

@@ -22,6 +22,7 @@ from jaxcrystal.data import readers
 from jaxcrystal.data import pipeline as data_lib
 from jaxcrystal.generative import losses
 from jaxcrystal.generative import model as model_lib
+from jaxcrystal.generative import samplers
 from jaxcrystal.geometry import neighbors
 from jaxcrystal.training import loop as loop_lib
 from jaxcrystal.training import sharding
@@ -34,6 +35,7 @@ class TrainConfig:
   model: model_lib.ModelConfig = model_lib.ModelConfig()
   optim: state_lib.OptimConfig = state_lib.OptimConfig()
   loss_weights: losses.LossWeights = losses.LossWeights()
+  sampling: samplers.SamplerConfig = samplers.SamplerConfig()  # measured defaults
   train_data: str = 'builtin'     # 'builtin' or a path (CSV or ASE format)
   val_data: str = ''              # '' = no validation
   batch_size: int = 64
@@ -59,6 +61,7 @@ class TrainConfig:
     d['model'] = model_lib.ModelConfig(**d['model'])
     d['optim'] = state_lib.OptimConfig(**d['optim'])
     d['loss_weights'] = losses.LossWeights(**d['loss_weights'])
+    d['sampling'] = samplers.SamplerConfig(**d.get('sampling', {}))
     return cls(**d)
 
 
@@ -208,7 +211,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path,
   loop = loop_lib.LoopConfig(
       train_steps=config.train_steps, log_every=config.log_every,
       eval_every=config.eval_every, checkpoint_every=config.checkpoint_every,
-      keep_checkpoints=config.keep_checkpoints, progress=config.progress)
+      keep_checkpoints=config.keep_checkpoints, progress=config.progress,
+      may_change_on_resume=loop_lib.LoopConfig.may_change_on_resume + ('sampling',))
   _, summary = loop_lib.run(
       workdir, loop, replicate(state), train_step,
       lambda step: place(train_set.batch_for_step(config.seed, step)),

@@ -47,3 +47,46 @@ def langevin_corrector(rng, x, score, sigma, sigma_min, step_lr, add_noise):
   mean = x + step * score
   noise = jnp.sqrt(2.0 * step) * jax.random.normal(rng, x.shape, x.dtype)
   return mean + add_noise * noise, mean
+
+
+# Where alpha_bar_t is below this (the last ~1 % of a cosine schedule, down
+# to 2.4e-9 at T), x0_hat divides the network's error in eps by sqrt(ab_t):
+# a stride from T to t_prev then multiplies it by sqrt(ab_prev / ab_T), up
+# to thousands, and few-step lattices came out 30 times too large. There the
+# state is noise to within sqrt(1e-4) of the data's scale, so x0_hat is
+# taken with ab_t floored at this value.
+X0_ALPHA_BAR_FLOOR = 1e-4
+
+
+def ddim_step(rng, x, eps_hat, t, t_prev, schedule: schedules.BetaSchedule,
+              eta: float):
+  """DDIM step x_t -> x_{t_prev} for any t_prev < t (Song et al. 2021, eq. 12).
+
+  x0_hat = (x_t - sqrt(1 - ab_t) eps_hat) / sqrt(ab_t);
+  x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - s^2) eps_hat + s z, with
+  s = eta sqrt((1 - ab_prev) / (1 - ab_t)) sqrt(1 - ab_t / ab_prev).
+  eta = 0 is deterministic; eta = 1 is the ancestral step over the stride
+  (DDPM's posterior when t_prev = t - 1; x0_hat uses ab_t floored at
+  `X0_ALPHA_BAR_FLOOR`). `t`, `t_prev` broadcast against
+  x's leading axis. `rng` may be None when eta == 0.
+  """
+  shape = (-1,) + (1,) * (x.ndim - 1)
+  ab = schedule.alpha_bars[t].reshape(shape)
+  ab_prev = schedule.alpha_bars[t_prev].reshape(shape)
+  s = eta * jnp.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))
+  x0_hat = (x - jnp.sqrt(1.0 - ab) * eps_hat) / jnp.sqrt(jnp.maximum(ab, X0_ALPHA_BAR_FLOOR))
+  mean = (jnp.sqrt(ab_prev) * x0_hat
+          + jnp.sqrt(jnp.maximum(1.0 - ab_prev - s**2, 0.0)) * eps_hat)
+  if rng is None:
+    if eta != 0.0:
+      raise ValueError('ddim_step needs an rng when eta > 0')
+    return mean, mean
+  return mean + s * jax.random.normal(rng, x.shape, x.dtype), mean
+
+
+def ve_ddim_step(x, score, sigma, sigma_prev):
+  """Deterministic VE step from sigma to sigma_prev (DDIM for variance-
+  exploding noise): with eps_hat = -sigma score and x0_hat = x + sigma^2
+  score, x_prev = x0_hat + sigma_prev eps_hat = x + sigma (sigma -
+  sigma_prev) score. Broadcasting."""
+  return x + sigma * (sigma - sigma_prev) * score

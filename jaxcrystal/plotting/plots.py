@@ -94,16 +94,23 @@ def plot_training_curve(records: Sequence[dict], path,
     return save_figure(fig, path)
 
 
-def plot_curve(x: Sequence[float], curves: Mapping[str, Sequence[float]], path, *,
-               xlabel: str, ylabel: str, title: str = '', log_x: bool = False,
-               log_y: bool = False, markers: bool = False) -> Path:
+def plot_curve(x: Sequence[float] | None, curves: Mapping[str, Sequence[float]],
+               path, *, xlabel: str, ylabel: str, title: str = '',
+               log_x: bool = False, log_y: bool = False, markers: bool = False,
+               hlines: Mapping[str, float] | None = None) -> Path:
   """Named y(x) curves on one axis (e.g. RMSD per healing step, time
-  against atom count on log-log axes)."""
+  against atom count on log-log axes). With `x=None` each curve is its own
+  `(x, y)` pair. `hlines`: labelled horizontal reference lines."""
   with matplotlib.rc_context(STYLE):
     fig = new_figure(figsize=(6, 4))
     ax = fig.subplots()
     for label, y in curves.items():
-      ax.plot(x, y, 'o-' if markers else '-', label=label, lw=1.5, ms=4)
+      cx, cy = (x, y) if x is not None else y
+      ax.plot(cx, cy, 'o-' if markers else '-', label=label, lw=1.5, ms=4)
+    for label, value in (hlines or {}).items():
+      ax.axhline(value, ls='--', lw=1, color='grey')
+      ax.annotate(label, (0.01, value), xycoords=('axes fraction', 'data'),
+                  va='bottom', fontsize=8, color='grey')
     if log_x:
       ax.set_xscale('log')
     if log_y:

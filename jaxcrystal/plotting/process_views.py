@@ -14,7 +14,9 @@ import numpy as np
 
 from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.generative import model as model_lib
+from jaxcrystal.generative import samplers
 from jaxcrystal.generative import sampling
+from jaxcrystal.generative import times as times_lib
 
 DEFAULT_FRACTIONS = (0.0, 0.1, 0.3, 0.6, 1.0)
 # Keys of the pictures: split(key, 2) = [lattice, coordinates]; types fold in.
@@ -46,7 +48,9 @@ def forward_snapshots(rng: jax.Array, spec: model_lib.Model, atoms: ase.Atoms,
   T = spec.time.num_steps
   base = batch_lib.to_device(batch_lib.batch_from_atoms([atoms]))
   frames, labels = [], []
-  for t, key in zip(_steps(T, fractions), jax.random.split(rng, len(fractions))):
+  grid = (list(fractions) if isinstance(spec.time, times_lib.ContinuousTime)
+          else _steps(T, fractions))
+  for t, key in zip(grid, jax.random.split(rng, len(fractions))):
     if t == 0:
       frames.append(atoms.copy())
       labels.append('t = 0 (clean)')
@@ -66,26 +70,28 @@ def forward_snapshots(rng: jax.Array, spec: model_lib.Model, atoms: ase.Atoms,
 
 def sampling_trajectory(rng: jax.Array, spec: model_lib.Model, params,
                         composition: Sequence[int], num_frames: int = 5,
-                        step_lr: float = 1e-5) -> tuple[list[ase.Atoms], list[str]]:
+                        sampler: samplers.SamplerConfig = samplers.SamplerConfig()
+                        ) -> tuple[list[ase.Atoms], list[str]]:
   """Sample one crystal of `composition` (atomic numbers) and return
   `num_frames` evenly spaced states of its trajectory, ending at the sample.
   Tasks that do not generate the cell need one and are not supported here."""
   if not spec.task.generates_lattice:
     raise ValueError(f'sampling_trajectory needs a model that generates the cell '
                      f'({spec.config.task!r} does not)')
-  T = spec.time.num_steps
+  sampler = sampler.resolve(spec)
+  T = sampler.num_steps
   every = _trajectory_stride(T, num_frames)
   template = batch_lib.to_device(
       sampling.template_from_compositions([list(composition)]))
-  sampler = jax.jit(sampling.get_sampler(spec, step_lr, trajectory_every=every))
-  _, traj, _ = sampler(rng, params, template)
+  sample = jax.jit(samplers.get_sampler(spec, sampler, trajectory_every=every))
+  _, traj, _ = sample(rng, params, template)
   chunks = next(iter(traj.values())).shape[0]
   picks = np.unique(np.linspace(0, chunks - 1, num_frames).round().astype(int))
   frames, labels = [], []
   for k in picks:
     state = spec.finalize(template, {name: x[k] for name, x in traj.items()})
     frames.append(batch_lib.batch_to_atoms(jax.device_get(state))[0])
-    labels.append(f'step {(k + 1) * every} of {T} (t = {T - (k + 1) * every})')
+    labels.append(f'step {(k + 1) * every} of {T} ({sampler.name})')
   return frames, labels
 
 

@@ -45,7 +45,7 @@ def prototype_check(atoms: ase.Atoms, min_distance: float = 0.7) -> tuple[bool, 
 
 def run_quickstart(config: train.TrainConfig, workdir: str | Path,
                    samples_per_structure: int = 5, resume: bool = False,
-                   seed: int = 0, step_lr: float = 1e-5, log=print,
+                   seed: int = 0, log=print,
                    overwrite: bool = False, files: dict | None = None) -> dict:
   """Train, sample `samples_per_structure` x 21 crystals, validate and plot.
   The samples and figures go to `workdir/samples`, replaced as a whole."""
@@ -57,7 +57,7 @@ def run_quickstart(config: train.TrainConfig, workdir: str | Path,
   compositions = [s.numbers for s in structures] * samples_per_structure
   samples, timing = generate.sample_structures(
       spec, params, compositions, batch_size=len(compositions), seed=seed,
-      step_lr=step_lr, progress=config.progress)
+      sampler=config.sampling, progress=config.progress)
   checks = [prototype_check(s) for s in samples]
   passed = [ok for ok, _ in checks]
   for s, (ok, why) in zip(samples, checks):
@@ -72,16 +72,18 @@ def run_quickstart(config: train.TrainConfig, workdir: str | Path,
         'train': train_summary,
     })
     _plots(out, structures, samples, summary)
-    _process_plots(out, spec, params, structures, seed, step_lr)
+    _process_plots(out, spec, params, structures, seed, config.sampling)
   return summary
 
 
-def _process_plots(out: Path, spec, params, structures, seed, step_lr) -> None:
-  """Schedule analysis, forward process and one sampling trajectory."""
-  structure_plots.plot_schedule(
-      spec.processes['lattice'].schedule.betas,
-      spec.processes['lattice'].schedule.alpha_bars,
-      spec.processes['coords'].schedule.sigmas, out / 'schedule.png')
+def _process_plots(out: Path, spec, params, structures, seed, sampler) -> None:
+  """Schedule analysis (score models), forward process and one sampling
+  trajectory."""
+  if hasattr(spec.processes['coords'], 'schedule'):
+    structure_plots.plot_schedule(
+        spec.processes['lattice'].schedule.betas,
+        spec.processes['lattice'].schedule.alpha_bars,
+        spec.processes['coords'].schedule.sigmas, out / 'schedule.png')
   diamond = next(s for s in structures if s.info.get('base') == 'diamond')
   rng = jax.random.PRNGKey(seed)
   frames, labels = process_views.forward_snapshots(rng, spec, diamond)
@@ -89,7 +91,7 @@ def _process_plots(out: Path, spec, params, structures, seed, step_lr) -> None:
       frames, labels, out / 'forward_process.png',
       title=f'Forward process: {diamond.get_chemical_formula()} (diamond)')
   frames, labels = process_views.sampling_trajectory(
-      jax.random.fold_in(rng, 1), spec, params, diamond.numbers, step_lr=step_lr)
+      jax.random.fold_in(rng, 1), spec, params, diamond.numbers, sampler=sampler)
   structure_plots.plot_structure_snapshots(
       frames, labels, out / 'reverse_process.png',
       title=f'Reverse process: sampling {diamond.get_chemical_formula()}')

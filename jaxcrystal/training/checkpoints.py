@@ -87,7 +87,8 @@ def restore(manager: ocp.CheckpointManager, step: int, like) -> tuple[Any, dict]
 
 def restore_params(workdir: str | Path, which: str = 'best', use_ema: bool = True,
                    like=None) -> tuple[Any, int]:
-  """Parameters of a run's best (or 'latest') checkpoint, without building an
+  """Parameters of a run's best (or 'latest', or the periodic checkpoint of a
+  step given as digits, e.g. '4000') checkpoint, without building an
   optimizer: the saved tree is read as it is and its (EMA) parameters taken.
 
   With `like` (e.g. `jax.eval_shape` of the model's init), the restored tree
@@ -100,7 +101,14 @@ def restore_params(workdir: str | Path, which: str = 'best', use_ema: bool = Tru
   if not workdir.is_dir():
     raise errors.NotARunError(f'{workdir}: no such run directory')
   step, manager = None, None
-  if which == 'best':
+  if str(which).isdigit():  # a periodic checkpoint by its step
+    manager = _manager(workdir / 'checkpoints', 1000)
+    if int(which) not in manager.all_steps():
+      raise errors.NotARunError(
+          f'{workdir}: no checkpoint at step {which} (kept: '
+          f'{sorted(manager.all_steps()) or "none"})')
+    step = int(which)
+  elif which == 'best':
     manager = _manager(workdir / 'best', 1)
     step = manager.latest_step()
   if step is None:

@@ -136,7 +136,8 @@ def config_changes(workdir: Path, config_dict: dict,
   missing = '<absent>'
   diff = {k: (stored.get(k, missing), new.get(k, missing))
           for k in sorted(set(stored) | set(new)) if stored.get(k) != new.get(k)}
-  refused = {k: v for k, v in diff.items() if k.split('.')[-1] not in may_change}
+  refused = {k: v for k, v in diff.items()
+             if k.split('.')[-1] not in may_change and k.split('.')[0] not in may_change}
   if refused:
     listed = '; '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in refused.items())
     raise errors.ConfigChangedError(
