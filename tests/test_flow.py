@@ -289,3 +289,17 @@ def test_process_views_of_a_flow_model(keys):
       next(keys), model, params, diamond.numbers,
       sampler=samplers.SamplerConfig(name='heun', num_steps=10))
   assert len(frames) == 5 and labels[-1] == 'step 10 of 10 (heun)'
+
+
+def test_a_periodic_checkpoint_loads_by_its_step():
+  """`--which=STEP` of benchmark_sampling_steps.py: a kept step loads, with
+  the run's stored sampler defaults (none in a run older than them); a step
+  that was not kept is named with the ones that were."""
+  from pathlib import Path
+  from jaxcrystal.generative import generate
+  run = Path(__file__).parent / 'fixtures' / 'legacy_run_csp'
+  _, _, config, step = generate.load_run(run, '20')
+  assert step == 20 and config.sampling == samplers.SamplerConfig()
+  assert generate.load_run(run, 'latest')[3] == 30
+  with pytest.raises(errors.NotARunError, match=r'no checkpoint at step 25 \(kept: \[20, 30\]\)'):
+    generate.load_run(run, '25')
