@@ -3,7 +3,6 @@ integrators against an oracle velocity, and the few-step samplers of score
 models (strided predictor-corrector, DDIM) against exact updates."""
 import dataclasses
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
