@@ -11,9 +11,17 @@ Training here must reproduce the parameters and losses to 1e-6 (float32
 ulps: on the recording machine csp and dng came out bit for bit, while the
 cartesian run differed by up to 1.8e-7 between two recordings of the same
 old code, one pinned to a single core). Sampling from the recorded EMA
-parameters must reproduce the recorded samples to 1e-6 (the sampler alone
-is deterministic). `legacy_run_csp/` is the csp run's directory as the old
-code wrote it: it must still load.
+parameters must reproduce the recorded samples to within the sampler's own
+float32 sensitivity: what a 1e-6 relative change of every parameter moves
+the samples by on the machine running the test (`_sensitivity`). The
+sampler is deterministic, but its trajectories amplify round-off: on the
+recording machine the samples came out bit for bit, while on another CPU
+(the same jax and code) the csp lattices moved by up to 1e-5 relative and
+the cartesian coordinates by up to 0.02 of the cell, less than a 1e-6
+parameter change moves them (1e-4 and 0.17: the cartesian sampler of this
+barely trained model is chaotic, so its check is the weakest of the three).
+`legacy_run_csp/` is the csp run's directory as the old code wrote it: it
+must still load.
 """
 from pathlib import Path
 
@@ -89,6 +97,26 @@ def test_training_reproduces_the_recorded_run(task, tmp_path):
     np.testing.assert_allclose(rows[:, 1], want[key][:, 1], rtol=1e-6, atol=1e-6)
 
 
+def _periodic_gap(a, b):
+  """Largest distance between fractional coordinates, across the boundary."""
+  d = np.abs(np.asarray(a) - np.asarray(b)) % 1.0
+  return float(np.max(np.minimum(d, 1.0 - d)))
+
+
+def _lattice_gap(a, b):
+  """Largest lattice difference relative to |entry| + 1 Angstrom."""
+  a, b = np.asarray(a), np.asarray(b)
+  return float(np.max(np.abs(a - b) / (np.abs(b) + 1.0)))
+
+
+def _sensitivity(sample, ema, template, out):
+  """(lattice gap, coordinate gap) of the samples when every parameter is
+  scaled by 1 + 1e-6 (about 16 float32 ulps), seed unchanged."""
+  moved, _, _ = sample(jax.random.PRNGKey(11),
+                       jax.tree_util.tree_map(lambda x: x * (1.0 + 1e-6), ema), template)
+  return _lattice_gap(moved.lattice, out.lattice), _periodic_gap(moved.frac, out.frac)
+
+
 @pytest.mark.parametrize('task', ['csp', 'dng', 'cartesian'])
 def test_sampling_reproduces_the_recorded_samples(task):
   want = np.load(FIXTURES / f'guard_{task}.npz')
@@ -100,13 +128,18 @@ def test_sampling_reproduces_the_recorded_samples(task):
   sample = jax.jit(sampling.get_sampler(model, step_lr=1e-4))
   out, _, overflow = sample(jax.random.PRNGKey(11), ema, template)
   assert not np.any(np.asarray(overflow))
-  np.testing.assert_allclose(np.asarray(out.lattice), want['sample_lattice'], atol=1e-6)
-  np.testing.assert_allclose(np.asarray(out.frac), want['sample_frac'], atol=1e-6)
+  lattice_tol, frac_tol = _sensitivity(sample, ema, template, out)
+  lattice_tol, frac_tol = max(lattice_tol, 1e-6), max(frac_tol, 1e-6)
+  assert _lattice_gap(out.lattice, want['sample_lattice']) <= lattice_tol
+  assert _periodic_gap(out.frac, want['sample_frac']) <= frac_tol
   np.testing.assert_array_equal(np.asarray(out.species), want['sample_species'])
-  # the samples depend on the parameters: a test that cannot fail is a defect
+  # the samples depend on the parameters well beyond that tolerance: a test
+  # that cannot fail is a defect
   other, _, _ = sample(jax.random.PRNGKey(11),
                        jax.tree_util.tree_map(lambda x: 1.5 * x, ema), template)
-  assert not np.allclose(np.asarray(other.frac), want['sample_frac'], atol=1e-3)
+  assert _periodic_gap(other.frac, want['sample_frac']) > 2 * frac_tol
+  if model.task.generates_lattice:
+    assert _lattice_gap(other.lattice, want['sample_lattice']) > 2 * lattice_tol
 
 
 def test_a_run_written_before_the_redesign_loads():
