@@ -89,21 +89,7 @@ class SamplerEntry:
   calls: Callable       # resolved config -> network calls per structure
 
 
-SAMPLERS: dict[str, SamplerEntry] = {
-    'pc': SamplerEntry(
-        lambda m, c, k: sampling.get_sampler(m, c.step_lr, c.corrector_steps, k,
-                                             c.num_steps),
-        'score', lambda c: c.num_steps * (1 + c.corrector_steps)),
-    'ddim': SamplerEntry(
-        lambda m, c, k: ddim.get_ddim_sampler(m, c.num_steps, k), 'score',
-        lambda c: c.num_steps),
-}
-for _method, _calls in ode.CALLS.items():
-  SAMPLERS[_method] = SamplerEntry(
-      lambda m, c, k, _method=_method: ode.get_ode_sampler(
-          m, _method, c.num_steps, c.anneal_slope, k),
-      'flow', lambda c, _calls=_calls: _calls(c.num_steps))
-
+SAMPLERS: dict[str, SamplerEntry] = {}
 DEFAULTS = {'score': 'pc', 'flow': 'euler'}
 
 
@@ -112,6 +98,19 @@ def register_sampler(name: str, factory: Callable, kind: str,
   if name in SAMPLERS:
     raise ValueError(f'sampler {name!r} is already registered')
   SAMPLERS[name] = SamplerEntry(factory, kind, calls)
+
+
+register_sampler(
+    'pc', lambda m, c, k: sampling.get_sampler(m, c.step_lr, c.corrector_steps, k,
+                                               c.num_steps),
+    'score', lambda c: c.num_steps * (1 + c.corrector_steps))
+register_sampler('ddim', lambda m, c, k: ddim.get_ddim_sampler(m, c.num_steps, k),
+                 'score', lambda c: c.num_steps)
+for _method, _calls in ode.CALLS.items():
+  register_sampler(
+      _method, lambda m, c, k, _method=_method: ode.get_ode_sampler(
+          m, _method, c.num_steps, c.anneal_slope, k),
+      'flow', lambda c, _calls=_calls: _calls(c.num_steps))
 
 
 def model_kind(model: model_lib.Model) -> str:

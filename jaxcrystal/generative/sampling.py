@@ -63,12 +63,6 @@ def initial_state(model: model_lib.Model, rng, template) -> SamplerState:
                                              jnp.int32))
 
 
-def check_trajectory(num_steps: int, trajectory_every: int) -> None:
-  if trajectory_every and num_steps % trajectory_every:
-    raise ValueError(f'num_steps {num_steps} is not divisible by trajectory_every '
-                     f'{trajectory_every}')
-
-
 def scan_grid(step, state: SamplerState, grid: tuple[jax.Array, jax.Array],
               trajectory_every: int = 0):
   """Run `step(state, (t, t_prev)) -> state` over the grid in one `lax.scan`
@@ -89,7 +83,10 @@ def make_sample(model: model_lib.Model, step, grid, trajectory_every: int = 0):
   """The sampler of a step rule: `step(params, template, state, (t, t_prev))
   -> state` run from the prior over `grid` (`scan_grid`). Returns
   `sample(rng, params, template) -> (batch, trajectory, overflow)`."""
-  check_trajectory(int(grid[0].shape[0]), trajectory_every)
+  num_steps = int(grid[0].shape[0])
+  if trajectory_every and num_steps % trajectory_every:
+    raise ValueError(f'num_steps {num_steps} is not divisible by trajectory_every '
+                     f'{trajectory_every}')
 
   def sample(rng, params, template: batch_lib.CrystalBatch):
     template.validate_shapes()
