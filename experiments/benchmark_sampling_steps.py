@@ -87,6 +87,11 @@ def plot():
                                                 reference=reference, metric=FLAGS.metric))
 
 
+def _output() -> dict:
+  """How --out is checked and written (`jaxcrystal.data.outputs`)."""
+  return dict(overwrite=FLAGS.overwrite, kind='sampler_curve', inputs=cli.flag_paths('checkpoint', 'test_csv'))
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -95,7 +100,7 @@ def main(argv):
   for name in ('checkpoint', 'test_csv', 'out'):
     if not FLAGS[name].value:
       raise app.UsageError(f'--{name} is required (unless --plot)')
-  outputs.check_writable(FLAGS.out, FLAGS.overwrite)
+  outputs.check_writable(FLAGS.out, **_output())
   model, params, config, step = generate.load_run(FLAGS.checkpoint, FLAGS.which)
   targets, report = readers.read_structures(FLAGS.test_csv, progress=FLAGS.progress)
   if FLAGS.first_rows:
@@ -105,7 +110,7 @@ def main(argv):
       model, params, sampler_flags.sampler_config(config.sampling), targets,
       [int(c) for c in FLAGS.calls], seed=FLAGS.seed, batch_size=FLAGS.batch_size,
       workers=FLAGS.workers, progress=FLAGS.progress)
-  with outputs.output_folder(FLAGS.out, FLAGS.overwrite) as out:
+  with outputs.output_folder(FLAGS.out, **_output()) as out:
     io_lib.write_json_atomic(out / 'results.json', dict(
         checkpoint=FLAGS.checkpoint, checkpoint_step=step, task=config.model.task,
         test_csv=FLAGS.test_csv, num_targets=len(targets), seed=FLAGS.seed,

@@ -19,6 +19,7 @@ from absl import flags
 from absl import logging
 
 from jaxcrystal import cli
+from jaxcrystal import errors
 from jaxcrystal.data import outputs
 from jaxcrystal.data import readers
 from jaxcrystal.evaluation import evaluate as evaluation
@@ -33,6 +34,9 @@ flags.DEFINE_bool('skip_bad', False, 'Skip unusable rows of --test_csv and '
                   'stopping; CSP samples of a skipped row are then refused.')
 flags.DEFINE_bool('pair_by_position', False, 'CSP: the samples record no test '
                   'rows; read them as K consecutive samples per test row.')
+flags.DEFINE_bool('allow_other_test_file', False, 'CSP: score samples that '
+                  'record a different file than --test_csv as the one they were '
+                  'made for (refused otherwise); metrics.json says so.')
 flags.DEFINE_bool('unique_novel', True, 'DNG: also compute uniqueness and novelty '
                   '(quadratic StructureMatcher work on one-element sets).')
 flags.DEFINE_enum('dataset', 'perov_5', ['perov_5', 'carbon_24', 'mp_20'],
@@ -54,11 +58,22 @@ cli.at_least(1, 'num_eval_samples', 'workers')
 cli.at_least(0, 'subset')
 
 
+def _output() -> dict:
+  """How --out is checked and written (`jaxcrystal.data.outputs`)."""
+  return dict(overwrite=FLAGS.overwrite, kind='evaluation', inputs=cli.flag_paths('samples', 'test_csv', 'train_csv'))
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  outputs.check_writable(FLAGS.out, FLAGS.overwrite)
+  outputs.check_writable(FLAGS.out, **_output())
   samples = evaluation.read_samples(FLAGS.samples)
+  if not samples:
+    raise errors.UserError(f'--samples {FLAGS.samples}: holds no structures')
+  provenance = None
+  if FLAGS.task == 'csp':
+    provenance = evaluation.check_made_for(FLAGS.samples, FLAGS.test_csv,
+                                           FLAGS.allow_other_test_file)
   try:
     samples, _ = evaluation.random_subset(samples, FLAGS.subset, FLAGS.seed)
   except ValueError as err:
@@ -86,11 +101,15 @@ def main(argv):
         progress=FLAGS.progress)
   result.update(samples=FLAGS.samples, test_csv=FLAGS.test_csv,
                 samples_subset=FLAGS.subset, subset_seed=FLAGS.seed,
-                rows_skipped=sum(len(r.skipped) for r in reports))
-  with outputs.output_folder(FLAGS.out, FLAGS.overwrite) as out:
+                rows_skipped=sum(len(r.skipped) for r in reports),
+                test_file_check=provenance)
+  with outputs.output_folder(FLAGS.out, **_output()) as out:
     paths = evaluation.write_report(out, result, samples, reference, FLAGS.dataset)
     (out / 'skipped_rows.json').write_text(readers.skip_reports_json(reports))
   print(evaluation.markdown_report(result, FLAGS.dataset))
+  if provenance and provenance['check'].startswith('overridden'):
+    print(f'note: {FLAGS.samples} were made for {provenance["made_for"]["path"]}, '
+          f'not {FLAGS.test_csv} (--allow_other_test_file; in metrics.json)')
   print('wrote', ', '.join(os.path.join(FLAGS.out, str(p.relative_to(out)))
                           for p in paths.values()))
 

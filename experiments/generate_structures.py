@@ -37,8 +37,13 @@ flags.mark_flags_as_required(['out'])
 cli.at_least(1, 'num_samples', 'workers', 'min_atoms', 'max_atoms')
 
 
+def _output() -> dict:
+  """How --out is checked and written (`jaxcrystal.data.outputs`)."""
+  return dict(overwrite=FLAGS.overwrite, kind='structures', inputs=cli.flag_paths())
+
+
 def main(argv):
-  outputs.check_writable(FLAGS.out, FLAGS.overwrite)
+  outputs.check_writable(FLAGS.out, **_output())
   try:
     config = factory.SamplingConfig(
         elements=tuple(e.strip() for e in FLAGS.elements),
@@ -58,7 +63,7 @@ def main(argv):
       raise app.UsageError(f'--calculator: {err}')
   metrics = dict(factory.diversity(structures, config), redraws=redraws,
                  generation_seconds=seconds, workers=FLAGS.workers)
-  with outputs.output_folder(FLAGS.out, FLAGS.overwrite) as out:
+  with outputs.output_folder(FLAGS.out, **_output()) as out:
     io_lib.write_extxyz(out / 'structures.extxyz', structures)
     if FLAGS.ase_db:
       io_lib.write_ase_db(out / 'structures.db', structures)

@@ -38,11 +38,16 @@ cli.at_least(1, 'trials', 'num_steps')
 cli.at_least(0, 'thermal_sigma', 'vacancy_displacement', 'trial_sigma')
 
 
+def _output() -> dict:
+  """How --out is checked and written (`jaxcrystal.data.outputs`)."""
+  return dict(overwrite=FLAGS.overwrite, kind='healing', inputs=cli.flag_paths('denoiser'))
+
+
 def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
-  outputs.check_writable(FLAGS.out, FLAGS.overwrite)
+  outputs.check_writable(FLAGS.out, **_output())
   model, params, config = healing.load_denoiser(FLAGS.denoiser)
-  with outputs.output_folder(FLAGS.out, FLAGS.overwrite) as out:
+  with outputs.output_folder(FLAGS.out, **_output()) as out:
     report = healing.vacancy_experiment(
         model, params, config, repeat=FLAGS.repeat, thermal_sigma=FLAGS.thermal_sigma,
         vacancy_displacement=FLAGS.vacancy_displacement, trials=FLAGS.trials,

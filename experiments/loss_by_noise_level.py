@@ -40,9 +40,14 @@ cli.existing_file('data', optional=True)
 cli.at_least(1, 'batch_size')
 
 
+def _output() -> dict:
+  """How --out is checked and written (`jaxcrystal.data.outputs`)."""
+  return dict(overwrite=FLAGS.overwrite, kind='noise_levels', inputs=cli.flag_paths('checkpoint', 'data'))
+
+
 def main(argv):
   logging.set_verbosity(logging.WARNING)
-  outputs.check_writable(FLAGS.out, FLAGS.overwrite)
+  outputs.check_writable(FLAGS.out, **_output())
   spec, params, config, step = generate.load_run(FLAGS.checkpoint, FLAGS.which)
   data = FLAGS.data or config.val_data
   if not data:
@@ -61,7 +66,7 @@ def main(argv):
                 num_structures=len(structures))
   curves = {k: v for k, v in result.items()
             if k not in ('t', 'loss', 'sigma_frac', 'sigma_angstrom')}
-  with outputs.output_folder(FLAGS.out, FLAGS.overwrite) as out:
+  with outputs.output_folder(FLAGS.out, **_output()) as out:
     io_lib.write_json_atomic(out / 'loss_by_noise_level.json', report)
     plots.plot_curve(result['t'], curves, out / 'loss_by_noise_level.png',
                      xlabel='diffusion step t (noise grows with t)',

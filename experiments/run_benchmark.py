@@ -58,10 +58,15 @@ cli.at_least(1, 'num_samples', 'batch_size', 'workers')
 cli.at_least(0, 'num_targets')
 
 
+def _output() -> dict:
+  """How --out is checked and written (`jaxcrystal.data.outputs`)."""
+  return dict(overwrite=FLAGS.overwrite, kind='benchmark', inputs=cli.flag_paths('checkpoint', 'test_csv'))
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  outputs.check_writable(FLAGS.out, FLAGS.overwrite)
+  outputs.check_writable(FLAGS.out, **_output())
   spec, params, config, step = generate.load_run(FLAGS.checkpoint, FLAGS.which)
   if ('dng' if spec.task.generates_types else 'csp') != FLAGS.task:
     raise app.UsageError(f'--checkpoint is a {config.model.task} model, not {FLAGS.task}')
@@ -101,7 +106,7 @@ def main(argv):
                 sampler=timing['sampler'],
                 network_calls_per_structure=timing['network_calls_per_structure'],
                 num_generated=len(samples))
-  with outputs.output_folder(FLAGS.out, FLAGS.overwrite) as out:
+  with outputs.output_folder(FLAGS.out, **_output()) as out:
     generate.write_samples(out / 'samples', samples, dict(
         checkpoint=FLAGS.checkpoint, checkpoint_step=step, **timing))
     evaluation.write_report(out, result, samples, test, FLAGS.dataset)

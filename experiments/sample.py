@@ -23,7 +23,8 @@ from jaxcrystal.generative import generate
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('checkpoint', None, 'Training workdir to sample from.')
-flags.DEFINE_enum('which', 'best', ['best', 'latest'], 'Which checkpoint.')
+flags.DEFINE_string('which', 'best', "Which checkpoint: 'best', 'latest' or a "
+                    "periodic checkpoint's step.")
 flags.DEFINE_integer('num_samples', 100, 'Samples (for --formula or de novo).')
 flags.DEFINE_string('formula', '', 'One composition, e.g. BaTiO3 or C8.')
 flags.DEFINE_string('compositions_from', '',
@@ -35,6 +36,8 @@ flags.DEFINE_string('atom_counts_from', '',
                     'De novo: draw atom counts from this file (default: the '
                     "run's training data).")
 flags.DEFINE_integer('batch_size', 256, 'Structures per sampling batch.')
+flags.DEFINE_integer('max_atoms', 0, 'Largest structure to sample (atoms); 0: the '
+                     'largest the run was trained on.')
 flags.DEFINE_integer('seed', 0, 'Sampling seed.')
 flags.DEFINE_string('out', None, 'Output folder (new or empty).')
 flags.DEFINE_bool('overwrite', False, 'Replace what --out holds.')
@@ -43,13 +46,22 @@ flags.mark_flags_as_required(['checkpoint', 'out'])
 cli.existing_dir('checkpoint', 'a training workdir')
 cli.existing_file('compositions_from', 'atom_counts_from', optional=True)
 cli.at_least(1, 'num_samples', 'samples_per_composition', 'batch_size')
+cli.at_least(0, 'max_atoms')
+cli.at_most(10_000_000, 'num_samples', 'samples_per_composition')
+cli.at_most(100_000, 'batch_size', 'max_atoms')
+cli.checkpoint_choice('which')
 cli.formula('formula')
+
+
+def _output() -> dict:
+  """How --out is checked and written (`jaxcrystal.data.outputs`)."""
+  return dict(overwrite=FLAGS.overwrite, kind='samples', inputs=cli.flag_paths('checkpoint', 'compositions_from', 'atom_counts_from'))
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  outputs.check_writable(FLAGS.out, FLAGS.overwrite)  # before any work
+  outputs.check_writable(FLAGS.out, **_output())  # before any work
   spec, params, config, step = generate.load_run(FLAGS.checkpoint, FLAGS.which)
   compositions, lattices, rows, report = generate.compositions_for_request(
       config, formula=FLAGS.formula, compositions_from=FLAGS.compositions_from,
@@ -58,16 +70,21 @@ def main(argv):
       seed=FLAGS.seed, skip_bad=FLAGS.skip_bad)
   if report is not None and report.skipped:
     print(report.summary())
+  generate.check_size_budget(
+      compositions, FLAGS.max_atoms or generate.size_budget(FLAGS.checkpoint, config),
+      f'--formula {FLAGS.formula}' if FLAGS.formula else
+      f'--compositions_from {FLAGS.compositions_from}' if FLAGS.compositions_from
+      else 'de novo atom counts')
   samples, timing = generate.sample_structures(
       spec, params, compositions, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
       sampler=sampler_flags.sampler_config(config.sampling), lattices=lattices, progress=FLAGS.progress)
   generate.set_source_rows(samples, rows)
-  with outputs.output_folder(FLAGS.out, FLAGS.overwrite) as out:
+  with outputs.output_folder(FLAGS.out, **_output()) as out:
     summary = generate.write_samples(out, samples, {
         'checkpoint': FLAGS.checkpoint, 'checkpoint_step': step,
         'compositions_from': FLAGS.compositions_from or None,
         'rows_skipped': len(report.skipped) if report is not None else 0,
-        **timing})
+        **timing}, made_for=FLAGS.compositions_from or None)
     if report is not None:
       (out / 'skipped_rows.json').write_text(readers.skip_reports_json([report]))
   print(summary)

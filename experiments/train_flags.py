@@ -111,6 +111,10 @@ flags.register_multi_flags_validator(
 flags.register_multi_flags_validator(
     ['resume', 'overwrite'], lambda f: not (f['resume'] and f['overwrite']),
     message='--resume and --overwrite contradict each other')
+flags.register_validator('cache_dir', lambda v: not v or not os.path.isfile(v),
+                         message='--cache_dir must be a folder, not a file')
+flags.register_validator('workdir', lambda v: not v or not os.path.isfile(v),
+                         message='--workdir must be a folder, not a file')
 for _name in ('train_data', 'val_data'):
   flags.register_validator(
       _name, lambda v: v in ('', 'builtin') or os.path.isfile(v),

@@ -53,6 +53,12 @@ def run(main: Callable[[list[str]], object]) -> None:
   app.run(guarded, flags_parser=_parse_flags)
 
 
+def flag_paths(*names: str) -> dict[str, str]:
+  """{'--name': value} of path flags, the inputs a command's output folder
+  must never replace (`outputs.check_replaceable`)."""
+  return {f'--{name}': flags.FLAGS[name].value for name in names}
+
+
 # ----------------------------------------------------------------------------
 # Validators for scripts to register
 
@@ -62,6 +68,21 @@ def at_least(minimum: int, *names: str) -> None:
   for name in names:
     flags.register_validator(name, lambda v, m=minimum: v is None or v >= m,
                              message=f'--{name} must be >= {minimum}')
+
+
+def at_most(maximum: int, *names: str) -> None:
+  """Each flag must be <= `maximum` (sizes beyond any real use, which would
+  otherwise overflow an array index or exhaust memory)."""
+  for name in names:
+    flags.register_validator(name, lambda v, m=maximum: v is None or v <= m,
+                             message=f'--{name} must be <= {maximum}')
+
+
+def checkpoint_choice(name: str) -> None:
+  """'best', 'latest' or a checkpoint's step (digits)."""
+  flags.register_validator(
+      name, lambda v: v in ('best', 'latest') or str(v).isdigit(),
+      message=f"--{name} must be 'best', 'latest' or a checkpoint's step")
 
 
 def positive(*names: str) -> None:

@@ -11,6 +11,10 @@ class UserError(Exception):
   """An input, flag or folder the user must change; the message says how."""
 
 
+class DataError(UserError, ValueError):
+  """A file or row that cannot be read, with where and why."""
+
+
 class OutputExistsError(UserError, FileExistsError):
   """An output folder already holds results and `overwrite` was not given."""
 
@@ -25,6 +29,10 @@ class ConfigChangedError(UserError):
 
 class NonFiniteUpdateError(UserError):
   """A training step would have made the parameters non-finite."""
+
+
+class TrainingDivergedError(UserError):
+  """Most recent training steps were skipped for non-finite values."""
 
 
 class NotARunError(UserError, FileNotFoundError):

@@ -2,7 +2,13 @@
 import csv
 
 import ase.io
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+
+from jaxcrystal.training import loop as loop_lib
+from jaxcrystal.training import state as state_lib
 
 
 def rattled(structures, sigma, seed=0):
@@ -31,3 +37,24 @@ def write_cdvae_csv(path, rows):
     w.writerow(['', 'material_id', 'cif', 'formula'])
     for k, (mid, cif, *formula) in enumerate(rows):
       w.writerow([k, mid, cif, formula[0] if formula else ''])
+
+
+def quadratic_run(workdir, lr, steps=6, resume=False, config=None, size=3,
+                  target=lambda step: 2.0, **run_kwargs):
+  """A `size`-parameter model fitted by the real loop to `target(step)`
+  (fast: no network); returns (summary, logged messages)."""
+  optimizer = optax.sgd(lr)
+  params = {'w': jnp.ones(size)}
+  state = state_lib.initial_state(params, optimizer, jax.random.PRNGKey(0))
+
+  def loss_with_aux(rng, p, batch):
+    loss = jnp.sum((p['w'] - batch) ** 2)
+    return loss, {'loss': loss}
+  step = jax.jit(state_lib.make_train_step(loss_with_aux, optimizer, 0.9))
+  loop = loop_lib.LoopConfig(train_steps=steps, log_every=1, checkpoint_every=2,
+                             progress=False, curve_keys=('loss',))
+  messages = []
+  _, summary = loop_lib.run(workdir, loop, state, step, lambda k: jnp.full(size, target(k)),
+                            config_dict=config or {'lr': lr, 'train_steps': steps},
+                            resume=resume, log=messages.append, **run_kwargs)
+  return summary, messages

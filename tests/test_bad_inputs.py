@@ -27,6 +27,7 @@ from ase.build import bulk
 from pymatgen.io.ase import AseAtomsAdaptor
 from pymatgen.io.cif import CifWriter
 
+from helpers import quadratic_run
 from helpers import write_cdvae_csv
 
 from jaxcrystal import errors
@@ -39,7 +40,6 @@ from jaxcrystal.evaluation import validation
 from jaxcrystal.generative import generate
 from jaxcrystal.generative import train
 from jaxcrystal.training import checkpoints
-from jaxcrystal.training import loop as loop_lib
 from jaxcrystal.training import state as state_lib
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,6 +118,10 @@ ROW_CASES = {
     'cif_cut_mid_line': (_cut_mid_line, r'malformed CIF'),
     'unknown_element': (_unknown_element,
                         r'element Og \(Z = 118\) is outside Z = 1..100'),
+    'absurd_cell': (lambda cif: _replace_cell(cif, length_c=1000.0),
+                    r'cell edge of 1000 A exceeds 100 A: not a bulk crystal'),
+    'not_an_element': (lambda cif: re.sub(r'(?m)^(\s+)Cl(\s+)Cl(\d+)', r'\1Qq\2Qq\3', cif),
+                       r"unknown element symbol 'Qq' \(not in the periodic table\)"),
 }
 
 
@@ -358,25 +362,6 @@ def test_sampling_killed_mid_write_leaves_a_folder_readers_refuse(tmp_path):
 # Training: resume checks, damaged logs, non-finite updates, strict JSON
 
 
-def _quadratic_run(workdir, lr, steps=6, resume=False, config=None, size=3):
-  """A `size`-parameter model trained by the real loop (fast: no network)."""
-  optimizer = optax.sgd(lr)
-  params = {'w': jnp.ones(size)}
-  state = state_lib.initial_state(params, optimizer, jax.random.PRNGKey(0))
-
-  def loss_with_aux(rng, p, batch):
-    loss = jnp.sum((p['w'] - batch) ** 2)
-    return loss, {'loss': loss}
-  step = jax.jit(state_lib.make_train_step(loss_with_aux, optimizer, 0.9))
-  loop = loop_lib.LoopConfig(train_steps=steps, log_every=1, checkpoint_every=2,
-                             progress=False, curve_keys=('loss',))
-  messages = []
-  _, summary = loop_lib.run(workdir, loop, state, step, lambda k: jnp.full(size, 2.0),
-                            config_dict=config or {'lr': lr, 'train_steps': steps},
-                            resume=resume, log=messages.append)
-  return summary, messages
-
-
 def test_train_step_does_not_apply_a_non_finite_update():
   optimizer = optax.sgd(float('inf'))
   state = state_lib.initial_state({'w': jnp.ones(3)}, optimizer, jax.random.PRNGKey(0))
@@ -397,23 +382,23 @@ def test_non_finite_update_stops_the_run_naming_the_step(tmp_path):
   with pytest.raises(errors.NonFiniteUpdateError,
                      match=r'training step 1: the update would make the parameters '
                            r'NaN or infinite'):
-    _quadratic_run(tmp_path / 'inf', lr=float('inf'))
+    quadratic_run(tmp_path / 'inf', lr=float('inf'))
   assert not list((tmp_path / 'inf').glob('checkpoints/*'))  # nothing non-finite saved
-  summary, _ = _quadratic_run(tmp_path / 'ok', lr=0.1)
+  summary, _ = quadratic_run(tmp_path / 'ok', lr=0.1)
   assert summary['final_step'] == 6
 
 
 def test_resume_refuses_changes_that_alter_results_and_records_others(tmp_path):
   workdir = tmp_path / 'run'
-  _quadratic_run(workdir, lr=0.1, steps=4)
+  quadratic_run(workdir, lr=0.1, steps=4)
   stored = (workdir / 'config.json').read_text()
   with pytest.raises(errors.ConfigChangedError,
                      match=r"--resume would change the results \(lr: 0.1 -> 0.2\)"):
-    _quadratic_run(workdir, lr=0.2, steps=4, resume=True)
+    quadratic_run(workdir, lr=0.2, steps=4, resume=True)
   assert (workdir / 'config.json').read_text() == stored  # the record stays true
   with pytest.raises(errors.OutputExistsError, match='pass --resume'):
-    _quadratic_run(workdir, lr=0.1, steps=4)
-  summary, messages = _quadratic_run(workdir, lr=0.1, steps=6, resume=True)
+    quadratic_run(workdir, lr=0.1, steps=4)
+  summary, messages = quadratic_run(workdir, lr=0.1, steps=6, resume=True)
   assert summary['final_step'] == 6
   assert 'changed on resume: train_steps: 4 -> 6' in messages
   log = [json.loads(line) for line in (workdir / 'resume_log.jsonl').read_text().splitlines()]
@@ -421,24 +406,24 @@ def test_resume_refuses_changes_that_alter_results_and_records_others(tmp_path):
 
 
 def test_resume_into_a_different_model_is_one_clear_error(tmp_path):
-  """Without a config.json to compare (an old run), orbax's mismatch is
-  still reported in one line, not hundreds."""
+  """A checkpoint that does not fit the model (a config.json that does not
+  describe it, e.g. code changed in between): orbax's mismatch is reported
+  in one line, not hundreds."""
   workdir = tmp_path / 'run'
-  _quadratic_run(workdir, lr=0.1, steps=4)
-  (workdir / 'config.json').unlink()
+  quadratic_run(workdir, lr=0.1, steps=4)
   with pytest.raises(checkpoints.CheckpointMismatchError,
                      match=r'the latest checkpoint does not fit') as err:
-    _quadratic_run(workdir, lr=0.1, steps=6, resume=True, size=5)
+    quadratic_run(workdir, lr=0.1, steps=6, resume=True, size=5)
   assert '\n' not in str(err.value)
 
 
 def test_partial_metrics_line_is_dropped_with_a_warning(tmp_path):
   workdir = tmp_path / 'run'
-  _quadratic_run(workdir, lr=0.1, steps=4)
+  quadratic_run(workdir, lr=0.1, steps=4)
   metrics = workdir / 'metrics.jsonl'
   with open(metrics, 'a') as f:
     f.write('{"step": 5, "split": "tra')  # killed while writing
-  summary, messages = _quadratic_run(workdir, lr=0.1, steps=6, resume=True)
+  summary, messages = quadratic_run(workdir, lr=0.1, steps=6, resume=True)
   assert any('dropped the partial last line 5' in m for m in messages)
   assert [r['step'] for r in checkpoints.read_metrics(metrics)] == [1, 2, 3, 4, 5, 6]
   lines = metrics.read_text().splitlines()
@@ -517,6 +502,15 @@ CLI_CASES = {
     'more_steps_than_trained': (['--formula=Al4', '--num_steps=100000'],
                                 r'^error: num_steps must be in 1\.\.\d+ for this model'),
     'stray_argument': (['--formula=Al4', 'extra'], r'^error: unexpected arguments: extra'),
+    'zero_count': (['--formula=H0'], r"^error: flag --formula=H0: --formula: 'H0': an "
+                   r"element with a zero count$"),
+    'beyond_an_integer': (['--num_samples=99999999999999999999999'],
+                          r'^error: flag --num_samples=\d+: --num_samples must be <= '),
+    'beyond_the_size_budget': (['--formula=C70'], r"^error: --formula C70: a structure "
+                               r"of 70 atoms, more than this model's budget of 64 "
+                               r"\(set by its training data\); --max_atoms=70"),
+    'bad_which': (['--formula=Al4', '--which=newest'], r"^error: flag --which=newest: "
+                  r"--which must be 'best', 'latest' or a checkpoint's step$"),
     'missing_checkpoint': (['--checkpoint=/nonexistent'], r'^error: flag '
                            r'--checkpoint=/nonexistent: --checkpoint must be a '
                            r'training workdir$'),

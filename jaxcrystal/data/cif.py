@@ -93,6 +93,7 @@ def parse_block(text: str, min_distance: float = 0.0
   """One CIF data block -> (Atoms, declared formulas), parsed by pymatgen as
   CDVAE and DiffCSP do, after the project's own checks on the block's
   numbers. Raises `StructureError` with the reason in the user's terms."""
+  from pymatgen.core import DummySpecies
   from pymatgen.io.ase import AseAtomsAdaptor
   from pymatgen.io.cif import CifParser
   with warnings.catch_warnings():
@@ -121,6 +122,11 @@ def parse_block(text: str, min_distance: float = 0.0
   if not structure.is_ordered:
     raise validation.StructureError('disordered sites (partial occupancy) are '
                                     'not supported')
+  unknown = sorted({str(sp.symbol) for sp in structure.composition
+                    if isinstance(sp, DummySpecies)})
+  if unknown:
+    raise validation.StructureError(f'unknown element symbol {unknown[0]!r} '
+                                    '(not in the periodic table)')
   declared = {}
   if '_chemical_formula_sum' in raw:
     z = _cif_number(raw.get('_cell_formula_units_Z', 1))

@@ -9,6 +9,7 @@ NaN and infinities are written as null and counted.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -51,6 +52,15 @@ def atomic_path(path: str | os.PathLike):
   finally:
     if os.path.exists(tmp):
       os.unlink(tmp)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+  """Hex sha256 of a file's bytes: the provenance runs and samples record."""
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  return digest.hexdigest()
 
 
 def write_text_atomic(path, text: str) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import re
@@ -37,15 +38,15 @@ from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.data import cif
 from jaxcrystal.data import io as io_lib
 from jaxcrystal.data import outputs
+from jaxcrystal.data import textfile
 from jaxcrystal.evaluation import validation
 
 CACHE_VERSION = 2
 MAX_ATOMIC_NUMBER = batch_lib.NUM_ELEMENTS  # the models' type classes: 1..100
+MAX_FORMULA_ATOMS = 10_000  # a formula asking for more is refused when parsed
 
 
-class DataError(errors.UserError, ValueError):
-  """A file or row that cannot be read, with where and why."""
-
+DataError = errors.DataError
 
 @dataclasses.dataclass
 class SkippedRow:
@@ -107,10 +108,16 @@ def parse_formula(formula: str) -> np.ndarray:
   """Atomic numbers of a formula such as 'BaTiO3' or 'C8' (`[N]` int).
 
   Raises ValueError naming the problem: not a formula, an unknown symbol,
-  or an element outside Z = 1..100.
+  a zero count, more than `MAX_FORMULA_ATOMS` atoms, or an element outside
+  Z = 1..100.
   """
   if not re.fullmatch(r'([A-Z][a-z]?\d*)+', formula or ''):
     raise ValueError(f'{formula!r} is not a chemical formula such as BaTiO3 or C8')
+  counts = [int(n) for _, n in re.findall(r'([A-Z][a-z]?)(\d*)', formula) if n]
+  if 0 in counts:
+    raise ValueError(f'{formula!r}: an element with a zero count')
+  if sum(counts or [0]) + len(counts) > MAX_FORMULA_ATOMS:
+    raise ValueError(f'{formula!r}: more than {MAX_FORMULA_ATOMS} atoms')
   try:
     numbers = ase.Atoms(formula).numbers
   except (KeyError, ValueError) as err:
@@ -184,8 +191,7 @@ class _Record:
 
 def _csv_records(path: Path, min_distance: float) -> list[_Record]:
   csv.field_size_limit(sys.maxsize)
-  with open(path, newline='') as f:
-    text = f.read()
+  text = textfile.read_text(path)
   reader = csv.DictReader(text.splitlines(keepends=True), strict=True)
   columns = reader.fieldnames or []
   if 'cif' not in columns:
@@ -235,7 +241,7 @@ def _row_info(row: dict, k: int) -> dict:
 
 
 def _cif_records(path: Path, min_distance: float) -> Iterator[_Record]:
-  text = path.read_text(errors='replace')
+  text = textfile.read_text(path)
   blocks = cif.split_blocks(text)
   if not blocks:
     raise DataError(f'{path}: no CIF data block (no line starts with data_)')
@@ -244,10 +250,34 @@ def _cif_records(path: Path, min_distance: float) -> Iterator[_Record]:
                   {'row': k, 'material_id': name})
 
 
+def _ase_source(path: Path, format: str | None):
+  """(file or path, format) for ASE: text formats go through `read_text`
+  (gzip, encodings, line endings), binary ones are read as they are."""
+  from ase.io import formats
+  name = path.with_suffix('') if textfile.is_gzip(path) else path
+  if format is None:
+    try:
+      format = formats.filetype(str(name), read=False)
+    except Exception:  # ASE raises several types for unknown names
+      format = None
+  spec = formats.ioformats.get(format) if format else None
+  if spec is None and not textfile.is_gzip(path):
+    return path, format
+  if spec is not None and spec.isbinary:
+    if textfile.is_gzip(path):
+      raise DataError(f'{path}: a gzipped {format} file; unzip it first')
+    return path, format
+  if spec is None:
+    raise DataError(f'{path}: cannot tell the format of the gzipped file; '
+                    'name it .extxyz.gz, .cif.gz, .csv.gz, ...')
+  return io.StringIO(textfile.read_text(path)), format
+
+
 def _ase_records(path: Path, index, format) -> Iterator[_Record]:
   count = 0
+  source, format = _ase_source(path, format)
   try:
-    for atoms in ase.io.iread(path, index=index, format=format):
+    for atoms in ase.io.iread(source, index=index, format=format):
       ident = str(atoms.info.get('material_id', count))
       yield _Record(count, ident, lambda atoms=atoms: (atoms, {}), {'row': count})
       count += 1
@@ -318,8 +348,11 @@ def read_structures(path: str | os.PathLike, *, index=':', format: str | None = 
                  index=str(index), format=format)
   cache = _cache_file(path, cache_dir, options) if cache_dir else None
   if cache is not None and cache.is_file():
-    return _read_cache(cache, path)
-  suffix = path.suffix.lower()
+    try:
+      return _read_cache(cache, path)
+    except Exception:  # a damaged cache file is rebuilt from the data file
+      pass
+  suffix = (path.with_suffix('') if textfile.is_gzip(path) else path).suffix.lower()
   check_distance = min_distance if validate else 0.0
   if format is None and suffix == '.csv':
     records = _csv_records(path, check_distance)
@@ -382,18 +415,54 @@ def _read_cache(cache: Path, path: Path):
   return structures, LoadReport(str(path), len(structures), skipped, True)
 
 
+def check_npz_arrays(arrays: dict, where: str) -> None:
+  """Raise `DataError` (naming `where`) unless structure arrays agree:
+  `num_atoms [S]` non-negative integers whose sum is the length of
+  `frac_coords [T, 3]` and `atom_types [T]` (integers in 0..118),
+  `lattices [S, 3, 3]`, and `source_row [S]` where present."""
+  missing = [k for k in ('num_atoms', 'lattices', 'frac_coords', 'atom_types')
+             if k not in arrays]
+  if missing:
+    raise DataError(f'{where}: not a structures .npz (no {", ".join(missing)})')
+  n, types = np.asarray(arrays['num_atoms']), np.asarray(arrays['atom_types'])
+  frac, lattices = np.asarray(arrays['frac_coords']), np.asarray(arrays['lattices'])
+  problems = []
+  if n.ndim != 1 or not np.issubdtype(n.dtype, np.integer) or (n < 0).any():
+    problems.append('num_atoms is not a list of non-negative integers')
+  elif int(n.sum()) != len(types) or int(n.sum()) != len(frac):
+    problems.append(f'num_atoms adds up to {int(n.sum())} atoms but there are '
+                    f'{len(types)} atom_types and {len(frac)} frac_coords rows')
+  if frac.ndim != 2 or frac.shape[-1] != 3:
+    problems.append(f'frac_coords has shape {frac.shape}, not [T, 3]')
+  if lattices.shape != (len(n), 3, 3):
+    problems.append(f'lattices has shape {lattices.shape}, not [{len(n)}, 3, 3]')
+  if not np.issubdtype(types.dtype, np.integer) or (types < 0).any() or (types > 118).any():
+    problems.append('atom_types are not atomic numbers')
+  if 'source_row' in arrays and np.shape(arrays['source_row']) != (len(n),):
+    problems.append(f'source_row has {np.size(arrays["source_row"])} entries for '
+                    f'{len(n)} structures')
+  if problems:
+    raise DataError(f'{where}: inconsistent arrays: {"; ".join(problems)}')
+
+
 def read_npz(path) -> list[ase.Atoms]:
   """Structures from a `write_npz` file (or DiffCSP's eval `.npz` layout);
-  `info['source_row']` from its `source_row` array where it has one."""
+  `info['source_row']` from its `source_row` array where it has one. An
+  unreadable (truncated) file or arrays that disagree (`check_npz_arrays`)
+  are a `DataError` naming the file."""
   path = Path(path)
   outputs.check_complete(path)
   try:
     with np.load(path) as data:
-      structures = io_lib.arrays_to_atoms(data)
-      rows = data['source_row'] if 'source_row' in data.files else None
-  except (OSError, ValueError, KeyError, EOFError) as err:
+      arrays = {k: data[k] for k in data.files
+                if k in ('num_atoms', 'lattices', 'frac_coords', 'atom_types',
+                         'source_row')}
+  except Exception as err:  # zipfile, zlib and numpy raise many types
     raise DataError(f'{path}: not a readable structures .npz ({type(err).__name__}: '
-                    f'{err})') from None
+                    f'{err}; truncated file?)') from None
+  check_npz_arrays(arrays, str(path))
+  structures = io_lib.arrays_to_atoms(arrays)
+  rows = arrays.get('source_row')
   if rows is not None:
     for atoms, row in zip(structures, rows):
       atoms.info['source_row'] = int(row)

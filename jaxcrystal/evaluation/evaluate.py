@@ -5,6 +5,7 @@ Used by `experiments/evaluate.py` and `experiments/run_benchmark.py`.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -68,6 +69,48 @@ def read_samples(path: str | Path) -> list[ase.Atoms]:
     return readers.read_npz(path)
   structures, _ = readers.read_structures(str(path), validate=False)
   return structures
+
+
+def made_for(samples_path: str | Path) -> dict | None:
+  """{'path', 'sha256'} of the file the samples were made for, from the
+  `.npz` itself (`made_for_sha256`) or the `summary.json` beside it; None
+  when neither records one (DiffCSP's outputs, de novo samples)."""
+  samples_path = Path(samples_path)
+  if samples_path.suffix == '.npz':
+    try:
+      with np.load(samples_path) as data:
+        if 'made_for_sha256' in data.files:
+          return {'path': str(data['made_for_path']) if 'made_for_path' in data.files
+                  else '?', 'sha256': str(data['made_for_sha256'])}
+    except (OSError, ValueError, EOFError):
+      return None
+  summary = samples_path.parent / 'summary.json'
+  try:
+    record = json.loads(summary.read_text()).get('made_for')
+  except (OSError, ValueError, AttributeError):
+    return None
+  return record if isinstance(record, dict) and 'sha256' in record else None
+
+
+def check_made_for(samples_path: str | Path, test_path: str | Path,
+                   allow_other: bool = False) -> dict:
+  """Refuse (`readers.DataError`, one line) samples made for another file
+  than `test_path` (compared by sha256), unless `allow_other`. Returns what
+  was found, for metrics.json: {'made_for', 'test_sha256', 'check'}."""
+  record = made_for(samples_path)
+  test_sha = io_lib.file_sha256(test_path)
+  if record is None:
+    return {'made_for': None, 'test_sha256': test_sha, 'check': 'not recorded'}
+  if record['sha256'] == test_sha:
+    return {'made_for': record, 'test_sha256': test_sha, 'check': 'same file'}
+  if not allow_other:
+    raise readers.DataError(
+        f'{samples_path} were made for {record["path"]} (sha256 '
+        f'{record["sha256"][:12]}...), not {test_path} (sha256 {test_sha[:12]}...): '
+        'evaluate them against that file, or pass --allow_other_test_file to '
+        'score them anyway (recorded in metrics.json)')
+  return {'made_for': record, 'test_sha256': test_sha,
+          'check': 'overridden: made for another file (--allow_other_test_file)'}
 
 
 def group_predictions(samples: Sequence[ase.Atoms], targets: Sequence[ase.Atoms],

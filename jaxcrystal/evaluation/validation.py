@@ -23,6 +23,7 @@ AMU_PER_A3_TO_G_PER_CM3 = 1.66053906660
 
 DEFAULT_MIN_DISTANCE = 0.5  # Angstrom, the field's structural-validity cutoff
 DEFAULT_MIN_VOLUME = 1e-3   # Angstrom^3; anything smaller is a degenerate cell
+MAX_CELL_EDGE = 100.0       # Angstrom; longer: a unit error or vacuum, not a bulk crystal
 MAX_IMAGES = 20000          # image budget of one coordination count
 MAX_SYMMETRY_LENGTH = 1000.0  # Angstrom; longer lattice vectors get no space group
 
@@ -37,7 +38,7 @@ def check_structure(atoms: ase.Atoms,
   """Raise `StructureError` naming the problem, or return None if usable.
 
   Checks, in order: non-empty, finite cell and positions, 3D periodicity,
-  positive volume, atom count within `max_atoms`, and no pair of atoms (over
+  positive volume, cell edges up to `MAX_CELL_EDGE`, atom count within `max_atoms`, and no pair of atoms (over
   all periodic images) closer than `min_distance` Angstrom.
   """
   if len(atoms) == 0:
@@ -52,6 +53,11 @@ def check_structure(atoms: ase.Atoms,
   vol = float(np.linalg.det(cell))
   if vol <= DEFAULT_MIN_VOLUME:
     raise StructureError(f'cell volume {vol:.4g} A^3 is zero or negative')
+  longest = float(np.linalg.norm(cell, axis=1).max())
+  if longest > MAX_CELL_EDGE:
+    raise StructureError(
+        f'cell edge of {longest:.4g} A exceeds {MAX_CELL_EDGE:g} A: not a bulk '
+        'crystal (lengths in another unit? a slab or molecule in a vacuum box?)')
   if max_atoms is not None and len(atoms) > max_atoms:
     raise StructureError(f'{len(atoms)} atoms exceed the budget of {max_atoms}')
   dmin = min_interatomic_distance(atoms)

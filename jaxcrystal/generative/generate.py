@@ -5,6 +5,7 @@ Used by `experiments/sample.py` and the quickstart.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import time
 from pathlib import Path
@@ -46,6 +47,30 @@ def load_run(workdir: str | Path, which: str = 'best', use_ema: bool = True):
   like = jax.eval_shape(model.init_params, jax.random.PRNGKey(0), example)
   params, step = checkpoints.restore_params(workdir, which, use_ema, like)
   return model, params, config, step
+
+
+def size_budget(workdir: str | Path, config: train.TrainConfig) -> int:
+  """The largest structure (atoms) a run's model may be asked for: the
+  largest it was trained on (`config.json`, 'data'), or for runs that did
+  not record it, the run's `max_atoms` limit."""
+  try:
+    record = json.loads((Path(workdir) / 'config.json').read_text()).get('data') or {}
+  except (OSError, ValueError, AttributeError):
+    record = {}
+  largest = record.get('largest_structure')
+  return int(largest) if isinstance(largest, int) and largest > 0 else config.max_atoms
+
+
+def check_size_budget(compositions: Sequence[Sequence[int]], budget: int,
+                      what: str) -> None:
+  """Raise `errors.UserError` naming `what` if a composition has more atoms
+  than `budget` (`size_budget`, or the --max_atoms flag)."""
+  largest = max((len(c) for c in compositions), default=0)
+  if largest > budget:
+    raise errors.UserError(
+        f'{what}: a structure of {largest} atoms, more than this model\'s budget of '
+        f'{budget} (set by its training data); --max_atoms={largest} samples it '
+        'anyway')
 
 
 def _example_batch():
@@ -112,16 +137,25 @@ def set_source_rows(structures: Sequence[ase.Atoms], rows: Sequence[int] | None
 
 
 def write_samples(outdir: str | Path, structures: Sequence[ase.Atoms],
-                  extra_summary: dict | None = None) -> dict:
+                  extra_summary: dict | None = None,
+                  made_for: str | None = None) -> dict:
   """Write extxyz, a folder of CIFs, `.npz` and a JSON validity summary.
   Samples with `info['source_row']` (`set_source_rows`) keep it in the
-  extxyz and as the `.npz` array `source_row [S]`."""
+  extxyz and as the `.npz` array `source_row [S]`. `made_for`: the file the
+  samples were made for (`--compositions_from`); its path and sha256 go into
+  `summary.json` and the `.npz` (`made_for_sha256`), which evaluation checks
+  (`evaluation.evaluate.check_made_for`)."""
   outdir = Path(outdir)
   structures = list(structures)
   extra = {}
   if structures and all('source_row' in a.info for a in structures):
     extra['source_row'] = np.array([a.info['source_row'] for a in structures],
                                    np.int64)
+  record = None
+  if made_for:
+    record = {'path': str(made_for), 'sha256': io_lib.file_sha256(made_for)}
+    extra.update(made_for_path=np.array(record['path']),
+                 made_for_sha256=np.array(record['sha256']))
   arrays = io_lib.write_npz(outdir / 'samples.npz', structures, **extra)
   io_lib.write_extxyz(outdir / 'samples.extxyz', structures)
   io_lib.write_cifs(outdir / 'cifs', structures, prefix='sample')
@@ -139,6 +173,7 @@ def write_samples(outdir: str | Path, structures: Sequence[ase.Atoms],
       key = re.sub(r'-?\d[\d.e+-]*', '#', reason)
       reasons[key] = reasons.get(key, 0) + 1
   summary['invalid_reasons'] = reasons
+  summary['made_for'] = record
   summary.update(extra_summary or {})
   io_lib.write_json_atomic(outdir / 'summary.json', summary)
   return summary

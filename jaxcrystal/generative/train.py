@@ -58,6 +58,7 @@ class TrainConfig:
   @classmethod
   def from_dict(cls, d: dict) -> 'TrainConfig':
     d = dict(d)
+    d.pop('data', None)  # the run's data record (`data_record`), not settings
     d['model'] = model_lib.ModelConfig(**d['model'])
     d['optim'] = state_lib.OptimConfig(**d['optim'])
     d['loss_weights'] = losses.LossWeights(**d['loss_weights'])
@@ -157,6 +158,23 @@ def load_structures(path: str, config: TrainConfig):
   return structures, report
 
 
+def data_record(config: TrainConfig, train_structures) -> dict:
+  """What a run stores of its data in `config.json` under 'data', so that
+  `--resume` refuses changed files and sampling knows its size budget:
+  the sha256 of each data file (None for the built-in set or none) and the
+  largest structure trained on (atoms)."""
+  sha = lambda path: io_lib.file_sha256(path) if path not in ('', 'builtin') else None
+  return {'train_data_sha256': sha(config.train_data),
+          'val_data_sha256': sha(config.val_data),
+          'largest_structure': max(len(s) for s in train_structures)}
+
+
+def data_inputs(config: TrainConfig) -> dict[str, str]:
+  """{flag: path} of the files and folders a run reads."""
+  return {'--train_data': '' if config.train_data == 'builtin' else config.train_data,
+          '--val_data': config.val_data, '--cache_dir': config.cache_dir}
+
+
 def describe_load(path: str, structures, report) -> str:
   """One line (plus skipped rows) of what a `load_structures` call read."""
   return report.summary() if report is not None else f'{path}: {len(structures)} structures'
@@ -175,6 +193,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path,
   `skipped_rows.json` (what each data file left out) and `files`.
   Returns the loop's summary dict.
   """
+  inputs = data_inputs(config)
+  loop_lib.check_workdir(workdir, resume, overwrite, inputs)  # before any work
   model = model_lib.build(config.model)
   train_structures, report = load_structures(config.train_data, config)
   log(describe_load(config.train_data, train_structures, report))
@@ -216,8 +236,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path,
   _, summary = loop_lib.run(
       workdir, loop, replicate(state), train_step,
       lambda step: place(train_set.batch_for_step(config.seed, step)),
-      evaluate=evaluate_fn, config_dict=config.to_dict(), resume=resume,
-      overwrite=overwrite, replicate=replicate, log=log,
+      evaluate=evaluate_fn, resume=resume,
+      config_dict=dict(config.to_dict(), data=data_record(config, train_structures)),
+      overwrite=overwrite, replicate=replicate, log=log, inputs=inputs,
       files=dict(files or {}, **{'skipped_rows.json': readers.skip_reports_json(
           [r for r in reports if r is not None])}))
   return summary

@@ -18,12 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxcrystal import errors
 from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.training import checkpoints
 from jaxcrystal.healing import defects
 from jaxcrystal.healing import denoiser
 from jaxcrystal.data import io as io_lib
+from jaxcrystal.data import outputs
 from jaxcrystal.data import readers
 from jaxcrystal.geometry import neighbors
 from jaxcrystal.plotting import plots
@@ -90,12 +90,11 @@ def train_denoiser(config: HealingTrainConfig, workdir: str | Path,
   config.json, metrics.jsonl, training_curve.png and checkpoints.
   Returns the loop's summary."""
   workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   data_path = workdir / 'train.extxyz'
   if not (resume and data_path.is_file()):
-    if checkpoints.CheckpointManager(workdir, 1).latest_step() is not None:
-      raise errors.OutputExistsError(f'{workdir} already holds a trained denoiser; pass '
-                            '--resume or choose another --workdir')
+    loop_lib.check_workdir(workdir, resume, overwrite=False)
+    workdir.mkdir(parents=True, exist_ok=True)
+    outputs.write_owner(workdir, 'run', [data_path.name])
     io_lib.write_extxyz(data_path, training_structures(config))
   structures, _ = readers.read_structures(str(data_path))  # what was written
   log(f'{len(structures)} training supercells ({config.element} {config.structure}) '

@@ -7,6 +7,7 @@ matplotlib backend of a notebook or script as it was, and no display is needed.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -80,7 +81,9 @@ def plot_training_curve(records: Sequence[dict], path,
     for split, style in (('train', '-'), ('val', 'o--')):
       rows = [r for r in records if r.get('split') == split]
       for key in keys:
-        pts = [(r['step'], r[key]) for r in rows if key in r and r[key] > 0]
+        pts = [(r['step'], r[key]) for r in rows  # null: a non-finite value
+               if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
+               and r[key] > 0]
         if pts:
           s, v = zip(*pts)
           ax.plot(s, v, style, color=colors[key], lw=1.2, ms=3,

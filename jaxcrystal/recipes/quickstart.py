@@ -63,7 +63,8 @@ def run_quickstart(config: train.TrainConfig, workdir: str | Path,
   for s, (ok, why) in zip(samples, checks):
     s.info['prototype_ok'] = ok
     s.info['check'] = why or 'ok'
-  with outputs.output_folder(workdir / 'samples', overwrite=True) as out:
+  with outputs.output_folder(workdir / 'samples', overwrite=True, kind='samples',
+                             flag='--workdir') as out:
     summary = generate.write_samples(out, samples, {
         'checkpoint_step': step,
         'prototype_match_fraction': float(np.mean(passed)),

@@ -25,6 +25,35 @@ class CheckpointMismatchError(errors.UserError, ValueError):
   """A checkpoint does not fit the model its run's config describes."""
 
 
+class DamagedCheckpointError(errors.UserError):
+  """A checkpoint whose files cannot be read (damaged or cut short)."""
+
+
+def _first_line(err: Exception) -> str:
+  text = str(err).strip()
+  return (text.splitlines()[0] if text else 'no message')[:160]
+
+
+def kept_steps(workdir: str | Path) -> dict[str, list[int]]:
+  """{'best': [step], 'periodic': [steps]} of the checkpoints a run keeps
+  (read from folder names, so damaged ones are listed too)."""
+  workdir = Path(workdir)
+  steps = lambda d: sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) \
+      if d.is_dir() else []
+  return {'best': steps(workdir / 'best'), 'periodic': steps(workdir / 'checkpoints')}
+
+
+def _others(workdir: Path, which: str, step: int) -> str:
+  """What else a user may load, as --which values."""
+  kept = kept_steps(workdir)
+  options = [f'--which={s}' for s in kept['periodic'] if str(s) != str(which)
+             and not (which == 'latest' and s == step)]
+  if which != 'best' and kept['best']:
+    options.insert(0, f'--which=best (step {kept["best"][-1]})')
+  return ('other checkpoints: ' + ', '.join(options) if options
+          else 'the run keeps no other checkpoint')
+
+
 def _manager(directory: Path, keep: int) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          enable_async_checkpointing=False)
@@ -116,9 +145,15 @@ def restore_params(workdir: str | Path, which: str = 'best', use_ema: bool = Tru
     step = manager.latest_step()
   if step is None:
     raise errors.NotARunError(f'{workdir}: no checkpoints found')
-  out = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))
-  params = out['state']['ema_params' if use_ema else 'params']
+  try:
+    out = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))
+    params = out['state']['ema_params' if use_ema else 'params']
+  except Exception as err:  # orbax and tensorstore raise many types on damage
+    raise DamagedCheckpointError(
+        f'{workdir}: the checkpoint of step {step} ({which}) cannot be read '
+        f'({type(err).__name__}: {_first_line(err)}); {_others(workdir, which, step)}'
+        ) from None
   if like is not None:
     want = {jax.tree_util.keystr(k): tuple(v.shape)
             for k, v in jax.tree_util.tree_leaves_with_path(like)}

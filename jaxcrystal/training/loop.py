@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 
 from jaxcrystal import errors
 from jaxcrystal.data import io as io_lib
+from jaxcrystal.data import outputs
 from jaxcrystal.geometry import neighbors
 from jaxcrystal.plotting import plots
 from jaxcrystal.training import checkpoints
@@ -43,6 +45,11 @@ class LoopConfig:
   keep_checkpoints: int = 3
   progress: bool = True
   desc: str = 'train'
+  # Divergence: more than this share of the steps in the last `skip_window`
+  # (checked at log, evaluation and checkpoint steps) skipped for a
+  # non-finite loss or gradient stops the run before anything is saved.
+  max_skipped_fraction: float = 0.5
+  skip_window: int = 20
   curve_keys: tuple[str, ...] = ('loss', 'lattice', 'coords', 'types')
   # Config fields (the last part of a dotted key) that a resumed run may
   # change; every other difference from the stored config.json is refused.
@@ -107,6 +114,32 @@ def _check_updates(unchecked: list) -> None:
         'parameters of the step before, the last checkpoint is intact')
 
 
+class _DivergenceCheck:
+  """Stops a run whose recent steps are mostly skipped (non-finite loss or
+  gradients): the share over the last `window` steps (from the states seen
+  at checks) above `max_fraction`, and at least 3 steps."""
+
+  def __init__(self, start: int, skipped: int, window: int, max_fraction: float):
+    self.seen = [(start, skipped)]
+    self.window, self.max_fraction = window, max_fraction
+
+  def __call__(self, step: int, skipped: int, last_checkpoint: Callable,
+               workdir: Path) -> None:
+    self.seen.append((step, skipped))
+    base = [s for s in self.seen if s[0] <= step - self.window] or self.seen[:1]
+    base_step, base_skipped = base[-1]
+    self.seen = [s for s in self.seen if s[0] >= base_step]
+    steps, count = step - base_step, skipped - base_skipped
+    if steps > 0 and count >= 3 and count > self.max_fraction * steps:
+      kept = last_checkpoint()
+      kept = (f'the last good checkpoint is step {kept} in {workdir / "checkpoints"}'
+              if kept is not None else 'no checkpoint was written')
+      raise errors.TrainingDivergedError(
+          f'training step {step}: {count} of the last {steps} steps were skipped '
+          '(non-finite loss or gradients): the run diverged (learning rate too '
+          f'high?); stopped without saving, {kept}')
+
+
 def _flatten(d: dict, prefix: str = '') -> dict:
   out = {}
   for key, value in d.items():
@@ -115,6 +148,11 @@ def _flatten(d: dict, prefix: str = '') -> dict:
     else:
       out[f'{prefix}{key}'] = value
   return out
+
+
+# Parts of config.json that older runs did not store: absent in the stored
+# file, they are recorded from now on instead of refused.
+RECORDED_LATER = ('data',)
 
 
 def config_changes(workdir: Path, config_dict: dict,
@@ -137,13 +175,77 @@ def config_changes(workdir: Path, config_dict: dict,
   diff = {k: (stored.get(k, missing), new.get(k, missing))
           for k in sorted(set(stored) | set(new)) if stored.get(k) != new.get(k)}
   refused = {k: v for k, v in diff.items()
-             if k.split('.')[-1] not in may_change and k.split('.')[0] not in may_change}
+             if k.split('.')[-1] not in may_change and k.split('.')[0] not in may_change
+             and not (k.split('.')[0] in RECORDED_LATER and v[0] == missing)}
   if refused:
-    listed = '; '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in refused.items())
+    def change(key, a, b):
+      if key.endswith('_sha256') and a != missing:
+        name = key.split('.')[-1][:-len('_sha256')]
+        return (f'{name}: the file has changed since the run began (sha256 '
+                f'{str(a)[:12]}... -> {str(b)[:12]}...)')
+      return f'{key}: {a!r} -> {b!r}'
+    listed = '; '.join(change(k, a, b) for k, (a, b) in refused.items())
     raise errors.ConfigChangedError(
         f'{workdir}: --resume would change the results ({listed}); resume with '
         f'the stored values (see {path}) or start a new --workdir')
   return diff
+
+
+# What a run writes at the top of its workdir (besides `files`).
+RUN_ENTRIES = ('config.json', 'metrics.jsonl', 'checkpoints', 'best',
+               'training_curve.png', 'train_summary.json', 'resume_log.jsonl',
+               'skipped_rows.json')
+
+
+def check_workdir(workdir: str | Path, resume: bool, overwrite: bool,
+                  inputs: outputs.Inputs | None = None) -> None:
+  """Refuse, before any work, a workdir this command may not train in:
+
+  - not a creatable folder;
+  - `overwrite`: anything `outputs.check_replaceable` refuses (not a run's
+    own folder, holds foreign files, is or holds an input, ...);
+  - `resume`: a non-empty folder without the run's `config.json` (nothing to
+    check the configuration against); an empty or new one starts afresh;
+  - neither: any non-empty folder (checkpoints or not), except one marked
+    as a run that holds only what that run wrote before its configuration
+    (e.g. the data a script generates into its workdir).
+  """
+  workdir = Path(workdir)
+  replacing = overwrite and not resume
+  if replacing or not workdir.is_dir():
+    outputs.check_writable(workdir, overwrite=True, flag='--workdir', kind='run',
+                           inputs=inputs)
+  elif not os.access(workdir, os.W_OK | os.X_OK):
+    raise errors.OutputExistsError(f'--workdir {workdir}: cannot write into it '
+                                   '(permission denied)')
+  if not workdir.is_dir():
+    return
+  entries = [p for p in workdir.iterdir() if p.name != outputs.LOCK]
+  if not entries or replacing:
+    return
+  if resume:
+    if not (workdir / 'config.json').is_file():
+      raise errors.NotARunError(
+          f'{workdir}: no config.json, so --resume cannot check that it continues '
+          'the same run; start a new --workdir')
+    return
+  if (workdir / 'checkpoints').is_dir() and any((workdir / 'checkpoints').iterdir()):
+    raise errors.OutputExistsError(
+        f'{workdir} already holds checkpoints; pass --resume to continue, '
+        '--overwrite to start afresh, or choose another --workdir')
+  owner = outputs.read_owner(workdir)
+  if (not (workdir / 'config.json').is_file() and owner and owner['kind'] == 'run'
+      and all(p.name in owner['entries'] or p.name == outputs.OWNER for p in entries)):
+    return  # only what a starting run wrote (e.g. its generated data): fresh
+  if (workdir / 'config.json').is_file():
+    raise errors.OutputExistsError(
+        f'{workdir} holds a run with no checkpoint yet (killed early?); pass '
+        '--resume to continue it (its configuration is checked), --overwrite to '
+        'start afresh, or choose another --workdir')
+  raise errors.OutputExistsError(
+      f'--workdir {workdir} already holds files that are not a run '
+      f'({", ".join(sorted(p.name for p in entries)[:4])}); choose a new or '
+      'empty folder')
 
 
 def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
@@ -151,7 +253,8 @@ def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
         evaluate: Callable[[object, int], dict] | None = None,
         config_dict: dict | None = None, resume: bool = False,
         overwrite: bool = False, files: dict[str, str] | None = None,
-        replicate: Callable = lambda s: s, log: Callable = print
+        replicate: Callable = lambda s: s, log: Callable = print,
+        inputs: outputs.Inputs | None = None
         ) -> tuple[state_lib.TrainState, dict]:
   """Train `state` with the jitted `train_step(state, batch)` in `workdir`.
 
@@ -166,7 +269,10 @@ def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
       changes are appended to `resume_log.jsonl`).
     resume: continue from the latest checkpoint; without it a workdir that
       holds checkpoints is refused.
-    overwrite: delete the workdir's contents and start afresh.
+    overwrite: delete the workdir's contents and start afresh (only a
+      run's own folder: `check_workdir`).
+    inputs: {flag: path} the run reads (data files, cache): a workdir that
+      is, holds or lies inside one is never overwritten.
     files: {name: text} written into the workdir once the configuration is
       accepted (e.g. the flags used).
     replicate: places a (restored) state on the devices.
@@ -180,18 +286,39 @@ def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
     errors.ConfigChangedError: `resume` with a configuration that changes
       the results.
     errors.OutputExistsError: a workdir holding a run, without `resume` or
-      `overwrite`.
+      `overwrite`; or one that `overwrite` may not replace; or one that
+      another process is training in (each workdir has one writer, by lock).
+    errors.NotARunError: `resume` in a folder holding no stored configuration.
   """
   workdir = Path(workdir)
-  if overwrite and not resume and workdir.is_dir():
-    shutil.rmtree(workdir)
+  check_workdir(workdir, resume, overwrite, inputs)
   workdir.mkdir(parents=True, exist_ok=True)
+  lock = outputs.lock_folder(workdir, '--workdir', str(workdir))
+  try:
+    return _run_locked(workdir, loop, state, train_step, batch_for_step,
+                       evaluate, config_dict, resume, overwrite, inputs, files,
+                       replicate, log)
+  finally:
+    lock.release()
+
+
+def _run_locked(workdir, loop, state, train_step, batch_for_step, evaluate,
+                config_dict, resume, overwrite, inputs, files, replicate, log):
+  check_workdir(workdir, resume, overwrite, inputs)  # again, now that it is ours
+  if overwrite and not resume:
+    for entry in workdir.iterdir():
+      if entry.name != outputs.LOCK:
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() \
+            else entry.unlink()
+  outputs.write_owner(workdir, 'run', RUN_ENTRIES + tuple(files or ()))
   manager = checkpoints.CheckpointManager(workdir, loop.keep_checkpoints)
   metrics_path = workdir / 'metrics.jsonl'
   best_val = float('inf')
+  if resume and (workdir / 'config.json').is_file() and config_dict is not None:
+    changes = config_changes(workdir, config_dict, loop.may_change_on_resume)
+  else:
+    changes = {}
   if resume and manager.latest_step() is not None:
-    changes = ({} if config_dict is None else
-               config_changes(workdir, config_dict, loop.may_change_on_resume))
     try:
       state, extra = manager.restore_latest(state)
     except (ValueError, KeyError, TypeError) as err:  # orbax: tree or shape mismatch
@@ -199,6 +326,11 @@ def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
       raise checkpoints.CheckpointMismatchError(
           f'{workdir}: the latest checkpoint does not fit this run\'s model or '
           f'optimizer ({type(err).__name__}: {first[:200]})') from None
+    except Exception as err:  # damaged files: orbax and tensorstore raise many types
+      raise checkpoints.DamagedCheckpointError(
+          f'{workdir}: the latest checkpoint (step {manager.latest_step()}) cannot '
+          f'be read ({type(err).__name__}: {str(err).strip()[:160]}); move it away '
+          'to resume from the one before') from None
     state = replicate(state)
     best_val = extra.get('best_val', best_val)
     log(f'resumed from step {int(state.step)} in {workdir}')
@@ -208,11 +340,9 @@ def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
       with open(workdir / 'resume_log.jsonl', 'a') as f:
         f.write(io_lib.json_line(dict(step=int(state.step), changes=changes))[0])
     checkpoints.truncate_metrics(metrics_path, int(state.step), log)
-  elif manager.latest_step() is not None:
-    raise errors.OutputExistsError(
-        f'{workdir} already holds checkpoints; pass --resume to continue, '
-        '--overwrite to start afresh, or choose another --workdir')
   else:
+    if resume:
+      log(f'{workdir}: no checkpoint yet; starting the run from step 0')
     metrics_path.unlink(missing_ok=True)
   if config_dict is not None:
     io_lib.write_json_atomic(workdir / 'config.json', config_dict)
@@ -224,6 +354,10 @@ def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
              desc=loop.desc, dynamic_ncols=True)
   t0 = t_last = time.perf_counter()
   s_last, last, pending, non_finite_logged = start, {}, None, 0
+  diverged = _DivergenceCheck(start, int(state.skipped), loop.skip_window,
+                              loop.max_skipped_fraction)
+  check_divergence = lambda done: diverged(done, int(state.skipped),
+                                           manager.latest_step, workdir)
   unchecked_updates = []
   with open(metrics_path, 'a') as mf:
     for step in range(start, total):
@@ -247,6 +381,7 @@ def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
         non_finite_logged += count
         mf.write(line)
         mf.flush()
+        check_divergence(done)
         bar.set_postfix(loss=f"{last['loss']:.4f}", it_s=f'{rate:.1f}')
       if evaluate is not None and _due(done, loop.eval_every, total):
         _check_updates(unchecked_updates)
@@ -257,11 +392,13 @@ def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
         mf.flush()
         if val['loss'] < best_val:
           best_val = val['loss']
+          check_divergence(done)
           _check_state(state, done)
           manager.save_best(done, state, {'best_val': best_val})
       if _due(done, loop.checkpoint_every, total):
         _settle(pending)  # never checkpoint an update made on a lossy graph
         _check_updates(unchecked_updates)
+        check_divergence(done)
         _check_state(state, done)
         manager.save(done, state, {'best_val': best_val})
       bar.update(1)
