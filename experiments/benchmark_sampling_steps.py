@@ -65,6 +65,7 @@ cli.existing_dir('checkpoint', 'a training workdir')
 cli.existing_file('test_csv', optional=True)
 cli.at_least(0, 'num_targets', 'first_rows')
 cli.at_least(1, 'batch_size', 'workers')
+cli.at_most(100_000, 'batch_size')
 
 
 def plot():

@@ -35,6 +35,8 @@ flags.DEFINE_string('calculator', '', "Label energies and forces ('emt').")
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 flags.mark_flags_as_required(['out'])
 cli.at_least(1, 'num_samples', 'workers', 'min_atoms', 'max_atoms')
+cli.at_most(10_000_000, 'num_samples')
+cli.at_most(10_000, 'max_atoms')
 
 
 def _output() -> dict:

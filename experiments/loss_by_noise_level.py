@@ -38,6 +38,7 @@ flags.register_validator('timesteps', lambda v: all(s.strip().isdigit() for s in
                          message='--timesteps must be positive integers')
 cli.existing_file('data', optional=True)
 cli.at_least(1, 'batch_size')
+cli.at_most(100_000, 'batch_size')
 
 
 def _output() -> dict:

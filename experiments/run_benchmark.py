@@ -56,6 +56,8 @@ cli.existing_dir('checkpoint', 'a training workdir')
 cli.existing_file('test_csv')
 cli.at_least(1, 'num_samples', 'batch_size', 'workers')
 cli.at_least(0, 'num_targets')
+cli.at_most(10_000_000, 'num_samples', 'num_targets')
+cli.at_most(100_000, 'batch_size')
 
 
 def _output() -> dict:

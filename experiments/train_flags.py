@@ -1,6 +1,7 @@
 """Flags shared by train_ddpm.py and quickstart.py, and their mapping to a
 `TrainConfig`. Only parsing lives here; all logic is in `jaxcrystal`."""
 import os
+import re
 
 from absl import app
 from absl import flags
@@ -111,6 +112,10 @@ flags.register_multi_flags_validator(
 flags.register_multi_flags_validator(
     ['resume', 'overwrite'], lambda f: not (f['resume'] and f['overwrite']),
     message='--resume and --overwrite contradict each other')
+flags.register_validator(
+    'coordinator_address',
+    lambda v: not v or re.fullmatch(r'[\w.\-]+:\d{1,5}', v) is not None,
+    message='--coordinator_address must be HOST:PORT')
 flags.register_validator('cache_dir', lambda v: not v or not os.path.isfile(v),
                          message='--cache_dir must be a folder, not a file')
 flags.register_validator('workdir', lambda v: not v or not os.path.isfile(v),

@@ -43,14 +43,15 @@ def _parse_flags(argv: list[str]) -> list[str]:
   return rest
 
 
-def run(main: Callable[[list[str]], object]) -> None:
-  """`absl.app.run(main)` with one-line user errors (see the module doc)."""
+def run(main: Callable[[list[str]], object], argv: list[str] | None = None) -> None:
+  """`absl.app.run(main)` with one-line user errors (see the module doc), on
+  `argv` (default: `sys.argv`)."""
   def guarded(argv):
     try:
       return main(argv)
     except (errors.UserError, app.UsageError) as err:
       fail(str(err))
-  app.run(guarded, flags_parser=_parse_flags)
+  app.run(guarded, argv=argv, flags_parser=_parse_flags)
 
 
 def flag_paths(*names: str) -> dict[str, str]:

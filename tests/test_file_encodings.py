@@ -120,3 +120,19 @@ def test_npz_whose_arrays_disagree_or_are_cut_is_refused(tmp_path):
                      r'\.npz .*truncated file'):
     readers.read_npz(cut)
   assert not zipfile.is_zipfile(cut)
+
+
+def test_empty_files_and_unknown_symbols_in_extxyz_are_named(tmp_path, csv_text):
+  header = tmp_path / 'header.csv'
+  header.write_text(csv_text.splitlines()[0] + '\n')
+  with pytest.raises(readers.DataError, match=r'header\.csv: holds no structures'):
+    readers.read_structures(header)
+  frames = tmp_path / 'q.extxyz'
+  io_lib.write_extxyz(frames, [bulk('Cu', cubic=True)] * 3)
+  lines = frames.read_text().splitlines()
+  lines[8] = lines[8].replace('Cu', 'Qq', 1)       # frame 1's first atom
+  frames.write_text('\n'.join(lines) + '\n')
+  kept, report = readers.read_structures(frames, skip_bad=True)
+  assert len(kept) == 1 and report.skipped[0].row == 1
+  assert "unknown element symbol 'Qq'" in report.skipped[0].reason
+  assert 'frames after it cannot be read' in report.skipped[0].reason

@@ -282,6 +282,11 @@ def _ase_records(path: Path, index, format) -> Iterator[_Record]:
       yield _Record(count, ident, lambda atoms=atoms: (atoms, {}), {'row': count})
       count += 1
   except Exception as err:  # ASE raises many types on corrupt files
+    if isinstance(err, KeyError):  # ASE's symbol table: not an element
+      yield _Record(count, str(count), None, problem=(
+          f'unknown element symbol {err} (not in the periodic table); frames after '
+          'it cannot be read either'))
+      return
     if not count:
       raise DataError(f'{path}: cannot be read ({type(err).__name__}: '
                       f'{err})') from None
@@ -336,8 +341,9 @@ def read_structures(path: str | os.PathLike, *, index=':', format: str | None = 
     progress: show a progress bar.
 
   Raises:
-    DataError: a missing, unreadable or incomplete file, a missing `cif`
-      column, or (without `skip_bad`) the first bad record.
+    DataError: a missing, unreadable, incomplete or empty file (no records
+      at all), a missing `cif` column, or (without `skip_bad`) the first
+      bad record.
   """
   path = Path(path)
   if not path.is_file():
@@ -369,7 +375,8 @@ def read_structures(path: str | os.PathLike, *, index=':', format: str | None = 
         raise validation.StructureError(record.problem)
       atoms, declared = record.parse()
       if validate:
-        validation.check_structure(atoms, min_distance, max_atoms)
+        validation.check_structure(atoms, min_distance, max_atoms,
+                                   validation.MAX_CELL_EDGE)
         check_elements(atoms.numbers)
         _check_formulas(atoms, declared)
       atoms = _standardize(atoms, niggli, primitive) if validate else atoms
@@ -383,6 +390,9 @@ def read_structures(path: str | os.PathLike, *, index=':', format: str | None = 
     atoms.info.setdefault('material_id', record.identifier)
     structures.append(atoms)
   report.num_read = len(structures)
+  if not structures and not report.skipped:
+    raise DataError(f'{path}: holds no structures (an empty file, or not a '
+                    'structure file?)')
   if cache is not None:
     _write_cache(cache, structures, report)
   return structures, report

@@ -34,12 +34,15 @@ class StructureError(errors.UserError, ValueError):
 
 def check_structure(atoms: ase.Atoms,
                     min_distance: float = DEFAULT_MIN_DISTANCE,
-                    max_atoms: int | None = None) -> None:
+                    max_atoms: int | None = None,
+                    max_edge: float | None = None) -> None:
   """Raise `StructureError` naming the problem, or return None if usable.
 
   Checks, in order: non-empty, finite cell and positions, 3D periodicity,
-  positive volume, cell edges up to `MAX_CELL_EDGE`, atom count within `max_atoms`, and no pair of atoms (over
-  all periodic images) closer than `min_distance` Angstrom.
+  positive volume, cell edges up to `max_edge` Angstrom (readers pass
+  `MAX_CELL_EDGE`; generated samples are judged without it), atom count
+  within `max_atoms`, and no pair of atoms (over all periodic images)
+  closer than `min_distance` Angstrom.
   """
   if len(atoms) == 0:
     raise StructureError('no atoms')
@@ -54,9 +57,9 @@ def check_structure(atoms: ase.Atoms,
   if vol <= DEFAULT_MIN_VOLUME:
     raise StructureError(f'cell volume {vol:.4g} A^3 is zero or negative')
   longest = float(np.linalg.norm(cell, axis=1).max())
-  if longest > MAX_CELL_EDGE:
+  if max_edge is not None and longest > max_edge:
     raise StructureError(
-        f'cell edge of {longest:.4g} A exceeds {MAX_CELL_EDGE:g} A: not a bulk '
+        f'cell edge of {longest:.4g} A exceeds {max_edge:g} A: not a bulk '
         'crystal (lengths in another unit? a slab or molecule in a vacuum box?)')
   if max_atoms is not None and len(atoms) > max_atoms:
     raise StructureError(f'{len(atoms)} atoms exceed the budget of {max_atoms}')
