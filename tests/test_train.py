@@ -329,3 +329,61 @@ def test_train_then_sample_cli_end_to_end(tmp_path):
   res = _run(['experiments/loss_by_noise_level.py', f'--checkpoint={run}',
               '--timesteps=0,51', f'--out={tmp_path / "noise2"}'], timeout=120)
   assert res.returncode != 0 and 'timesteps must be in 1..50' in res.stderr
+
+
+def test_prefetch_yields_the_plain_sequence_and_raises_where_due():
+  import threading
+  from jaxcrystal.training import loop as loop_lib
+  calls = []
+
+  def batch_for_step(step):
+    calls.append(threading.current_thread().name)
+    if step == 7:
+      raise ValueError('bad batch 7')
+    return step * 10
+  with loop_lib.prefetch(batch_for_step, 2, 7, depth=2) as batches:
+    assert list(batches) == [20, 30, 40, 50, 60]
+  assert set(calls) == {'batch-prefetch'}          # built off the main thread
+  got = []
+  with pytest.raises(ValueError, match='bad batch 7'):
+    with loop_lib.prefetch(batch_for_step, 5, 10, depth=3) as batches:
+      for b in batches:
+        got.append(b)
+  assert got == [50, 60]                           # raised where its batch is due
+  with loop_lib.prefetch(batch_for_step, 0, 1000, depth=2) as batches:
+    assert next(batches) == 0                      # an early exit stops the thread
+  assert not any(t.name == 'batch-prefetch' for t in threading.enumerate())
+  with loop_lib.prefetch(lambda s: s, 0, 3, depth=0) as batches:
+    assert list(batches) == [0, 1, 2]
+
+
+def test_no_compilation_after_the_first_epoch(tmp_path):
+  """Three epochs across every size bucket, with logging and checkpoints:
+  everything compiles in the first epoch (each bucket's step, the first log
+  and checkpoint), nothing after. Fails if a per-step recompile creeps in."""
+  from jaxcrystal.generative import model as model_lib
+  from jaxcrystal.generative import train as train_lib
+  from jaxcrystal.training import loop as loop_lib
+  config = train_lib.TrainConfig(
+      model=model_lib.ModelConfig(hidden=8, num_layers=1, num_freqs=2, time_dim=4,
+                                  num_steps=10),
+      batch_size=4, num_buckets=3, train_steps=1, progress=False)
+  t = train_lib.build_training(config, log=lambda *_: None)
+  epoch = t.train_set.steps_per_epoch()
+  assert len(t.train_set.budgets) == 3
+  steps_done, compiled_at = [0], []
+
+  def listen(event, duration, **kwargs):
+    if event == '/jax/core/compile/backend_compile_duration':
+      compiled_at.append(steps_done[0])
+  jax.monitoring.register_event_duration_secs_listener(listen)
+
+  def counted_step(state, batch):
+    steps_done[0] += 1
+    return t.train_step(state, batch)
+  loop = loop_lib.LoopConfig(train_steps=3 * epoch, log_every=3, checkpoint_every=epoch,
+                             progress=False)
+  loop_lib.run(tmp_path / 'run', loop, t.replicate(t.state), counted_step,
+               lambda s: t.batch_for_step(config.seed, s), log=lambda *_: None)
+  assert steps_done[0] == 3 * epoch and compiled_at
+  assert max(compiled_at) <= epoch + 1, (epoch, compiled_at)

@@ -190,6 +190,80 @@ def batch_from_atoms(structures: Sequence[ase.Atoms], budget: Budget | None = No
       max_atoms_per_graph=budget.max_atoms_per_graph)
 
 
+@dataclasses.dataclass(frozen=True)
+class PackedStructures:
+  """Crystals as packed host arrays, built once, from which padded batches
+  are gathered without touching `ase.Atoms` again (`batch`).
+
+  Attributes (S crystals, T atoms in all):
+    frac: [T, 3] fractional coordinates wrapped into [0, 1) in `dtype`
+      (`_frac_of`'s rounding rule).
+    species: [T] int32 atomic numbers.
+    lattice: [S, 3, 3] rows are lattice vectors, Angstrom, in `dtype`.
+    n_atoms: [S] int32 atoms per crystal.
+    offsets: [S] int64 first atom of each crystal in `frac` and `species`.
+  """
+  frac: np.ndarray
+  species: np.ndarray
+  lattice: np.ndarray
+  n_atoms: np.ndarray
+  offsets: np.ndarray
+
+  @classmethod
+  def from_atoms(cls, structures: Sequence[ase.Atoms],
+                 dtype=np.float32) -> 'PackedStructures':
+    structures = list(structures)
+    n_atoms = np.array([len(s) for s in structures], np.int32)
+    return cls(
+        frac=np.concatenate([_frac_of(s, dtype) for s in structures]).reshape(-1, 3),
+        species=np.concatenate([s.numbers for s in structures]).astype(np.int32),
+        lattice=np.array([s.cell[:] for s in structures], dtype).reshape(-1, 3, 3),
+        n_atoms=n_atoms, offsets=np.cumsum(n_atoms, dtype=np.int64) - n_atoms)
+
+  def __len__(self) -> int:
+    return len(self.n_atoms)
+
+  def batch(self, indices: Sequence[int], budget: Budget) -> CrystalBatch:
+    """The `CrystalBatch` of crystals `indices` padded to `budget`: equal,
+    bit for bit, to `batch_from_atoms` of the same crystals (a vectorised
+    gather; no Python loop over crystals).
+
+    Raises:
+      BudgetError: too many crystals or atoms for the budget.
+    """
+    idx = np.asarray(indices, np.int64)
+    k, g, n = len(idx), budget.max_graphs, budget.max_atoms
+    if not k:
+      raise BudgetError('PackedStructures.batch: no structures given')
+    sizes = self.n_atoms[idx]
+    total = int(sizes.sum())
+    if k > g - 1:
+      raise BudgetError(f'{k} crystals exceed max_graphs={g} (one slot is '
+                        'reserved for padding)')
+    if sizes.max() > budget.max_atoms_per_graph:
+      first = int(np.argmax(sizes > budget.max_atoms_per_graph))
+      raise BudgetError(f'crystal {first} has {sizes[first]} atoms, more than '
+                        f'max_atoms_per_graph={budget.max_atoms_per_graph}')
+    if total > n:
+      raise BudgetError(f'{total} atoms exceed max_atoms={n}')
+    starts = np.cumsum(sizes) - sizes                  # in the batch
+    atom = np.repeat(self.offsets[idx] - starts, sizes) + np.arange(total)
+    frac = np.zeros((n, 3), self.frac.dtype)
+    frac[:total] = self.frac[atom]
+    species = np.zeros(n, np.int32)
+    species[:total] = self.species[atom]
+    lattice = np.broadcast_to(np.eye(3, dtype=self.lattice.dtype), (g, 3, 3)).copy()
+    lattice[:k] = self.lattice[idx]
+    n_atoms = np.zeros(g, np.int32)
+    n_atoms[:k] = sizes
+    n_atoms[k] = n - total                             # jraph: padding atoms
+    return CrystalBatch(
+        lattice=lattice, frac=frac, species=species,
+        graph_index=np.repeat(np.arange(g, dtype=np.int32), n_atoms),
+        atom_mask=np.arange(n) < total, graph_mask=np.arange(g) < k,
+        n_atoms=n_atoms, max_atoms_per_graph=budget.max_atoms_per_graph)
+
+
 def batch_from_structures(structures, budget: Budget | None = None,
                           dtype=np.float32) -> CrystalBatch:
   """Like `batch_from_atoms`, also accepting `pymatgen.core.Structure`."""

@@ -48,6 +48,8 @@ class BucketedDataset:
     # lone 16-atom crystal to a full batch would waste most of its step.
     self.budgets = [self._budget(edge, min(self.batch_size, len(m)))
                     for edge, m in zip(edges, self.members)]
+    # Arrays built once: each batch is a gather, not a walk over ase.Atoms.
+    self.packed = batch_lib.PackedStructures.from_atoms(self.structures)
 
   def _budget(self, max_per_graph: int, per_batch: int) -> batch_lib.Budget:
     d = self.num_devices
@@ -87,16 +89,13 @@ class BucketedDataset:
     per_epoch = self.steps_per_epoch()
     epoch, index = divmod(step, per_epoch)
     bucket, members = self.epoch_plan(seed, epoch)[index]
-    return batch_lib.batch_from_atoms([self.structures[i] for i in members],
-                                      self.budgets[bucket])
+    return self.packed.batch(members, self.budgets[bucket])
 
   def all_batches(self):
     """Every crystal once, in file order within buckets (for evaluation)."""
     for b, members in enumerate(self.members):
       for i in range(0, len(members), self.batch_size):
-        chunk = members[i:i + self.batch_size]
-        yield batch_lib.batch_from_atoms([self.structures[k] for k in chunk],
-                                         self.budgets[b])
+        yield self.packed.batch(members[i:i + self.batch_size], self.budgets[b])
 
 
 def default_bucket_edges(sizes: Sequence[int], num_buckets: int = 4) -> tuple[int, ...]:

@@ -8,6 +8,7 @@ Layout after flax's examples: `TrainConfig`, `create_train_state` and
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -69,9 +70,12 @@ class TrainConfig:
 def create_train_state(rng: jax.Array, model: model_lib.Model,
                        example: batch_lib.CrystalBatch,
                        optimizer: optax.GradientTransformation) -> state_lib.TrainState:
-  init_rng, rng = jax.random.split(rng)
-  params = model.init_params(init_rng, batch_lib.to_device(example))
-  return state_lib.initial_state(params, optimizer, rng)
+  def create(rng, example):
+    init_rng, rng = jax.random.split(rng)
+    return state_lib.initial_state(model.init_params(init_rng, example), optimizer, rng)
+  # One compiled program: op by op, init compiles a program per operation
+  # and shape (about 200 on a small CSP model, most of the time to first step).
+  return jax.jit(create)(rng, batch_lib.to_device(example))
 
 
 def evaluate(eval_step, params, dataset: data_lib.BucketedDataset, seed: int,
@@ -180,21 +184,29 @@ def describe_load(path: str, structures, report) -> str:
   return report.summary() if report is not None else f'{path}: {len(structures)} structures'
 
 
-def train_and_evaluate(config: TrainConfig, workdir: str | Path,
-                       resume: bool = False, log: Callable = print,
-                       overwrite: bool = False,
-                       files: dict[str, str] | None = None) -> dict:
-  """Train `config` in `workdir`; resume from its latest checkpoint if asked
-  (a configuration that would change the results is refused), or start
-  afresh in a used workdir with `overwrite`.
+@dataclasses.dataclass
+class Training:
+  """What a run is built from (`build_training`): the model, datasets, the
+  jitted steps, the initial state and how batches and states are placed."""
+  model: model_lib.Model
+  train_set: data_lib.BucketedDataset
+  val_set: data_lib.BucketedDataset | None
+  train_step: Callable       # jitted (state, batch) -> (state, metrics)
+  eval_step: Callable        # jitted (params, batch, rng) -> losses
+  state: state_lib.TrainState
+  place: Callable            # host batch -> device batch
+  replicate: Callable        # state -> device state
+  train_structures: list
+  reports: list
 
-  Writes `config.json`, `metrics.jsonl`, `training_curve.png`, periodic
-  checkpoints (last `keep_checkpoints`), the best-by-validation one,
-  `skipped_rows.json` (what each data file left out) and `files`.
-  Returns the loop's summary dict.
-  """
-  inputs = data_inputs(config)
-  loop_lib.check_workdir(workdir, resume, overwrite, inputs)  # before any work
+  def batch_for_step(self, seed: int, step: int):
+    """The placed training batch of `step`."""
+    return self.place(self.train_set.batch_for_step(seed, step))
+
+
+def build_training(config: TrainConfig, log: Callable = print) -> Training:
+  """Read the data, build the model, the datasets, the jitted train and
+  eval steps and the initial state of `config`."""
   model = model_lib.build(config.model)
   train_structures, report = load_structures(config.train_data, config)
   log(describe_load(config.train_data, train_structures, report))
@@ -216,29 +228,53 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path,
     model.check_edge_capacity(val_set.all_batches(), config.val_data)
   loss_fn = losses.get_loss_fn(model, config.loss_weights)
   optimizer = state_lib.make_optimizer(config.optim, config.train_steps)
-  place = lambda b: sharding.shard_batch(b, mesh)
   train_step = jax.jit(state_lib.make_train_step(loss_fn, optimizer,
                                                  config.optim.ema_decay),
                        donate_argnums=0)
-  eval_step = jax.jit(state_lib.make_eval_step(loss_fn))
   state = create_train_state(jax.random.PRNGKey(config.seed), model,
                              train_set.batch_for_step(config.seed, 0), optimizer)
-  replicate = lambda s: sharding.replicate(s, mesh)
+  return Training(
+      model=model, train_set=train_set, val_set=val_set, train_step=train_step,
+      eval_step=jax.jit(state_lib.make_eval_step(loss_fn)), state=state,
+      place=lambda b: sharding.shard_batch(b, mesh),
+      replicate=lambda s: sharding.replicate(s, mesh),
+      train_structures=train_structures, reports=reports)
+
+
+def train_and_evaluate(config: TrainConfig, workdir: str | Path,
+                       resume: bool = False, log: Callable = print,
+                       overwrite: bool = False,
+                       files: dict[str, str] | None = None) -> dict:
+  """Train `config` in `workdir`; resume from its latest checkpoint if asked
+  (a configuration that would change the results is refused), or start
+  afresh in a used workdir with `overwrite`.
+
+  Writes `config.json`, `metrics.jsonl`, `training_curve.png`, periodic
+  checkpoints (last `keep_checkpoints`), the best-by-validation one,
+  `skipped_rows.json` (what each data file left out) and `files`.
+  Returns the loop's summary dict (with `first_step_s`, the time from this
+  call to the end of the first training step: reading, init and compile).
+  """
+  started = time.perf_counter()
+  inputs = data_inputs(config)
+  loop_lib.check_workdir(workdir, resume, overwrite, inputs)  # before any work
+  t = build_training(config, log)
   evaluate_fn = None
-  if val_set is not None:
+  if t.val_set is not None:
     evaluate_fn = lambda params, step: evaluate(
-        eval_step, params, val_set, config.seed, place, f'validation at step {step}')
+        t.eval_step, params, t.val_set, config.seed, t.place,
+        f'validation at step {step}')
   loop = loop_lib.LoopConfig(
       train_steps=config.train_steps, log_every=config.log_every,
       eval_every=config.eval_every, checkpoint_every=config.checkpoint_every,
       keep_checkpoints=config.keep_checkpoints, progress=config.progress,
       may_change_on_resume=loop_lib.LoopConfig.may_change_on_resume + ('sampling',))
   _, summary = loop_lib.run(
-      workdir, loop, replicate(state), train_step,
-      lambda step: place(train_set.batch_for_step(config.seed, step)),
-      evaluate=evaluate_fn, resume=resume,
-      config_dict=dict(config.to_dict(), data=data_record(config, train_structures)),
-      overwrite=overwrite, replicate=replicate, log=log, inputs=inputs,
+      workdir, loop, t.replicate(t.state), t.train_step,
+      lambda step: t.batch_for_step(config.seed, step),
+      evaluate=evaluate_fn, resume=resume, started=started,
+      config_dict=dict(config.to_dict(), data=data_record(config, t.train_structures)),
+      overwrite=overwrite, replicate=t.replicate, log=log, inputs=inputs,
       files=dict(files or {}, **{'skipped_rows.json': readers.skip_reports_json(
-          [r for r in reports if r is not None])}))
+          [r for r in t.reports if r is not None])}))
   return summary

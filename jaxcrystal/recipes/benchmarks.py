@@ -197,3 +197,49 @@ def coord_learning_curve(structures, config, steps: int, max_t: int,
                  lambda k: dataset.batch_for_step(seed, k), log=lambda *_: None)
     records = checkpoints.read_metrics(Path(workdir) / 'metrics.jsonl')
   return np.asarray([r['coords'] for r in records if r['split'] == 'train'])
+
+
+def benchmark_training_loop(config, steps: int) -> dict:
+  """The real training loop against its own jitted step, same process.
+
+  Loop: `train.train_and_evaluate` on `config` for `steps` steps without
+  validation and with one checkpoint at the end; its rate is the steps of
+  every log window after the first (which holds compilation) over their
+  time. Step: the same jitted train step on the same batches (steps 0 ..
+  steps-1), built and placed on the device beforehand, each bucket's shape
+  compiled first, run back to back. `first_step_s`: from the call of
+  `train_and_evaluate` to the end of the first step (data, init, compile).
+  """
+  import dataclasses
+  from jaxcrystal.generative import train
+  from jaxcrystal.training import checkpoints
+  config = dataclasses.replace(config, train_steps=steps, val_data='', eval_every=0,
+                               checkpoint_every=0, progress=False)
+  with tempfile.TemporaryDirectory() as tmp:
+    summary = train.train_and_evaluate(config, Path(tmp) / 'run', log=lambda *_: None)
+    records = [r for r in checkpoints.read_metrics(Path(tmp) / 'run' / 'metrics.jsonl')
+               if r['split'] == 'train']
+  windows = [(b['step'] - a['step'], b['steps_per_s'])
+             for a, b in zip(records, records[1:])]
+  loop_rate = sum(n for n, _ in windows) / sum(n / rate for n, rate in windows)
+  t = train.build_training(config, log=lambda *_: None)
+  batches = [t.batch_for_step(config.seed, s) for s in range(steps)]
+  state = t.replicate(t.state)
+  seen = set()
+  for batch in batches:  # compile each bucket's shape
+    if batch.frac.shape not in seen:
+      seen.add(batch.frac.shape)
+      state, metrics = t.train_step(state, batch)
+  jax.block_until_ready(metrics)
+  t0 = time.perf_counter()
+  for batch in batches:
+    state, metrics = t.train_step(state, batch)
+  jax.block_until_ready((state, metrics))
+  step_rate = steps / (time.perf_counter() - t0)
+  row = dict(hidden=config.model.hidden, num_layers=config.model.num_layers,
+             batch_size=config.batch_size, steps=steps, buckets=len(seen),
+             backend=jax.default_backend(), loop_steps_per_s=loop_rate,
+             step_steps_per_s=step_rate, loop_over_step=loop_rate / step_rate,
+             first_step_s=summary['first_step_s'])
+  print(row, flush=True)
+  return row

@@ -11,10 +11,13 @@ that the parameters stayed finite, the training curve and `train_summary.json`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import queue
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -45,6 +48,9 @@ class LoopConfig:
   keep_checkpoints: int = 3
   progress: bool = True
   desc: str = 'train'
+  # Batches prepared (and placed on the device) ahead of the step that
+  # uses them, in a background thread; 0: in the loop itself.
+  prefetch: int = 2
   # Divergence: more than this share of the steps in the last `skip_window`
   # (checked at log, evaluation and checkpoint steps) skipped for a
   # non-finite loss or gradient stops the run before anything is saved.
@@ -56,6 +62,51 @@ class LoopConfig:
   may_change_on_resume: tuple[str, ...] = (
       'train_steps', 'progress', 'cache_dir', 'keep_checkpoints', 'eval_every',
       'checkpoint_every', 'log_every')
+
+
+@contextlib.contextmanager
+def prefetch(batch_for_step: Callable[[int], object], start: int, stop: int,
+             depth: int):
+  """Yield an iterator over `batch_for_step(s)` for s in [start, stop),
+  computed up to `depth` batches ahead in a background thread so that host
+  work (gathering, device transfer) overlaps the device's steps. The
+  batches are the same as in a plain loop (each is a pure function of its
+  step); an exception in the thread is raised where its batch is due.
+  `depth` 0: no thread."""
+  if depth < 1:
+    yield (batch_for_step(s) for s in range(start, stop))
+    return
+  ready: queue.Queue = queue.Queue(maxsize=depth)
+  stopping = threading.Event()
+
+  def work():
+    for s in range(start, stop):
+      try:
+        item = (batch_for_step(s), None)
+      except BaseException as err:  # handed to the consumer
+        item = (None, err)
+      while not stopping.is_set():
+        try:
+          ready.put(item, timeout=0.1)
+          break
+        except queue.Full:
+          continue
+      if stopping.is_set() or item[1] is not None:
+        return
+
+  def consume():
+    for _ in range(start, stop):
+      batch, err = ready.get()
+      if err is not None:
+        raise err
+      yield batch
+  worker = threading.Thread(target=work, name='batch-prefetch', daemon=True)
+  worker.start()
+  try:
+    yield consume()
+  finally:
+    stopping.set()
+    worker.join(timeout=10)
 
 
 def replayed_draws(seed, draw: Callable) -> Callable[[int], object]:
@@ -254,7 +305,7 @@ def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
         config_dict: dict | None = None, resume: bool = False,
         overwrite: bool = False, files: dict[str, str] | None = None,
         replicate: Callable = lambda s: s, log: Callable = print,
-        inputs: outputs.Inputs | None = None
+        inputs: outputs.Inputs | None = None, started: float | None = None
         ) -> tuple[state_lib.TrainState, dict]:
   """Train `state` with the jitted `train_step(state, batch)` in `workdir`.
 
@@ -276,6 +327,9 @@ def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
     files: {name: text} written into the workdir once the configuration is
       accepted (e.g. the flags used).
     replicate: places a (restored) state on the devices.
+    started: `time.perf_counter()` when the command began (default: now);
+      the summary's `first_step_s` counts from it to the end of the first
+      step (one wait on the device, at that step only).
   Returns:
     (final state, summary), the summary also in `train_summary.json`.
   Raises:
@@ -297,13 +351,15 @@ def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
   try:
     return _run_locked(workdir, loop, state, train_step, batch_for_step,
                        evaluate, config_dict, resume, overwrite, inputs, files,
-                       replicate, log)
+                       replicate, log,
+                       time.perf_counter() if started is None else started)
   finally:
     lock.release()
 
 
 def _run_locked(workdir, loop, state, train_step, batch_for_step, evaluate,
-                config_dict, resume, overwrite, inputs, files, replicate, log):
+                config_dict, resume, overwrite, inputs, files, replicate, log,
+                started):
   check_workdir(workdir, resume, overwrite, inputs)  # again, now that it is ours
   if overwrite and not resume:
     for entry in workdir.iterdir():
@@ -354,15 +410,20 @@ def _run_locked(workdir, loop, state, train_step, batch_for_step, evaluate,
              desc=loop.desc, dynamic_ncols=True)
   t0 = t_last = time.perf_counter()
   s_last, last, pending, non_finite_logged = start, {}, None, 0
+  first_step_s = None
   diverged = _DivergenceCheck(start, int(state.skipped), loop.skip_window,
                               loop.max_skipped_fraction)
   check_divergence = lambda done: diverged(done, int(state.skipped),
                                            manager.latest_step, workdir)
   unchecked_updates = []
-  with open(metrics_path, 'a') as mf:
-    for step in range(start, total):
-      state, metrics = train_step(state, batch_for_step(step))
+  with open(metrics_path, 'a') as mf, prefetch(batch_for_step, start, total,
+                                              loop.prefetch) as batches:
+    for step, batch in zip(range(start, total), batches):
+      state, metrics = train_step(state, batch)
       done = step + 1
+      if done == start + 1:
+        jax.block_until_ready(metrics)
+        first_step_s = time.perf_counter() - started
       # Check the previous step while this one runs (no stall of the device).
       _settle(pending)
       pending = (done, metrics.pop('overflow', None))
@@ -409,6 +470,7 @@ def _run_locked(workdir, loop, state, train_step, batch_for_step, evaluate,
   plots.plot_training_curve(checkpoints.read_metrics(metrics_path, log),
                             workdir / 'training_curve.png', keys=loop.curve_keys)
   summary = dict(final_step=int(state.step), skipped_steps=int(state.skipped),
+                 first_step_s=first_step_s,
                  best_val_loss=best_val if np.isfinite(best_val) else None,
                  last_train=last, train_seconds=time.perf_counter() - t0,
                  workdir=str(workdir), non_finite_values_logged=non_finite_logged)
