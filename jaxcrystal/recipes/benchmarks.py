@@ -205,7 +205,7 @@ def benchmark_training_loop(config, steps: int) -> dict:
   Loop: `train.train_and_evaluate` on `config` for `steps` steps without
   validation and with one checkpoint at the end; its rate is the steps of
   every log window after the first (which holds compilation) over their
-  time. Step: the same jitted train step on the same batches (steps 0 ..
+  time (ten windows). Step: the same jitted train step on the same batches (steps 0 ..
   steps-1), built and placed on the device beforehand, each bucket's shape
   compiled first, run back to back. `first_step_s`: from the call of
   `train_and_evaluate` to the end of the first step (data, init, compile).
@@ -214,7 +214,8 @@ def benchmark_training_loop(config, steps: int) -> dict:
   from jaxcrystal.generative import train
   from jaxcrystal.training import checkpoints
   config = dataclasses.replace(config, train_steps=steps, val_data='', eval_every=0,
-                               checkpoint_every=0, progress=False)
+                               checkpoint_every=0, progress=False,
+                               log_every=max(1, steps // 10))
   with tempfile.TemporaryDirectory() as tmp:
     summary = train.train_and_evaluate(config, Path(tmp) / 'run', log=lambda *_: None)
     records = [r for r in checkpoints.read_metrics(Path(tmp) / 'run' / 'metrics.jsonl')
