@@ -142,8 +142,9 @@ def test_a_too_small_edge_capacity_stops_before_training(tmp_path):
 
 
 def test_an_edge_overflow_during_training_stops_the_loop(tmp_path):
-  """Noise can exceed what the clean data needs: the step after it stops the
-  run with the step and the reason, and the update is never checkpointed."""
+  """Noise can exceed what the clean data needs: the next check (here the
+  log step) stops the run naming the step and the reason, and the update is
+  never checkpointed."""
   model = model_lib.build(_radius_csp(4))
   batch = batch_lib.to_device(batch_lib.batch_from_atoms(datasets.builtin_structures()))
   optimizer = state_lib.make_optimizer(state_lib.OptimConfig(), 10)

@@ -6,8 +6,10 @@ asked to resume (or to overwrite), exact resume from the latest orbax
 checkpoint (the batch of step s is a pure function of s) with the stored
 configuration checked against the new one, `config.json`, strict-JSON
 `metrics.jsonl`, a progress bar, evaluation of the EMA parameters with a best-by-validation checkpoint,
-periodic checkpoints, a check after every step that no graph lost edges and
-that the parameters stayed finite, the training curve and `train_summary.json`.
+periodic checkpoints, a check of every step that no graph lost edges and
+that the parameters stayed finite (read in one transfer at log, evaluation
+and checkpoint steps, so that the host runs ahead of the device; batches are
+prepared ahead in a thread), the training curve and `train_summary.json`.
 """
 from __future__ import annotations
 
@@ -131,10 +133,19 @@ def _due(done: int, every: int, last: int) -> bool:
   return done == last or (every > 0 and done % every == 0)
 
 
-def _settle(pending) -> None:
-  """Raise if the (step, overflow counts) of a finished step lost edges."""
-  if pending is not None and pending[1] is not None:
-    neighbors.check_overflow(pending[1], f'training step {pending[0]}')
+def _check_overflows(unchecked: list) -> None:
+  """Raise naming the first of the (step, overflow counts) whose graph lost
+  edges, then forget them. Read in one transfer at log, evaluation and
+  checkpoint steps, not every step (a read per step keeps the host from
+  running ahead of the device); no update is checkpointed before its
+  graph was checked."""
+  if not unchecked:
+    return
+  counts = jax.device_get([c for _, c in unchecked])
+  steps = [step for step, _ in unchecked]
+  unchecked.clear()
+  for step, count in zip(steps, counts):
+    neighbors.check_overflow(count, f'training step {step}')
 
 
 _state_is_finite = jax.jit(state_lib.all_finite)
@@ -409,13 +420,17 @@ def _run_locked(workdir, loop, state, train_step, batch_for_step, evaluate,
   bar = tqdm(total=total, initial=start, disable=not loop.progress,
              desc=loop.desc, dynamic_ncols=True)
   t0 = t_last = time.perf_counter()
-  s_last, last, pending, non_finite_logged = start, {}, None, 0
+  s_last, last, non_finite_logged = start, {}, 0
   first_step_s = None
   diverged = _DivergenceCheck(start, int(state.skipped), loop.skip_window,
                               loop.max_skipped_fraction)
   check_divergence = lambda done: diverged(done, int(state.skipped),
                                            manager.latest_step, workdir)
-  unchecked_updates = []
+  unchecked_updates, unchecked_overflows = [], []
+
+  def check_steps():  # the flags of the steps since the last check
+    _check_overflows(unchecked_overflows)
+    _check_updates(unchecked_updates)
   with open(metrics_path, 'a') as mf, prefetch(batch_for_step, start, total,
                                               loop.prefetch) as batches:
     for step, batch in zip(range(start, total), batches):
@@ -424,13 +439,13 @@ def _run_locked(workdir, loop, state, train_step, batch_for_step, evaluate,
       if done == start + 1:
         jax.block_until_ready(metrics)
         first_step_s = time.perf_counter() - started
-      # Check the previous step while this one runs (no stall of the device).
-      _settle(pending)
-      pending = (done, metrics.pop('overflow', None))
+      overflow = metrics.pop('overflow', None)
+      if overflow is not None:
+        unchecked_overflows.append((done, overflow))
       if 'update_finite' in metrics:
         unchecked_updates.append((done, metrics.pop('update_finite')))
       if _due(done, loop.log_every, total):
-        _check_updates(unchecked_updates)
+        check_steps()
         metrics = jax.device_get(metrics)
         now = time.perf_counter()
         rate = (done - s_last) / max(now - t_last, 1e-9)
@@ -445,7 +460,7 @@ def _run_locked(workdir, loop, state, train_step, batch_for_step, evaluate,
         check_divergence(done)
         bar.set_postfix(loss=f"{last['loss']:.4f}", it_s=f'{rate:.1f}')
       if evaluate is not None and _due(done, loop.eval_every, total):
-        _check_updates(unchecked_updates)
+        check_steps()
         val = evaluate(state.ema_params, done)
         line, count = io_lib.json_line(dict(step=done, split='val', **val))
         non_finite_logged += count
@@ -457,15 +472,13 @@ def _run_locked(workdir, loop, state, train_step, batch_for_step, evaluate,
           _check_state(state, done)
           manager.save_best(done, state, {'best_val': best_val})
       if _due(done, loop.checkpoint_every, total):
-        _settle(pending)  # never checkpoint an update made on a lossy graph
-        _check_updates(unchecked_updates)
+        check_steps()  # never checkpoint an update made on a lossy graph
         check_divergence(done)
         _check_state(state, done)
         manager.save(done, state, {'best_val': best_val})
       bar.update(1)
   bar.close()
-  _settle(pending)
-  _check_updates(unchecked_updates)
+  check_steps()
   manager.wait()
   plots.plot_training_curve(checkpoints.read_metrics(metrics_path, log),
                             workdir / 'training_curve.png', keys=loop.curve_keys)
