@@ -9,9 +9,14 @@ The sampler (--sampler, --num_steps, --step_lr, ...) defaults to the settings
 stored with the run; summary.json records what ran and its network calls.
 
 --out must be new or empty (or give --overwrite); it appears only when every
-file is written. Samples made for --compositions_from record the file row
-they belong to (`source_row`), which evaluate.py pairs by.
+file is written. summary.json splits the wall time: setup_s (reading the
+run and the compositions), compile_s, sample_s (the network),
+host_batching_s, validation_s and writing_s. Samples made for
+--compositions_from record the file row they belong to (`source_row`),
+which evaluate.py pairs by.
 """
+import time
+
 from absl import flags
 from absl import logging
 
@@ -60,6 +65,7 @@ def _output() -> dict:
 
 def main(argv):
   del argv
+  started = time.perf_counter()
   logging.set_verbosity(logging.WARNING)
   outputs.check_writable(FLAGS.out, **_output())  # before any work
   spec, params, config, step = generate.load_run(FLAGS.checkpoint, FLAGS.which)
@@ -75,6 +81,7 @@ def main(argv):
       f'--formula {FLAGS.formula}' if FLAGS.formula else
       f'--compositions_from {FLAGS.compositions_from}' if FLAGS.compositions_from
       else 'de novo atom counts')
+  sampling_started = time.perf_counter()
   samples, timing = generate.sample_structures(
       spec, params, compositions, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
       sampler=sampler_flags.sampler_config(config.sampling), lattices=lattices, progress=FLAGS.progress)
@@ -84,9 +91,11 @@ def main(argv):
         'checkpoint': FLAGS.checkpoint, 'checkpoint_step': step,
         'compositions_from': FLAGS.compositions_from or None,
         'rows_skipped': len(report.skipped) if report is not None else 0,
+        'setup_s': sampling_started - started,
         **timing}, made_for=FLAGS.compositions_from or None)
     if report is not None:
       (out / 'skipped_rows.json').write_text(readers.skip_reports_json([report]))
+  summary['wall_s'] = time.perf_counter() - started
   print(summary)
 
 

@@ -288,6 +288,9 @@ def test_train_then_sample_cli_end_to_end(tmp_path):
   assert res.returncode == 0, res.stderr[-2000:]
   summary = json.loads((out / 'summary.json').read_text())
   assert summary['num_samples'] == 6
+  parts = ('setup_s', 'compile_s', 'sample_s', 'host_batching_s', 'validation_s',
+           'writing_s')
+  assert all(summary[k] > 0 for k in parts), {k: summary.get(k) for k in parts}
   assert len(list((out / 'cifs').glob('*.cif'))) == 6
   arrays = np.load(out / 'samples.npz')
   assert arrays['num_atoms'].tolist() == [2] * 6

@@ -166,7 +166,22 @@ def write_cifs(directory, structures: Iterable[ase.Atoms],
 
 
 def write_npz(path, structures: Sequence[ase.Atoms], **extra) -> dict:
-  """Write structures and their physics summary to `.npz`.
+  """Write `npz_arrays(structures, **extra)` to `.npz`; returns the dict."""
+  arrays = npz_arrays(structures, **extra)
+  save_npz(path, arrays)
+  return arrays
+
+
+def save_npz(path, arrays: dict) -> None:
+  """Write a dict of arrays to `.npz`, atomically."""
+  with atomic_path(path) as tmp:
+    with open(tmp, 'wb') as f:
+      np.savez(f, **arrays)
+
+
+def npz_arrays(structures: Sequence[ase.Atoms], **extra) -> dict:
+  """Structures and their physics summary (validation) as the arrays of
+  `write_npz`.
 
   Fields (S structures, T atoms in total), in the layout DiffCSP's outputs use:
   `frac_coords [T, 3]`, `atom_types [T]`, `num_atoms [S]`, `lattices [S, 3, 3]`
@@ -177,7 +192,6 @@ def write_npz(path, structures: Sequence[ase.Atoms], **extra) -> dict:
   (spglib, symprec 0.1 A; 0 and '' when undetermined), `symmetry_messages [S]`
   (lines spglib printed, silenced); plus any `extra` arrays (e.g.
   `source_row [S]`, the compositions file row of each sample).
-  Returns the dict written.
   """
   arrays = atoms_to_arrays(structures)
   summary = validation.summary_arrays(structures)
@@ -187,9 +201,6 @@ def write_npz(path, structures: Sequence[ase.Atoms], **extra) -> dict:
       angles=np.array([a.cell.angles() for a in structures]).reshape(-1, 3),
       **summary)
   arrays.update(extra)
-  with atomic_path(path) as tmp:
-    with open(tmp, 'wb') as f:
-      np.savez(f, **arrays)
   return arrays
 
 

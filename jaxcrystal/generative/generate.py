@@ -88,10 +88,11 @@ def sample_structures(spec: model_lib.Model, params,
   the count matters) with the configured sampler (`samplers.py`; a run's
   stored defaults are `config.sampling`). Batches share one padded budget so
   the sampler compiles once. Returns (structures, timing): timing holds
-  compile_s, sample_s and the resolved sampler settings with
-  `network_calls_per_structure`. Raises `neighbors.GraphOverflowError` if the
-  model's graph lost edges in any batch, `errors.UserError` if the sampler
-  cannot run this model."""
+  compile_s, sample_s (the compiled sampler: the network), host_batching_s
+  (building templates, unpacking results) and the resolved sampler settings
+  with `network_calls_per_structure`. Raises `neighbors.GraphOverflowError`
+  if the model's graph lost edges in any batch, `errors.UserError` if the
+  sampler cannot run this model."""
   if not len(compositions):
     raise ValueError('no compositions to sample')
   max_n = max(len(c) for c in compositions)
@@ -100,16 +101,18 @@ def sample_structures(spec: model_lib.Model, params,
   resolved = sampler.resolve(spec)
   sample_fn = jax.jit(samplers.get_sampler(spec, resolved))
   out = []
-  timing = {'compile_s': 0.0, 'sample_s': 0.0,
+  timing = {'compile_s': 0.0, 'sample_s': 0.0, 'host_batching_s': 0.0,
             'sampler': dataclasses.asdict(resolved),
             'network_calls_per_structure': resolved.calls_per_structure(spec)}
   chunks = sampling.split_into_batches(list(range(len(compositions))), size)
   for k, chunk in enumerate(tqdm(chunks, desc='sampling', disable=not progress)):
+    t0 = time.perf_counter()
     comps = [compositions[i] for i in chunk]
     lats = [lattices[i] for i in chunk] if lattices is not None else None
     template = batch_lib.to_device(
         sampling.template_from_compositions(comps, budget, lats))
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), k)
+    timing['host_batching_s'] += time.perf_counter() - t0
     t0 = time.perf_counter()
     if k == 0:
       compiled = sample_fn.lower(rng, params, template).compile()
@@ -119,7 +122,9 @@ def sample_structures(spec: model_lib.Model, params,
     result = jax.block_until_ready(result)
     neighbors.check_overflow(overflow, f'sampling batch {k}')
     timing['sample_s'] += time.perf_counter() - t0
+    t0 = time.perf_counter()
     out.extend(batch_lib.batch_to_atoms(jax.device_get(result)))
+    timing['host_batching_s'] += time.perf_counter() - t0
   return out, timing
 
 
@@ -144,7 +149,8 @@ def write_samples(outdir: str | Path, structures: Sequence[ase.Atoms],
   extxyz and as the `.npz` array `source_row [S]`. `made_for`: the file the
   samples were made for (`--compositions_from`); its path and sha256 go into
   `summary.json` and the `.npz` (`made_for_sha256`), which evaluation checks
-  (`evaluation.evaluate.check_made_for`)."""
+  (`evaluation.evaluate.check_made_for`). The summary also holds the
+  seconds spent validating (`validation_s`) and writing (`writing_s`)."""
   outdir = Path(outdir)
   structures = list(structures)
   extra = {}
@@ -156,9 +162,13 @@ def write_samples(outdir: str | Path, structures: Sequence[ase.Atoms],
     record = {'path': str(made_for), 'sha256': io_lib.file_sha256(made_for)}
     extra.update(made_for_path=np.array(record['path']),
                  made_for_sha256=np.array(record['sha256']))
-  arrays = io_lib.write_npz(outdir / 'samples.npz', structures, **extra)
+  t0 = time.perf_counter()
+  arrays = io_lib.npz_arrays(structures, **extra)
+  t1 = time.perf_counter()
+  io_lib.save_npz(outdir / 'samples.npz', arrays)
   io_lib.write_extxyz(outdir / 'samples.extxyz', structures)
   io_lib.write_cifs(outdir / 'cifs', structures, prefix='sample')
+  timing = {'validation_s': t1 - t0, 'writing_s': time.perf_counter() - t1}
   summary = {
       'num_samples': len(structures),
       'valid_fraction': float(np.mean(arrays['valid'])),
@@ -175,6 +185,7 @@ def write_samples(outdir: str | Path, structures: Sequence[ase.Atoms],
   summary['invalid_reasons'] = reasons
   summary['made_for'] = record
   summary.update(extra_summary or {})
+  summary.update(timing)
   io_lib.write_json_atomic(outdir / 'summary.json', summary)
   return summary
 
