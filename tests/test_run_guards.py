@@ -62,7 +62,11 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_others(tmp_path):
 
 
 def test_sampling_refuses_a_structure_beyond_the_budget():
+  from jaxcrystal.data import readers
   from jaxcrystal.generative import generate
+  assert len(readers.parse_formula('C5000O5000')) == readers.MAX_FORMULA_ATOMS
+  with pytest.raises(ValueError, match='more than 10000 atoms'):
+    readers.parse_formula('C5000O5000H')
   generate.check_size_budget([[6] * 20, [6] * 8], 20, 'x')
   with pytest.raises(errors.UserError, match=r"^--formula C21: a structure of 21 atoms, "
                      r"more than this model's budget of 20"):

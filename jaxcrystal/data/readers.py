@@ -48,6 +48,7 @@ MAX_FORMULA_ATOMS = 10_000  # a formula asking for more is refused when parsed
 
 DataError = errors.DataError
 
+
 @dataclasses.dataclass
 class SkippedRow:
   row: int            # 0-based data row (CSV), data block (CIF) or frame index
@@ -113,10 +114,10 @@ def parse_formula(formula: str) -> np.ndarray:
   """
   if not re.fullmatch(r'([A-Z][a-z]?\d*)+', formula or ''):
     raise ValueError(f'{formula!r} is not a chemical formula such as BaTiO3 or C8')
-  counts = [int(n) for _, n in re.findall(r'([A-Z][a-z]?)(\d*)', formula) if n]
+  counts = [int(n) if n else 1 for _, n in re.findall(r'([A-Z][a-z]?)(\d*)', formula)]
   if 0 in counts:
     raise ValueError(f'{formula!r}: an element with a zero count')
-  if sum(counts or [0]) + len(counts) > MAX_FORMULA_ATOMS:
+  if sum(counts) > MAX_FORMULA_ATOMS:
     raise ValueError(f'{formula!r}: more than {MAX_FORMULA_ATOMS} atoms')
   try:
     numbers = ase.Atoms(formula).numbers
@@ -428,7 +429,8 @@ def _read_cache(cache: Path, path: Path):
 def check_npz_arrays(arrays: dict, where: str) -> None:
   """Raise `DataError` (naming `where`) unless structure arrays agree:
   `num_atoms [S]` non-negative integers whose sum is the length of
-  `frac_coords [T, 3]` and `atom_types [T]` (integers in 0..118),
+  `frac_coords [T, 3]` and `atom_types [T]` (integers in 0..118, ASE's
+  atomic numbers),
   `lattices [S, 3, 3]`, and `source_row [S]` where present."""
   missing = [k for k in ('num_atoms', 'lattices', 'frac_coords', 'atom_types')
              if k not in arrays]
@@ -446,7 +448,8 @@ def check_npz_arrays(arrays: dict, where: str) -> None:
     problems.append(f'frac_coords has shape {frac.shape}, not [T, 3]')
   if lattices.shape != (len(n), 3, 3):
     problems.append(f'lattices has shape {lattices.shape}, not [{len(n)}, 3, 3]')
-  if not np.issubdtype(types.dtype, np.integer) or (types < 0).any() or (types > 118).any():
+  if (not np.issubdtype(types.dtype, np.integer) or (types < 0).any()
+      or (types >= len(ase.data.chemical_symbols)).any()):
     problems.append('atom_types are not atomic numbers')
   if 'source_row' in arrays and np.shape(arrays['source_row']) != (len(n),):
     problems.append(f'source_row has {np.size(arrays["source_row"])} entries for '

@@ -204,8 +204,8 @@ def benchmark_training_loop(config, steps: int) -> dict:
 
   Loop: `train.train_and_evaluate` on `config` for `steps` steps without
   validation and with one checkpoint at the end; its rate is the steps of
-  every log window after the first (which holds compilation) over their
-  time (ten windows). Step: the same jitted train step on the same batches (steps 0 ..
+  the log windows (a tenth of the steps each) after the first, which holds
+  compilation, over their time. Step: the same jitted train step on the same batches (steps 0 ..
   steps-1), built and placed on the device beforehand, each bucket's shape
   compiled first, run back to back. `first_step_s`: from the call of
   `train_and_evaluate` to the end of the first step (data, init, compile).

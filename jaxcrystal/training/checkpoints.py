@@ -29,12 +29,14 @@ class DamagedCheckpointError(errors.UserError):
   """A checkpoint whose files cannot be read (damaged or cut short)."""
 
 
-def _first_line(err: Exception) -> str:
+def first_line(err: Exception) -> str:
+  """'Type: first line of the message' of an exception, at most 200
+  characters: orbax's errors run to hundreds of lines."""
   text = str(err).strip()
-  return (text.splitlines()[0] if text else 'no message')[:160]
+  return f'{type(err).__name__}: ' + (text.splitlines()[0] if text else 'no message')[:200]
 
 
-def kept_steps(workdir: str | Path) -> dict[str, list[int]]:
+def _kept_steps(workdir: str | Path) -> dict[str, list[int]]:
   """{'best': [step], 'periodic': [steps]} of the checkpoints a run keeps
   (read from folder names, so damaged ones are listed too)."""
   workdir = Path(workdir)
@@ -45,7 +47,7 @@ def kept_steps(workdir: str | Path) -> dict[str, list[int]]:
 
 def _others(workdir: Path, which: str, step: int) -> str:
   """What else a user may load, as --which values."""
-  kept = kept_steps(workdir)
+  kept = _kept_steps(workdir)
   options = [f'--which={s}' for s in kept['periodic'] if str(s) != str(which)
              and not (which == 'latest' and s == step)]
   if which != 'best' and kept['best']:
@@ -152,8 +154,7 @@ def restore_params(workdir: str | Path, which: str = 'best', use_ema: bool = Tru
   except Exception as err:  # orbax and tensorstore raise many types on damage
     raise DamagedCheckpointError(
         f'{workdir}: the checkpoint of step {step} ({which}) cannot be read '
-        f'({type(err).__name__}: {_first_line(err)}); {_others(workdir, which, step)}'
-        ) from None
+        f'({first_line(err)}); {_others(workdir, which, step)}') from None
   if like is not None:
     want = {jax.tree_util.keystr(k): tuple(v.shape)
             for k, v in jax.tree_util.tree_leaves_with_path(like)}

@@ -133,21 +133,6 @@ def _due(done: int, every: int, last: int) -> bool:
   return done == last or (every > 0 and done % every == 0)
 
 
-def _check_overflows(unchecked: list) -> None:
-  """Raise naming the first of the (step, overflow counts) whose graph lost
-  edges, then forget them. Read in one transfer at log, evaluation and
-  checkpoint steps, not every step (a read per step keeps the host from
-  running ahead of the device); no update is checkpointed before its
-  graph was checked."""
-  if not unchecked:
-    return
-  counts = jax.device_get([c for _, c in unchecked])
-  steps = [step for step, _ in unchecked]
-  unchecked.clear()
-  for step, count in zip(steps, counts):
-    neighbors.check_overflow(count, f'training step {step}')
-
-
 _state_is_finite = jax.jit(state_lib.all_finite)
 
 
@@ -159,21 +144,27 @@ def _check_state(state, step: int) -> None:
         'infinite values; not checkpointed, the last checkpoint is intact')
 
 
-def _check_updates(unchecked: list) -> None:
-  """Raise naming the first of the (step, update_finite) flags that is
-  False, then forget them. Read in one transfer at log, evaluation and
-  checkpoint steps, not every step: a rejected update leaves the parameters
-  as they were, so the steps in between change nothing."""
+def _check_steps(unchecked: list) -> None:
+  """Raise for the first of the (step, overflow counts or None,
+  update_finite or None) whose graph lost edges or whose update would have
+  made the parameters non-finite, then forget them. Read in one transfer at
+  log, evaluation and checkpoint steps, not every step: a read per step
+  keeps the host from running ahead of the device. No update is
+  checkpointed before it was checked, and a rejected update leaves the
+  parameters as they were, so the steps in between change nothing."""
   if not unchecked:
     return
-  flags = jax.device_get([flag for _, flag in unchecked])
-  bad = [step for (step, _), ok in zip(unchecked, flags) if not bool(ok)]
+  flags = jax.device_get([(overflow, ok) for _, overflow, ok in unchecked])
+  steps = [step for step, _, _ in unchecked]
   unchecked.clear()
-  if bad:
-    raise errors.NonFiniteUpdateError(
-        f'training step {bad[0]}: the update would make the parameters NaN or '
-        'infinite (learning rate too high, or bad data?); stopped with the '
-        'parameters of the step before, the last checkpoint is intact')
+  for step, (overflow, ok) in zip(steps, flags):
+    if overflow is not None:
+      neighbors.check_overflow(overflow, f'training step {step}')
+    if ok is not None and not bool(ok):
+      raise errors.NonFiniteUpdateError(
+          f'training step {step}: the update would make the parameters NaN or '
+          'infinite (learning rate too high, or bad data?); stopped with the '
+          'parameters of the step before, the last checkpoint is intact')
 
 
 class _DivergenceCheck:
@@ -389,15 +380,14 @@ def _run_locked(workdir, loop, state, train_step, batch_for_step, evaluate,
     try:
       state, extra = manager.restore_latest(state)
     except (ValueError, KeyError, TypeError) as err:  # orbax: tree or shape mismatch
-      first = str(err).strip().splitlines()[0] if str(err).strip() else ''
       raise checkpoints.CheckpointMismatchError(
           f'{workdir}: the latest checkpoint does not fit this run\'s model or '
-          f'optimizer ({type(err).__name__}: {first[:200]})') from None
+          f'optimizer ({checkpoints.first_line(err)})') from None
     except Exception as err:  # damaged files: orbax and tensorstore raise many types
       raise checkpoints.DamagedCheckpointError(
           f'{workdir}: the latest checkpoint (step {manager.latest_step()}) cannot '
-          f'be read ({type(err).__name__}: {str(err).strip()[:160]}); move it away '
-          'to resume from the one before') from None
+          f'be read ({checkpoints.first_line(err)}); move it away to resume from '
+          'the one before') from None
     state = replicate(state)
     best_val = extra.get('best_val', best_val)
     log(f'resumed from step {int(state.step)} in {workdir}')
@@ -426,11 +416,8 @@ def _run_locked(workdir, loop, state, train_step, batch_for_step, evaluate,
                               loop.max_skipped_fraction)
   check_divergence = lambda done: diverged(done, int(state.skipped),
                                            manager.latest_step, workdir)
-  unchecked_updates, unchecked_overflows = [], []
-
-  def check_steps():  # the flags of the steps since the last check
-    _check_overflows(unchecked_overflows)
-    _check_updates(unchecked_updates)
+  unchecked = []  # (step, overflow, update_finite) not read yet
+  check_steps = lambda: _check_steps(unchecked)
   with open(metrics_path, 'a') as mf, prefetch(batch_for_step, start, total,
                                               loop.prefetch) as batches:
     for step, batch in zip(range(start, total), batches):
@@ -439,11 +426,8 @@ def _run_locked(workdir, loop, state, train_step, batch_for_step, evaluate,
       if done == start + 1:
         jax.block_until_ready(metrics)
         first_step_s = time.perf_counter() - started
-      overflow = metrics.pop('overflow', None)
-      if overflow is not None:
-        unchecked_overflows.append((done, overflow))
-      if 'update_finite' in metrics:
-        unchecked_updates.append((done, metrics.pop('update_finite')))
+      unchecked.append((done, metrics.pop('overflow', None),
+                        metrics.pop('update_finite', None)))
       if _due(done, loop.log_every, total):
         check_steps()
         metrics = jax.device_get(metrics)
