@@ -21,6 +21,12 @@ from jaxcrystal import errors
 
 EXIT_USER_ERROR = 2
 
+flags.DEFINE_string(
+    'compilation_cache', '~/.cache/jaxcrystal/xla',
+    "Folder of XLA's persistent compilation cache: a later run with the same "
+    "shapes loads its compiled programs instead of compiling them again "
+    "('' = off; the JAX_COMPILATION_CACHE_DIR variable, when set, wins).")
+
 
 def fail(message: str) -> None:
   """Print `error: message` as one line on stderr and exit with code 2."""
@@ -51,7 +57,32 @@ def run(main: Callable[[list[str]], object], argv: list[str] | None = None) -> N
       return main(argv)
     except (errors.UserError, app.UsageError) as err:
       fail(str(err))
-  app.run(guarded, argv=argv, flags_parser=_parse_flags)
+  def parse(argv):
+    rest = _parse_flags(argv)
+    use_compilation_cache(flags.FLAGS.compilation_cache)
+    return rest
+  app.run(guarded, argv=argv, flags_parser=parse)
+
+
+def use_compilation_cache(folder: str) -> None:
+  """Keep compiled XLA programs in `folder` across processes (JAX's
+  persistent cache; programs that compile in under half a second are not
+  kept). Must run before the first compilation of the process; '' or a
+  set JAX_COMPILATION_CACHE_DIR leaves JAX's own setting alone."""
+  if not folder or os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    return
+  folder = os.path.expanduser(folder)
+  try:
+    os.makedirs(folder, exist_ok=True)
+    if not os.access(folder, os.W_OK):
+      raise PermissionError('not writable')
+  except OSError as err:
+    print(f'note: compilation cache off, --compilation_cache={folder}: {err}',
+          file=sys.stderr, flush=True)
+    return
+  import jax
+  jax.config.update('jax_compilation_cache_dir', folder)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 
 def flag_paths(*names: str) -> dict[str, str]:

@@ -57,3 +57,13 @@ def test_score_norm_matches_monte_carlo(keys):
     mc = float(jnp.mean(wrapped_normal.score(x, sigma)**2))
     quad = float(wrapped_normal.score_norm(np.array([sigma]))[0])
     assert abs(mc - quad) / quad < 0.02, (sigma, mc, quad)
+
+
+def test_score_norm_of_many_sigmas_equals_each_alone():
+  """Computed in chunks for speed, each sigma's value is bit for bit the
+  one it has alone (the training loss normaliser must not depend on how
+  many sigmas a schedule has)."""
+  sigmas = np.exp(np.linspace(np.log(0.005), np.log(0.5), 37))
+  together = wrapped_normal.score_norm(sigmas)
+  alone = np.concatenate([wrapped_normal.score_norm(sigmas[i:i + 1]) for i in range(37)])
+  np.testing.assert_array_equal(together, alone)

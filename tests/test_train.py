@@ -390,3 +390,59 @@ def test_no_compilation_after_the_first_epoch(tmp_path):
                lambda s: t.batch_for_step(config.seed, s), log=lambda *_: None)
   assert steps_done[0] == 3 * epoch and compiled_at
   assert max(compiled_at) <= epoch + 1, (epoch, compiled_at)
+
+
+def test_validation_batches_are_built_once_and_reused(tmp_path, monkeypatch):
+  """Three validations gather the validation set as often as one does (once
+  for the edge-capacity check, once for the device copy), and every one
+  gives the same losses for the same parameters."""
+  from jaxcrystal.data import pipeline as data_lib
+  from jaxcrystal.generative import model as model_lib
+  from jaxcrystal.generative import train as train_lib
+  calls = []
+  original = data_lib.BucketedDataset.all_batches
+  monkeypatch.setattr(data_lib.BucketedDataset, 'all_batches',
+                      lambda self: calls.append(id(self)) or original(self))
+  counts = []
+  for evaluations in (1, 3):
+    calls.clear()
+    config = train_lib.TrainConfig(
+        model=model_lib.ModelConfig(hidden=8, num_layers=1, num_freqs=2, time_dim=4,
+                                    num_steps=10),
+        batch_size=4, num_buckets=2, train_steps=3, eval_every=3 // evaluations,
+        val_data='builtin', progress=False)
+    t = train_lib.build_training(config, log=lambda *_: None)
+    first = t.val_batches()
+    assert t.val_batches() is first and first
+    losses_twice = [train_lib.evaluate(t.eval_step, t.state.ema_params, t.val_batches(),
+                                       0) for _ in range(2)]
+    assert losses_twice[0] == losses_twice[1]
+    train_lib.train_and_evaluate(config, tmp_path / f'run{evaluations}',
+                                 log=lambda *_: None)
+    counts.append(len(calls))
+  assert counts[0] == counts[1], counts
+
+
+def test_compiled_programs_loaded_from_the_cache_train_the_same(tmp_path):
+  """The persistent compilation cache (`--compilation_cache`): a first run
+  fills it, a second loads from it, and both end with exactly the
+  parameters of a run with the cache off."""
+  cache = tmp_path / 'xla'
+  args = ['experiments/train_ddpm.py', *TINY_FLAGS, '--train_steps=6',
+          '--eval_every=6', '--checkpoint_every=6']
+  finals = []
+  for name, folder in (('off', ''), ('cold', cache), ('warm', cache)):
+    env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
+    res = subprocess.run([sys.executable, *args, f'--workdir={tmp_path / name}',
+                          f'--compilation_cache={folder}'], cwd=ROOT, timeout=300,
+                         env=dict(env, JAX_PLATFORMS='cpu'), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    finals.append(_final_params(tmp_path / name))
+    if name == 'cold':
+      kept = sorted(p.name for p in cache.iterdir())
+      assert any('train_step' in k for k in kept), kept
+    if name == 'warm':  # everything it needed was there: nothing new kept
+      assert sorted(p.name for p in cache.iterdir()) == kept
+  for other in finals[1:]:
+    chex.assert_trees_all_equal(other[0], finals[0][0])
+    chex.assert_trees_all_equal(other[1], finals[0][1])

@@ -78,14 +78,14 @@ def create_train_state(rng: jax.Array, model: model_lib.Model,
   return jax.jit(create)(rng, batch_lib.to_device(example))
 
 
-def evaluate(eval_step, params, dataset: data_lib.BucketedDataset, seed: int,
-             place: Callable, where: str = 'evaluation') -> dict:
-  """Mean losses over a dataset, weighting batches by crystal count; stops
-  if a graph lost edges (`where` names the moment in the error)."""
+def evaluate(eval_step, params, batches: Sequence[batch_lib.CrystalBatch], seed: int,
+             where: str = 'evaluation') -> dict:
+  """Mean losses over `batches` (placed on the device once, e.g. by
+  `Training.val_batches`), weighting batches by crystal count; stops if a
+  graph lost edges (`where` names the moment in the error)."""
   rng = jax.random.PRNGKey(seed)
   return _crystal_weighted_means(
-      dataset.all_batches(),
-      lambda k, b: eval_step(params, place(b), jax.random.fold_in(rng, k)), where)
+      batches, lambda k, b: eval_step(params, b, jax.random.fold_in(rng, k)), where)
 
 
 def _crystal_weighted_means(batches, losses_of: Callable, where: str) -> dict:
@@ -198,10 +198,20 @@ class Training:
   replicate: Callable        # state -> device state
   train_structures: list
   reports: list
+  _val_batches: list | None = dataclasses.field(default=None, repr=False)
 
   def batch_for_step(self, seed: int, step: int):
     """The placed training batch of `step`."""
     return self.place(self.train_set.batch_for_step(seed, step))
+
+  def val_batches(self) -> list:
+    """Every validation batch, gathered and placed on the device at the
+    first call and kept: each evaluation reuses them."""
+    if self.val_set is None:
+      return []
+    if self._val_batches is None:
+      self._val_batches = [self.place(b) for b in self.val_set.all_batches()]
+    return self._val_batches
 
 
 def build_training(config: TrainConfig, log: Callable = print) -> Training:
@@ -262,7 +272,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path,
   evaluate_fn = None
   if t.val_set is not None:
     evaluate_fn = lambda params, step: evaluate(
-        t.eval_step, params, t.val_set, config.seed, t.place,
+        t.eval_step, params, t.val_batches(), config.seed,
         f'validation at step {step}')
   loop = loop_lib.LoopConfig(
       train_steps=config.train_steps, log_every=config.log_every,
