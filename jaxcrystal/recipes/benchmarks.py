@@ -1,6 +1,7 @@
 """Timing helpers behind `experiments/benchmark*.py` (not used by the library)."""
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 from ase.build import bulk
 from ase.neighborlist import neighbor_list
 
+from jaxcrystal import errors
 from jaxcrystal.geometry import neighbors
 
 
@@ -244,3 +246,67 @@ def benchmark_training_loop(config, steps: int) -> dict:
              first_step_s=summary['first_step_s'])
   print(row, flush=True)
   return row
+
+
+def peer_python(peer_dir: str) -> str:
+  """The peer harness's interpreter: what `PEER_DIR/setup.sh` prints (it
+  makes the environment once, then only prints its path)."""
+  import subprocess
+  setup = Path(peer_dir) / 'setup.sh'
+  if not setup.is_file():
+    raise errors.UserError(f'{setup}: no setup.sh in the --peer folder')
+  res = subprocess.run(['bash', str(setup)], capture_output=True, text=True)
+  if res.returncode:
+    raise errors.UserError(f'{setup} failed: {res.stderr.strip()[-500:]}')
+  return res.stdout.strip().splitlines()[-1]
+
+
+def run_peer(peer_dir: str, python: str, data: str, hidden: int, num_layers: int,
+             num_freqs: int, batch_size: int, sample_steps: int,
+             threads: int = 2, device: str = 'cpu') -> dict:
+  """DiffCSP's own train step and sampler, timed by `PEER_DIR/bench.py` in
+  its own process (a measuring instrument: nothing of it is imported);
+  returns its JSON row."""
+  import json
+  import subprocess
+  cmd = [python, str(Path(peer_dir) / 'bench.py'), '--hidden', str(hidden),
+         '--layers', str(num_layers), '--num_freqs', str(num_freqs),
+         '--batch', str(batch_size), '--sample_steps', str(sample_steps),
+         '--threads', str(threads), '--device', device, '--data', data]
+  res = subprocess.run(cmd, capture_output=True, text=True)
+  rows = [line for line in res.stdout.splitlines() if line.startswith('{')]
+  if res.returncode or not rows:
+    raise errors.UserError(f'peer benchmark failed ({" ".join(cmd)}): '
+                       f'{res.stderr.strip()[-500:]}')
+  return json.loads(rows[-1])
+
+
+def paired_csp_benchmark(structures, data: str, peer_dir: str, python: str,
+                         hidden: int, num_layers: int, num_freqs: int,
+                         batch_size: int, num_steps: int, sample: bool = True) -> list[dict]:
+  """jaxcrystal's CSP train step and sampler (`benchmark_csp_model`) and
+  DiffCSP's (`run_peer`), same shapes and data, back to back in both orders
+  (jaxcrystal first, then DiffCSP first): one row per pair with both
+  figures and the ratios (> 1: jaxcrystal faster). Sampling (`num_steps`
+  predictor-corrector steps, 2 network calls each) only if `sample`."""
+  rows = []
+  for order in (('jaxcrystal', 'diffcsp'), ('diffcsp', 'jaxcrystal')):
+    got = {}
+    for who in order:
+      if who == 'jaxcrystal':
+        got[who] = benchmark_csp_model(structures, hidden, num_layers, num_freqs,
+                                       batch_size, num_steps, sample=sample)
+      else:
+        got[who] = run_peer(peer_dir, python, data, hidden, num_layers, num_freqs,
+                            batch_size, num_steps if sample else 0, threads=len(os.sched_getaffinity(0)),
+                            device='cuda' if jax.default_backend() == 'gpu' else 'cpu')
+    ours, peer = got['jaxcrystal'], got['diffcsp']
+    row = dict(order=' then '.join(order), hidden=hidden, num_layers=num_layers,
+               num_freqs=num_freqs, batch=batch_size, backend=jax.default_backend(),
+               jaxcrystal=ours, diffcsp=peer,
+               train_ratio=ours['train_structures_per_s'] / peer['train_structures_per_s'])
+    if sample:
+      row['sample_ratio'] = peer['sample_s'] / ours['sample_s']
+    print({k: v for k, v in row.items() if k not in ('jaxcrystal', 'diffcsp')}, flush=True)
+    rows.append(row)
+  return rows
