@@ -53,8 +53,8 @@ def main(argv):
     niggli, overrides = VARIANTS[name]
     structures, _ = readers.read_structures(FLAGS.data, skip_bad=True, niggli=niggli,
                                           max_atoms=FLAGS.max_atoms, progress=False)
-    config = model_lib.ModelConfig(task='csp', hidden=128, num_layers=4,
-                                   num_freqs=128, time_dim=128, **overrides)
+    config = model_lib.ModelConfig(task='csp').with_network(
+        hidden=128, num_layers=4, num_freqs=128, time_dim=128, **overrides)
     start = time.perf_counter()
     curve = benchmarks.coord_learning_curve(structures, config, FLAGS.steps,
                                             FLAGS.max_t, FLAGS.batch_size)

@@ -37,3 +37,8 @@ class TrainingDivergedError(UserError):
 
 class NotARunError(UserError, FileNotFoundError):
   """A folder that is not a run of the kind asked for."""
+
+
+class ConfigError(UserError, ValueError):
+  """A setting of a component (process, network, sampler...) that is not
+  valid; the message names the component and the field."""

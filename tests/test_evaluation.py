@@ -132,8 +132,8 @@ def test_evaluate_cli_dng_without_uniqueness(tmp_path):
 
 @pytest.fixture(scope='module')
 def tiny_spec():
-  return model_lib.build(model_lib.ModelConfig(hidden=16, num_layers=1, num_freqs=4,
-                                               time_dim=8, num_steps=20))
+  return model_lib.build(model_lib.ModelConfig(num_steps=20).with_network(
+      hidden=16, num_layers=1, num_freqs=4, time_dim=8))
 
 
 def test_forward_snapshots_follow_the_schedule(tiny_spec):

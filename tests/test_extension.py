@@ -2,6 +2,9 @@
 network and a new task are registered here, in the test file, then trained
 and sampled with the library's own loop, loss and sampler. Also the checked
 neighbour-list contract on the model path."""
+import dataclasses
+import json
+
 import flax.linen as nn
 import flax.struct
 import jax
@@ -10,6 +13,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
+from jaxcrystal import errors
 from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.data import datasets
 from jaxcrystal.data import io as io_lib
@@ -19,6 +23,7 @@ from jaxcrystal.generative import model as model_lib
 from jaxcrystal.generative import networks
 from jaxcrystal.generative import processes
 from jaxcrystal.generative import sampling
+from jaxcrystal.generative import settings
 from jaxcrystal.generative import tasks
 from jaxcrystal.generative import train
 from jaxcrystal.geometry import neighbors
@@ -28,11 +33,23 @@ from jaxcrystal.training import state as state_lib
 
 
 
+@dataclasses.dataclass(frozen=True)
+class PriorScale(settings.Settings):
+  """The toy process's own setting: the prior's standard deviation (A)."""
+  prior_scale: float = 1.0
+
+  def validate(self):
+    if not self.prior_scale > 0:
+      raise ValueError(f'prior_scale must be > 0, got {self.prior_scale}')
+
+
 @flax.struct.dataclass
 class LatticeFlow(processes.Process):
   """Straight-line flow for the lattice in continuous time t in [0, 1]:
-  L_t = (1 - t) L_0 + t eps (t = 1 is the Gaussian prior); the target is the
-  velocity dL/dt = eps - L_0, integrated by Euler steps from 1 to 0."""
+  L_t = (1 - t) L_0 + t eps (t = 1 is the Gaussian prior, scaled by its
+  setting); the target is the velocity dL/dt = eps - L_0, integrated by
+  Euler steps from 1 to 0."""
+  prior_scale: float = flax.struct.field(pytree_node=False, default=1.0)
   per = 'graph'
   stream = processes.LATTICE_STREAM
 
@@ -40,10 +57,12 @@ class LatticeFlow(processes.Process):
     return batch.lattice
 
   def prior(self, rng, template):
-    return jax.random.normal(rng, template.lattice.shape, template.lattice.dtype)
+    return self.prior_scale * jax.random.normal(rng, template.lattice.shape,
+                                                template.lattice.dtype)
 
   def noise(self, rng, batch, t):
-    eps = jax.random.normal(rng, batch.lattice.shape, batch.lattice.dtype)
+    eps = self.prior_scale * jax.random.normal(rng, batch.lattice.shape,
+                                               batch.lattice.dtype)
     s = t[:, None, None]
     return (1.0 - s) * batch.lattice + s * eps, eps - batch.lattice
 
@@ -55,16 +74,28 @@ class LatticeFlow(processes.Process):
     return x + (t_prev - t) * out
 
 
+@dataclasses.dataclass(frozen=True)
+class CellMLPSettings(settings.Settings):
+  """The toy network's own setting: its hidden width."""
+  width: int = 64
+
+  def validate(self):
+    if self.width < 1:
+      raise ValueError(f'width must be >= 1, got {self.width}')
+
+
 class CellMLP(nn.Module):
   """Lattice velocity in the clean-estimate form of flow matching: an MLP of
   the noisy lattice, the time and the atom count estimates the clean lattice
   L0_hat, and the velocity is (L_t - L0_hat) / t (t floored at 0.05)."""
+  width: int = 64
+
   @nn.compact
   def __call__(self, lattice, times, n_atoms):
     x = jnp.concatenate([lattice.reshape(-1, 9), times[:, None],
                          jnp.log(jnp.maximum(n_atoms, 1))[:, None]], -1)
-    x = nn.silu(nn.Dense(64)(x))
-    x = nn.silu(nn.Dense(64)(x))
+    x = nn.silu(nn.Dense(self.width)(x))
+    x = nn.silu(nn.Dense(self.width)(x))
     clean = nn.Dense(9)(x).reshape(-1, 3, 3)
     return (lattice - clean) / jnp.maximum(times, 0.05)[:, None, None]
 
@@ -73,9 +104,9 @@ class CellMLPScore:
   """Registry adapter: the library's one network call signature."""
   nearest_image = False
 
-  def __init__(self, config, variables):
+  def __init__(self, settings, variables, cutoff):
     assert variables == ('lattice',)
-    self.module = CellMLP()
+    self.module = CellMLP(settings.width)
 
   def init(self, rng, batch, times, graph, noisy):
     return self.module.init(rng, batch.lattice, times, batch.n_atoms)
@@ -86,8 +117,9 @@ class CellMLPScore:
 
 
 if 'toy_lattice_flow' not in processes.PROCESSES:
-  processes.register_process('toy_lattice_flow', lambda config: LatticeFlow())
-  networks.register_network('toy_cell_mlp', CellMLPScore)
+  processes.register_process('toy_lattice_flow',
+                             lambda s, num_steps: LatticeFlow(s.prior_scale), PriorScale())
+  networks.register_network('toy_cell_mlp', CellMLPScore, CellMLPSettings())
   tasks.register_task('toy_cell_flow', tasks.Task(
       (('lattice', 'toy_lattice_flow'),), 'toy_cell_mlp', time='continuous'))
 
@@ -125,13 +157,61 @@ def test_a_registered_process_and_network_train_and_sample(tmp_path):
                                             progress=False)
   assert all(np.abs(np.abs(s.cell[:]) - al.cell[:]).max() > 0.5 for s in untrained)
   assert (tmp_path / 'run' / 'training_curve.png').is_file()
+  stored = json.loads((tmp_path / 'run' / 'config.json').read_text())['model']['processes']
+  assert stored == [dict(variable='lattice', process='toy_lattice_flow',
+                         settings=dict(prior_scale=1.0))]
+
+
+def test_a_process_owns_its_settings_and_a_bad_one_is_one_line():
+  """The toy process's setting reaches the process through the model
+  config, round-trips through the stored form, and a bad value is refused
+  naming the process, the variable and the field."""
+  config = model_lib.ModelConfig(task='toy_cell_flow', num_steps=20)
+  wide = config.with_process('lattice', prior_scale=3.0)
+  model = model_lib.build(wide)
+  assert model.processes['lattice'].prior_scale == 3.0
+  assert model_lib.build(config).processes['lattice'].prior_scale == 1.0
+  assert model_lib.ModelConfig.from_dict(wide.to_dict()).process_table() == \
+      wide.process_table()
+  draw = model.processes['lattice'].prior(jax.random.PRNGKey(0), batch_lib.to_device(
+      batch_lib.batch_from_atoms([bulk('Al', 'fcc', a=4.05)] * 64)))
+  assert 2.5 < float(np.std(np.asarray(draw)[:64])) < 3.5
+  with pytest.raises(errors.ConfigError,
+                     match=r"^process 'toy_lattice_flow' \(lattice\): prior_scale must be > 0"):
+    config.with_process('lattice', prior_scale=-1.0)
+  with pytest.raises(errors.ConfigError, match=r"unknown setting\(s\) \['prior_scal'\]"):
+    config.with_process('lattice', prior_scal=2.0)
+  bad = dataclasses.replace(config, processes=(('lattice', 'toy_lattice_flow',
+                                                PriorScale(0.0)),))
+  with pytest.raises(errors.ConfigError, match='prior_scale must be > 0'):
+    model_lib.build(bad)
+
+
+def test_a_network_owns_its_settings_and_a_bad_one_is_one_line():
+  config = model_lib.ModelConfig(task='toy_cell_flow', num_steps=20)
+  batch = batch_lib.to_device(batch_lib.batch_from_atoms([bulk('Al', 'fcc', a=4.05)]))
+  widths = {}
+  for width in (64, 8):
+    model = model_lib.build(config.with_network(width=width))
+    params = model.init_params(jax.random.PRNGKey(0), batch)
+    widths[width] = {leaf.shape[-1] for leaf in jax.tree_util.tree_leaves(params)}
+  assert widths == {64: {64, 9}, 8: {8, 9}}
+  stored = config.with_network(width=8).to_dict()['network']
+  assert stored == dict(name='toy_cell_mlp', settings=dict(width=8))
+  assert model_lib.ModelConfig.from_dict(config.with_network(width=8).to_dict()) \
+      .network_choice() == ('toy_cell_mlp', CellMLPSettings(8))
+  with pytest.raises(errors.ConfigError, match=r"^network 'toy_cell_mlp': width must be >= 1"):
+    config.with_network(width=0)
+  with pytest.raises(errors.ConfigError, match=r"network 'toy_cell_mlp': width must be "
+                     r"like 64, got 'wide'"):
+    config.with_network(width='wide')
 
 
 def _radius_csp(capacity):
-  return model_lib.ModelConfig(task='csp', hidden=16, num_layers=1, num_freqs=4,
-                               time_dim=8, num_steps=10, graph='radius',
-                               cutoff=5.0, max_image=2,
-                               edge_capacity_per_atom=capacity)
+  return model_lib.ModelConfig(
+      task='csp', num_steps=10, graph='radius', cutoff=5.0, max_image=2,
+      edge_capacity_per_atom=capacity).with_network(hidden=16, num_layers=1, num_freqs=4,
+                                                    time_dim=8)
 
 
 def test_a_too_small_edge_capacity_stops_before_training(tmp_path):

@@ -23,7 +23,7 @@ from jaxcrystal.generative import tasks
 from jaxcrystal.generative import times
 from jaxcrystal.generative import updates
 
-TINY = dict(hidden=16, num_layers=1, num_freqs=4, time_dim=8, num_steps=20)
+TINY_NETWORK = dict(hidden=16, num_layers=1, num_freqs=4, time_dim=8)
 
 
 def _batch(num=4):
@@ -95,7 +95,7 @@ _ORACLE = {}
 class OracleVelocity:
   nearest_image = False
 
-  def __init__(self, config, variables):
+  def __init__(self, settings, variables, cutoff):
     self.variables = variables
 
   def init(self, rng, batch, times, graph, noisy):
@@ -157,7 +157,7 @@ def test_anneal_slope_scales_only_coordinates():
 
 
 def test_flow_loss_is_masked_and_depends_on_the_data(keys):
-  model = model_lib.build(model_lib.ModelConfig(task='csp_flow', **TINY))
+  model = model_lib.build(model_lib.ModelConfig(task='csp_flow', num_steps=20).with_network(**TINY_NETWORK))
   batch = _batch()
   params = model.init_params(next(keys), batch)
   loss_fn = jax.jit(losses.get_loss_fn(model))
@@ -224,7 +224,7 @@ def test_strided_predictor_over_one_step_is_ddpms(keys):
   """On a stride of one step the strided (DDIM, eta = 1) predictor is DDPM's
   ancestral step (where alpha_bar_t is above the x0 floor, i.e. not at the
   last steps of the schedule); the full grid keeps calling `predictor`."""
-  model = model_lib.build(model_lib.ModelConfig(task='dng', **TINY))
+  model = model_lib.build(model_lib.ModelConfig(task='dng', num_steps=20).with_network(**TINY_NETWORK))
   batch = _batch()
   for name in ('lattice', 'types'):
     proc = model.processes[name]
@@ -241,7 +241,7 @@ def test_strided_predictor_over_one_step_is_ddpms(keys):
 @pytest.mark.parametrize('name,steps,calls', [('pc', 5, 10), ('ddim', 5, 5),
                                               ('pc', 20, 40)])
 def test_score_model_few_step_samplers(name, steps, calls):
-  model = model_lib.build(model_lib.ModelConfig(task='csp', **TINY))
+  model = model_lib.build(model_lib.ModelConfig(task='csp', num_steps=20).with_network(**TINY_NETWORK))
   batch = _batch()
   params = model.init_params(jax.random.PRNGKey(0), batch)
   config = samplers.SamplerConfig(name=name, num_steps=steps)
@@ -257,8 +257,8 @@ def test_score_model_few_step_samplers(name, steps, calls):
 
 
 def test_sampler_config_refuses_what_cannot_run():
-  flow_model = model_lib.build(model_lib.ModelConfig(task='csp_flow', **TINY))
-  score_model = model_lib.build(model_lib.ModelConfig(task='csp', **TINY))
+  flow_model = model_lib.build(model_lib.ModelConfig(task='csp_flow', num_steps=20).with_network(**TINY_NETWORK))
+  score_model = model_lib.build(model_lib.ModelConfig(task='csp', num_steps=20).with_network(**TINY_NETWORK))
   with pytest.raises(errors.UserError, match="sampler 'pc' runs score models"):
     samplers.SamplerConfig(name='pc').resolve(flow_model)
   with pytest.raises(errors.UserError, match="sampler 'heun' runs flow models"):
@@ -275,7 +275,7 @@ def test_sampler_config_refuses_what_cannot_run():
 
 def test_process_views_of_a_flow_model(keys):
   from jaxcrystal.plotting import process_views
-  model = model_lib.build(model_lib.ModelConfig(task='csp_flow', **TINY))
+  model = model_lib.build(model_lib.ModelConfig(task='csp_flow', num_steps=20).with_network(**TINY_NETWORK))
   diamond = datasets.builtin_structures()[14]
   params = model.init_params(next(keys), batch_lib.to_device(
       batch_lib.batch_from_atoms([diamond])))

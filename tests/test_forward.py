@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from ase.geometry import find_mic
 
-from jaxcrystal.generative import model as model_lib
 from jaxcrystal.generative import processes as forward
 from jaxcrystal.generative import wrapped_normal
 
@@ -27,12 +26,12 @@ def test_registry():
   assert set(forward.PROCESSES) >= {'lattice_ddpm', 'frac_wrapped_normal',
                                     'cart_minimum_image', 'types_ddpm'}
   with pytest.raises(ValueError, match='unknown process'):
-    forward.get_process('nope', model_lib.ModelConfig())
+    forward.get_process('nope', None, 10)
 
 
 @pytest.mark.parametrize('t', [10, 300, 700, 1000])
 def test_lattice_ddpm_statistics(keys, t):
-  proc = forward.get_process('lattice_ddpm', model_lib.ModelConfig(num_steps=1000))
+  proc = forward.get_process('lattice_ddpm', forward.DDPMSettings(), 1000)
   lat0 = jnp.broadcast_to(jnp.array([[4.0, 0, 0], [1.0, 5.0, 0], [0.5, 0.5, 6.0]]),
                           (20000, 3, 3))
   fn = jax.jit(proc.diffuse)
@@ -51,7 +50,7 @@ def test_lattice_ddpm_statistics(keys, t):
 
 @pytest.mark.parametrize('t', [1, 400, 800, 1000])
 def test_frac_wrapped_normal_statistics(keys, t):
-  proc = forward.get_process('frac_wrapped_normal', model_lib.ModelConfig(num_steps=1000))
+  proc = forward.get_process('frac_wrapped_normal', forward.SigmaSettings(), 1000)
   n = 50000
   frac0 = jnp.full((n, 3), 0.3)
   tt = jnp.full((n,), t)
@@ -70,8 +69,7 @@ def test_frac_wrapped_normal_statistics(keys, t):
 
 
 def test_cartesian_minimum_image_process(keys):
-  proc = forward.get_process('cart_minimum_image', model_lib.ModelConfig(
-      num_steps=100, cart_sigma_begin=0.01, cart_sigma_end=1.0))
+  proc = forward.get_process('cart_minimum_image', forward.SigmaSettings(0.01, 1.0), 100)
   n = 20000
   lattice = jnp.broadcast_to(jnp.array([[5.0, 0, 0], [2.0, 5.0, 0], [1.0, 1.0, 6.0]]),
                              (n, 3, 3))
@@ -93,7 +91,7 @@ def test_cartesian_minimum_image_process(keys):
 
 @pytest.mark.parametrize('t', [50, 500, 1000])
 def test_types_ddpm_statistics(keys, t):
-  proc = forward.get_process('types_ddpm', model_lib.ModelConfig(num_steps=1000))
+  proc = forward.get_process('types_ddpm', forward.DDPMSettings(), 1000)
   species = jnp.full((30000,), 26)
   x_t, eps = jax.jit(proc.diffuse)(next(keys), species, jnp.full((30000,), t))
   chex.assert_shape(x_t, (30000, 100))

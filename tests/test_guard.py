@@ -41,13 +41,14 @@ from jaxcrystal.training import state as state_lib
 
 FIXTURES = Path(__file__).resolve().parent / 'fixtures'
 MODELS = {
-    'csp': dict(task='csp', hidden=16, num_layers=2, num_freqs=4, time_dim=8,
-                num_steps=20),
-    'dng': dict(task='dng', hidden=16, num_layers=2, num_freqs=4, time_dim=8,
-                num_steps=20),
-    'cartesian': dict(task='cartesian', hidden=16, num_layers=2, time_dim=8,
-                      num_steps=20, graph='radius', cutoff=5.0, max_image=2,
-                      cart_sigma_end=1.5, edge_capacity_per_atom=128),
+    'csp': model_lib.ModelConfig(task='csp', num_steps=20).with_network(
+        hidden=16, num_layers=2, num_freqs=4, time_dim=8),
+    'dng': model_lib.ModelConfig(task='dng', num_steps=20).with_network(
+        hidden=16, num_layers=2, num_freqs=4, time_dim=8),
+    'cartesian': model_lib.ModelConfig(
+        task='cartesian', num_steps=20, graph='radius', cutoff=5.0, max_image=2,
+        edge_capacity_per_atom=128).with_network(
+            hidden=16, num_layers=2, time_dim=8).with_process('coords', sigma_end=1.5),
 }
 # The cartesian run was recorded with the old batch-wide edge buffer of 64
 # slots per atom slot, which held all of its edges (5,264 clean edges in its
@@ -58,7 +59,7 @@ MODELS = {
 
 def _config(task):
   return train.TrainConfig(
-      model=model_lib.ModelConfig(**MODELS[task]),
+      model=MODELS[task],
       optim=state_lib.OptimConfig(learning_rate=3e-3, warmup_steps=5, ema_decay=0.9),
       train_data='builtin', val_data='builtin', batch_size=7, num_buckets=2,
       train_steps=30, eval_every=10, checkpoint_every=10, keep_checkpoints=2,
@@ -73,7 +74,7 @@ def _flat(tree, prefix):
 def _template(task):
   structures = datasets.builtin_structures()[::3][:7] + [datasets.builtin_structures()[1]]
   comps = [s.numbers for s in structures]
-  model = model_lib.build(model_lib.ModelConfig(**MODELS[task]))
+  model = model_lib.build(MODELS[task])
   lattices = None if model.task.generates_lattice else [s.cell[:] for s in structures]
   return model, batch_lib.to_device(sampling.template_from_compositions(comps, None, lattices))
 

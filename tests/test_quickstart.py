@@ -24,8 +24,8 @@ def test_prototype_check_accepts_prototypes_and_rejects_others():
 
 def test_run_quickstart_tiny(tmp_path):
   config = train.TrainConfig(
-      model=model_lib.ModelConfig(hidden=16, num_layers=1, num_freqs=4, time_dim=8,
-                                  num_steps=10),
+      model=model_lib.ModelConfig(num_steps=10).with_network(
+          hidden=16, num_layers=1, num_freqs=4, time_dim=8),
       batch_size=21, num_buckets=1, train_steps=10, eval_every=10, checkpoint_every=10,
       val_data='builtin', progress=False)
   summary = quickstart.run_quickstart(config, tmp_path, samples_per_structure=1,

@@ -1,3 +1,5 @@
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -7,15 +9,18 @@ import pytest
 from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.data import datasets
 from jaxcrystal.generative import model as model_lib
+from jaxcrystal.generative import processes
 from jaxcrystal.generative import updates
 from jaxcrystal.generative import sampling
 from jaxcrystal.generative import schedules
 
-TINY = dict(hidden=16, num_layers=1, num_freqs=4, time_dim=8, num_steps=20)
+TINY_NETWORK = dict(hidden=16, num_layers=1, num_freqs=4, time_dim=8)
 
 
 def _setup(task, **kw):
-  config = model_lib.ModelConfig(task=task, **{**TINY, **kw})
+  config = model_lib.ModelConfig(task=task, num_steps=20, **kw)
+  names = {f.name for f in dataclasses.fields(config.network_choice()[1])}
+  config = config.with_network(**{k: v for k, v in TINY_NETWORK.items() if k in names})
   spec = model_lib.build(config)
   structures = datasets.builtin_structures()[::3]
   template = batch_lib.to_device(sampling.template_from_compositions(
@@ -102,8 +107,8 @@ def test_trajectory_every_k_steps():
 
 
 def test_cartesian_sampler_keeps_cell():
-  spec, params, template = _setup('cartesian', graph='radius', cutoff=4.0,
-                                  cart_sigma_end=0.5)
+  spec, params, template = _setup('cartesian', graph='radius', cutoff=4.0, processes=(
+      ('coords', 'cart_minimum_image', processes.SigmaSettings(0.01, 0.5)),))
   out, _, overflow = jax.jit(sampling.get_sampler(spec))(jax.random.PRNGKey(0), params, template)
   np.testing.assert_array_equal(out.lattice, template.lattice)
   assert not np.any(np.asarray(overflow))

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import signal
@@ -25,14 +26,14 @@ from jaxcrystal.generative import schedules
 from jaxcrystal.generative import train
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL = model_lib.ModelConfig(hidden=16, num_layers=1, num_freqs=4, time_dim=8,
-                                   num_steps=50)
+TINY_MODEL = model_lib.ModelConfig(num_steps=50).with_network(hidden=16, num_layers=1,
+                                                              num_freqs=4, time_dim=8)
 TINY_FLAGS = ['--hidden=16', '--num_layers=1', '--num_freqs=4', '--time_dim=8',
               '--num_steps=50', '--batch_size=7', '--num_buckets=1', '--progress=false']
 
 
 def _state_and_step(task='csp', lr=3e-3):
-  spec = model_lib.build(model_lib.ModelConfig(**{**TINY_MODEL.__dict__, 'task': task}))
+  spec = model_lib.build(dataclasses.replace(TINY_MODEL, task=task))
   loss_fn = losses.get_loss_fn(spec)
   opt = state_lib.make_optimizer(state_lib.OptimConfig(learning_rate=lr, warmup_steps=1,
                                                schedule='constant'), 100)
@@ -106,7 +107,7 @@ def test_loss_by_noise_level_reads_one_for_an_ignorant_model():
   np.testing.assert_allclose(ignorant['coords'], 1.0, atol=0.3)
   sigmas = ignorant['sigma_frac']
   assert np.all(np.diff(sigmas) > 0) and sigmas[0] == pytest.approx(
-      spec.config.sigma_begin, rel=1e-3)
+      spec.config.process_table()[1][2].sigma_begin, rel=1e-3)
   trained = train.loss_by_noise_level(spec, state.params, dataset, steps,
                                       progress=False)
   assert not np.allclose(trained['coords'], ignorant['coords'])
@@ -223,8 +224,8 @@ def test_bad_flags_and_paths_are_rejected_clearly(tmp_path):
   assert res.returncode != 0 and 'hiden' in res.stderr
   res = _run(['experiments/train_ddpm.py', f'--workdir={tmp_path}',
               '--edge_score_head'], timeout=120)
-  assert res.returncode != 0 and '--edge_score_head needs --distance_basis' \
-      in res.stderr
+  assert res.returncode == 2 and ("error: network 'cspnet': edge_score_head needs "
+                                 'distance_basis >= 1') in res.stderr
   res = _run(['experiments/train_ddpm.py', f'--workdir={tmp_path}', '--batch_size=0'],
              timeout=120)
   assert res.returncode != 0 and '--batch_size must be >= 1' in res.stderr
@@ -242,8 +243,8 @@ from jaxcrystal.training import state as state_lib
 from jaxcrystal.training import sharding
 from jaxcrystal.generative import train
 assert jax.local_device_count() == 4, jax.devices()
-spec = model_lib.build(model_lib.ModelConfig(hidden=16, num_layers=1, num_freqs=4,
-                                             time_dim=8, num_steps=50))
+spec = model_lib.build(model_lib.ModelConfig(num_steps=50).with_network(
+    hidden=16, num_layers=1, num_freqs=4, time_dim=8))
 ds = data.BucketedDataset(datasets.builtin_structures(), 7, (16,), num_devices=4)
 host = ds.batch_for_step(0, 0)
 opt = state_lib.make_optimizer(state_lib.OptimConfig(warmup_steps=1), 10)
@@ -368,8 +369,8 @@ def test_no_compilation_after_the_first_epoch(tmp_path):
   from jaxcrystal.generative import train as train_lib
   from jaxcrystal.training import loop as loop_lib
   config = train_lib.TrainConfig(
-      model=model_lib.ModelConfig(hidden=8, num_layers=1, num_freqs=2, time_dim=4,
-                                  num_steps=10),
+      model=model_lib.ModelConfig(num_steps=10).with_network(
+          hidden=8, num_layers=1, num_freqs=2, time_dim=4),
       batch_size=4, num_buckets=3, train_steps=1, progress=False)
   t = train_lib.build_training(config, log=lambda *_: None)
   epoch = t.train_set.steps_per_epoch()
@@ -407,8 +408,8 @@ def test_validation_batches_are_built_once_and_reused(tmp_path, monkeypatch):
   for evaluations in (1, 3):
     calls.clear()
     config = train_lib.TrainConfig(
-        model=model_lib.ModelConfig(hidden=8, num_layers=1, num_freqs=2, time_dim=4,
-                                    num_steps=10),
+        model=model_lib.ModelConfig(num_steps=10).with_network(
+          hidden=8, num_layers=1, num_freqs=2, time_dim=4),
         batch_size=4, num_buckets=2, train_steps=3, eval_every=3 // evaluations,
         val_data='builtin', progress=False)
     t = train_lib.build_training(config, log=lambda *_: None)
@@ -446,3 +447,36 @@ def test_compiled_programs_loaded_from_the_cache_train_the_same(tmp_path):
   for other in finals[1:]:
     chex.assert_trees_all_equal(other[0], finals[0][0])
     chex.assert_trees_all_equal(other[1], finals[0][1])
+
+
+def test_a_run_stored_in_the_flat_layout_resumes_and_keeps_its_settings(tmp_path):
+  """Runs written before issue 31 stored the process settings as flat model
+  fields: `--resume` reads them into the process table, continues a run with
+  the same settings and refuses one whose settings differ, naming the field."""
+  from jaxcrystal import errors
+  from jaxcrystal.generative import model as model_lib
+  from jaxcrystal.generative import train as train_lib
+  config = train_lib.TrainConfig(
+      model=model_lib.ModelConfig(num_steps=10).with_network(
+          hidden=8, num_layers=1, num_freqs=2, time_dim=4),
+      batch_size=7, num_buckets=1, train_steps=2, checkpoint_every=2, progress=False)
+  run = tmp_path / 'run'
+  train_lib.train_and_evaluate(config, run, log=lambda *_: None)
+  path = run / 'config.json'
+  stored = json.loads(path.read_text())
+  assert [p['process'] for p in stored['model']['processes']] == \
+      ['lattice_ddpm', 'frac_wrapped_normal']
+  flat = dict(stored, model={k: v for k, v in stored['model'].items() if k != 'processes'})
+  flat['model'].update(beta_schedule='cosine', sigma_begin=0.005, sigma_end=0.5,
+                       cart_sigma_begin=0.01, cart_sigma_end=1.0)
+  path.write_text(json.dumps(flat))
+  longer = dataclasses.replace(config, train_steps=4, checkpoint_every=4)
+  summary = train_lib.train_and_evaluate(longer, run, resume=True, log=lambda *_: None)
+  assert summary['final_step'] == 4
+  assert json.loads(path.read_text())['model']['processes'] == stored['model']['processes']
+  flat['model']['sigma_end'] = 0.4
+  path.write_text(json.dumps(flat))
+  with pytest.raises(errors.ConfigChangedError,
+                     match=r'model\.processes\.1\.settings\.sigma_end: 0\.4 -> 0\.5'):
+    train_lib.train_and_evaluate(dataclasses.replace(longer, train_steps=6), run,
+                                 resume=True, log=lambda *_: None)

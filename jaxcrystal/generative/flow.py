@@ -147,6 +147,6 @@ class TypesFlow(processes.TypesVariable, FlowProcess):
     return (1.0 - tt) * x0 + tt * prior, x0 - prior
 
 
-processes.register_process('lattice_flow', lambda c: LatticeFlow())
-processes.register_process('frac_torus_flow', lambda c: FracTorusFlow())
-processes.register_process('types_flow', lambda c: TypesFlow())
+processes.register_process('lattice_flow', lambda s, steps: LatticeFlow())
+processes.register_process('frac_torus_flow', lambda s, steps: FracTorusFlow())
+processes.register_process('types_flow', lambda s, steps: TypesFlow())

@@ -12,10 +12,12 @@ from typing import Any
 
 import jax
 
+from jaxcrystal import errors
 from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.generative import flow  # noqa: F401  (registers the flow processes)
 from jaxcrystal.generative import networks
 from jaxcrystal.generative import processes as processes_lib
+from jaxcrystal.generative import settings as settings_lib
 from jaxcrystal.generative import tasks
 from jaxcrystal.generative import times as times_lib
 from jaxcrystal.geometry import neighbors
@@ -23,39 +25,145 @@ from jaxcrystal.geometry import neighbors
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Everything static about a model (hashable; stored with checkpoints)."""
+  """Everything static about a model (hashable; stored with checkpoints).
+
+  `task` names a preset (`tasks.py`): its variables, each with a process,
+  a network and a time grid. Components own their settings (frozen
+  dataclasses in their files); the config picks components and settings:
+    processes: `((variable, process name, settings), ...)` overriding the
+      preset per variable; variables not named get the preset's process
+      with its default settings (`process_table`).
+    network: `(network name, settings)`, or () for the preset's network
+      with its default settings (`network_choice`).
+  The rest describe the time grid (`num_steps`: T, or the training grid of
+  continuous time) and the graph the network runs on (`cutoff` in Angstrom,
+  shared by radius graphs and distance features).
+  """
   task: str = 'csp'
-  hidden: int = 128
-  num_layers: int = 4
-  num_freqs: int = 128
-  time_dim: int = 256
   num_steps: int = 1000
-  beta_schedule: str = 'cosine'
-  sigma_begin: float = 0.005     # fractional units (frac_wrapped_normal)
-  sigma_end: float = 0.5
-  cart_sigma_begin: float = 0.01  # Angstrom (cart_minimum_image)
-  cart_sigma_end: float = 1.0
+  processes: tuple = ()
+  network: tuple = ()
   graph: str = 'fc'              # 'fc' or 'radius'
-  cutoff: float = 6.0            # Angstrom, radius graphs and distance basis
-  distance_basis: int = 0
-  edge_score_head: bool = False  # see cspnet.CSPNet
+  cutoff: float = 6.0            # Angstrom, radius graphs and distance features
   max_image: int = 2
   edge_capacity_per_atom: int = 64  # radius graphs: edge slots per atom slot of a crystal
-  num_basis: int = 16            # cartesian EGNN radial basis
+
+  def process_table(self) -> tuple[tuple[str, str, settings_lib.Settings], ...]:
+    """((variable, process name, settings), ...) for every variable of the
+    task, in its order: the preset's, with `processes` in place."""
+    chosen = {variable: (name, settings) for variable, name, settings in self.processes}
+    table = []
+    for variable, preset in tasks.get_task(self.task).variables:
+      name, settings = chosen.get(variable, (preset, None))
+      table.append((variable, name, processes_lib.entry(name).defaults
+                    if settings is None else settings))
+    return tuple(table)
+
+  def network_choice(self) -> tuple[str, settings_lib.Settings]:
+    """(network name, settings): `network`, or the preset's with its defaults."""
+    if self.network:
+      return self.network
+    name = tasks.get_task(self.task).network
+    return name, networks.entry(name).defaults
+
+  def with_process(self, variable: str, name: str | None = None,
+                   **settings) -> 'ModelConfig':
+    """This config with `variable`'s process (default: the current one) and
+    some of its settings changed, e.g.
+    `config.with_process('coords', sigma_end=0.4)`."""
+    current = {v: (n, s) for v, n, s in self.process_table()}
+    if variable not in current:
+      raise errors.ConfigError(f'task {self.task!r} has no variable {variable!r}; '
+                               f'it has {sorted(current)}')
+    old_name, old_settings = current[variable]
+    name = name or old_name
+    base = old_settings if name == old_name else processes_lib.entry(name).defaults
+    new = settings_lib.read(base, settings, f'process {name!r} ({variable})')
+    others = tuple(p for p in self.processes if p[0] != variable)
+    return dataclasses.replace(self, processes=others + ((variable, name, new),))
+
+  def with_network(self, name: str | None = None, **settings) -> 'ModelConfig':
+    """This config with its network (default: the current one) and some of
+    its settings changed, e.g. `config.with_network(hidden=64, num_layers=3)`."""
+    old_name, old_settings = self.network_choice()
+    name = name or old_name
+    base = old_settings if name == old_name else networks.entry(name).defaults
+    return dataclasses.replace(
+        self, network=(name, settings_lib.read(base, settings, f'network {name!r}')))
+
+  def to_dict(self) -> dict:
+    """JSON-ready, with every choice resolved: each variable's process and
+    the network, with all their settings."""
+    d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    d['processes'] = [dict(variable=v, process=n, settings=s.to_dict())
+                      for v, n, s in self.process_table()]
+    name, settings = self.network_choice()
+    d['network'] = dict(name=name, settings=settings.to_dict())
+    return d
+
+  @classmethod
+  def from_dict(cls, d: dict) -> 'ModelConfig':
+    """Inverse of `to_dict`; also reads the flat settings of runs written
+    before issue 31 (`hidden`, `sigma_begin`, `cart_sigma_end`, ...), the one
+    legacy reader."""
+    d = dict(d)
+    legacy = {k: d.pop(k) for k in _LEGACY_PROCESS_KEYS + _LEGACY_NETWORK_KEYS if k in d}
+    stored_processes = d.pop('processes', None)
+    stored_network = d.pop('network', None)
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+      raise errors.ConfigError(f'model: unknown setting(s) {unknown}')
+    config = cls(**d)
+    try:
+      if stored_processes is None:
+        table = [(variable, name, _legacy_settings(defaults, _LEGACY_FIELDS.get(name, {}),
+                                                   legacy, f'process {name!r} ({variable})'))
+                 for variable, name, defaults in config.process_table()]
+      else:
+        table = [(p['variable'], p['process'], settings_lib.read(
+            processes_lib.entry(p['process']).defaults, p.get('settings', {}),
+            f"process {p['process']!r} ({p['variable']})")) for p in stored_processes]
+      if stored_network is None:
+        name, defaults = config.network_choice()
+        names = {f.name: f.name for f in dataclasses.fields(defaults)}
+        network = (name, _legacy_settings(defaults, names, legacy, f'network {name!r}'))
+      else:
+        name = stored_network['name']
+        network = (name, settings_lib.read(networks.entry(name).defaults,
+                                           stored_network.get('settings', {}),
+                                           f'network {name!r}'))
+    except (KeyError, TypeError, AttributeError) as err:
+      raise errors.ConfigError(f'model: processes must be a list of {{variable, '
+                               f'process, settings}} and network a {{name, settings}} '
+                               f'({err!r})') from None
+    return dataclasses.replace(config, processes=tuple(table), network=network)
 
   def validate(self) -> None:
     task = tasks.get_task(self.task)
+    for entry in self.processes:
+      if not (isinstance(entry, tuple) and len(entry) == 3):
+        raise errors.ConfigError('model: processes must hold (variable, process, '
+                                 f'settings) triples, got {entry!r}')
+      if entry[0] not in task.names:
+        raise errors.ConfigError(f'model: task {self.task!r} has no variable '
+                                 f'{entry[0]!r}; it has {list(task.names)}')
+    if len({entry[0] for entry in self.processes}) != len(self.processes):
+      raise errors.ConfigError('model: a variable is named twice in processes')
+    if self.network and not (isinstance(self.network, tuple) and len(self.network) == 2):
+      raise errors.ConfigError(f'model: network must be (name, settings), got {self.network!r}')
+    chosen = [(processes_lib.entry(name), f'process {name!r} ({variable})', settings)
+              for variable, name, settings in self.process_table()]
+    name, settings = self.network_choice()
+    for entry, where, settings in chosen + [(networks.entry(name), f'network {name!r}',
+                                             settings)]:
+      settings_lib.checked_like(settings, entry.defaults, where)
     if self.graph not in ('fc', 'radius'):
-      raise ValueError(f"graph must be 'fc' or 'radius', got {self.graph!r}")
-    for name in ('hidden', 'num_layers', 'num_freqs', 'time_dim', 'num_steps',
-                 'edge_capacity_per_atom'):
-      if getattr(self, name) < 1:
-        raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
+      raise errors.ConfigError(f"model: graph must be 'fc' or 'radius', got {self.graph!r}")
+    for field in ('num_steps', 'edge_capacity_per_atom'):
+      if getattr(self, field) < 1:
+        raise errors.ConfigError(f'model: {field} must be >= 1, got {getattr(self, field)}')
     if task.graph is not None and self.graph != task.graph:
-      raise ValueError(f"task {self.task!r} needs graph={task.graph!r}")
-    if self.edge_score_head and self.distance_basis < 1:
-      raise ValueError('edge_score_head needs distance_basis >= 1 (its edge '
-                       'weights are functions of the bond length)')
+      raise errors.ConfigError(f"model: task {self.task!r} needs graph={task.graph!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,8 +252,8 @@ def build(config: ModelConfig) -> Model:
   """Processes, network and time grid of a validated `ModelConfig`."""
   config.validate()
   task = tasks.get_task(config.task)
-  procs = {name: processes_lib.get_process(proc, config)
-           for name, proc in task.variables}
+  procs = {variable: processes_lib.get_process(name, settings, config.num_steps)
+           for variable, name, settings in config.process_table()}
   streams = [p.stream for p in procs.values()]
   if len(set(streams)) != len(streams):
     raise ValueError(f'task {config.task!r}: two variables share a PRNG stream '
@@ -153,8 +261,30 @@ def build(config: ModelConfig) -> Model:
   if task.time not in times_lib.TIME_GRIDS:
     raise ValueError(f'task {config.task!r}: unknown time grid {task.time!r}')
   return Model(config=config, task=task, processes=procs,
-               network=networks.get_network(task.network, config, task.names),
+               network=networks.get_network(*config.network_choice(), task.names,
+                                            config.cutoff),
                time=times_lib.TIME_GRIDS[task.time](config.num_steps))
+
+
+# Before issue 31, component settings were flat ModelConfig fields. Process
+# settings: {process: {settings field: old field}}; network settings had
+# the same names as now.
+_LEGACY_FIELDS = {
+    'lattice_ddpm': {'beta_schedule': 'beta_schedule'},
+    'types_ddpm': {'beta_schedule': 'beta_schedule'},
+    'frac_wrapped_normal': {'sigma_begin': 'sigma_begin', 'sigma_end': 'sigma_end'},
+    'cart_minimum_image': {'sigma_begin': 'cart_sigma_begin', 'sigma_end': 'cart_sigma_end'},
+}
+_LEGACY_PROCESS_KEYS = ('beta_schedule', 'sigma_begin', 'sigma_end', 'cart_sigma_begin',
+                        'cart_sigma_end')
+_LEGACY_NETWORK_KEYS = ('hidden', 'num_layers', 'num_freqs', 'time_dim', 'distance_basis',
+                        'edge_score_head', 'num_basis')
+
+
+def _legacy_settings(defaults, fields: dict, legacy: dict, where: str):
+  """`defaults` with the flat values `legacy[old]` of `fields` {field: old}."""
+  return settings_lib.read(defaults, {field: legacy[old] for field, old in fields.items()
+                                      if old in legacy}, where)
 
 
 def stream_keys(rng: jax.Array, num: int, slots: tuple) -> tuple[jax.Array, Any]:

@@ -1,6 +1,6 @@
 """The network registry: every score network behind one call signature.
 
-  net = get_network(name, model_config, variables)
+  net = get_network(name, settings, variables, cutoff)
   params = net.init(rng, batch, times, graph, noisy)
   outputs = net.apply(params, batch, times, graph, noisy, conditioning=None)
 
@@ -14,18 +14,23 @@
     shaped like the process's regression target.
 
 `net.nearest_image` says whether the graph must carry minimum-image shifts.
-A new network is a flax module, an adapter with `init`/`apply` of that
-signature, and `register_network(name, builder)` with
-`builder(model_config, variables) -> adapter`. Check its symmetries with
-`jaxcrystal.testing.assert_transform_consistent`.
+Each network owns its settings (`settings.py`): `CSPNetSettings`,
+`EGNNSettings`. `cutoff` (Angstrom) is the model graph's, which distance
+features share. A new network is a flax module, an adapter with
+`init`/`apply` of that signature, a frozen settings dataclass, and
+`register_network(name, builder, defaults)` with
+`builder(settings, variables, cutoff) -> adapter`. Check its symmetries
+with `jaxcrystal.testing.assert_transform_consistent`.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Callable
 
+from jaxcrystal import errors
 from jaxcrystal.generative import cspnet
 from jaxcrystal.generative import egnn
+from jaxcrystal.generative import settings as settings_lib
 
 
 def _check_variables(name: str, variables, known) -> tuple[str, ...]:
@@ -77,33 +82,88 @@ class CartesianEGNNScore:
     return {'coords': self.module.apply(params, batch, graph, times)}
 
 
-def _cspnet(c, variables):
+def _at_least(settings, minimum: int, *names: str) -> None:
+  for name in names:
+    if getattr(settings, name) < minimum:
+      raise ValueError(f'{name} must be >= {minimum}, got {getattr(settings, name)}')
+
+
+@dataclasses.dataclass(frozen=True)
+class CSPNetSettings(settings_lib.Settings):
+  """CSPNet's settings (`cspnet.CSPNet` says what each does)."""
+  hidden: int = 128
+  num_layers: int = 4
+  num_freqs: int = 128
+  time_dim: int = 256
+  distance_basis: int = 0
+  edge_score_head: bool = False
+
+  def validate(self):
+    _at_least(self, 1, 'hidden', 'num_layers', 'num_freqs', 'time_dim')
+    _at_least(self, 0, 'distance_basis')
+    if self.edge_score_head and self.distance_basis < 1:
+      raise ValueError('edge_score_head needs distance_basis >= 1 (its edge '
+                       'weights are functions of the bond length)')
+
+
+@dataclasses.dataclass(frozen=True)
+class EGNNSettings(settings_lib.Settings):
+  """CartesianEGNN's settings (`egnn.CartesianEGNN`)."""
+  hidden: int = 128
+  num_layers: int = 4
+  time_dim: int = 256
+  num_basis: int = 16
+
+  def validate(self):
+    _at_least(self, 1, 'hidden', 'num_layers', 'time_dim', 'num_basis')
+
+
+def _cspnet(s: CSPNetSettings, variables, cutoff: float):
   variables = _check_variables('cspnet', variables, ('lattice', 'coords', 'types'))
   return CSPNetScore(cspnet.CSPNet(
-      hidden=c.hidden, num_layers=c.num_layers, num_freqs=c.num_freqs,
-      time_dim=c.time_dim, predict_types='types' in variables,
-      distance_basis=c.distance_basis, cutoff=c.cutoff,
-      edge_score_head=c.edge_score_head), variables)
+      hidden=s.hidden, num_layers=s.num_layers, num_freqs=s.num_freqs,
+      time_dim=s.time_dim, predict_types='types' in variables,
+      distance_basis=s.distance_basis, cutoff=cutoff,
+      edge_score_head=s.edge_score_head), variables)
 
 
-def _cartesian_egnn(c, variables):
+def _cartesian_egnn(s: EGNNSettings, variables, cutoff: float):
   variables = _check_variables('cartesian_egnn', variables, ('coords',))
   return CartesianEGNNScore(egnn.CartesianEGNN(
-      hidden=c.hidden, num_layers=c.num_layers, num_basis=c.num_basis,
-      cutoff=c.cutoff, time_dim=c.time_dim), variables)
+      hidden=s.hidden, num_layers=s.num_layers, num_basis=s.num_basis,
+      cutoff=cutoff, time_dim=s.time_dim), variables)
 
 
-NETWORKS: dict[str, Callable] = {'cspnet': _cspnet, 'cartesian_egnn': _cartesian_egnn}
+@dataclasses.dataclass(frozen=True)
+class NetworkEntry:
+  builder: Callable                 # (settings, variables, cutoff) -> adapter
+  defaults: settings_lib.Settings   # its settings class, with the defaults
 
 
-def register_network(name: str, builder: Callable) -> None:
-  """Add a network: `builder(model_config, variables) -> adapter`."""
+NETWORKS: dict[str, NetworkEntry] = {}
+
+
+def register_network(name: str, builder: Callable,
+                     defaults: settings_lib.Settings = settings_lib.NONE) -> None:
+  """Add a network: `builder(settings, variables, cutoff) -> adapter`,
+  `defaults` an instance of its settings class."""
   if name in NETWORKS:
     raise ValueError(f'network {name!r} is already registered')
-  NETWORKS[name] = builder
+  NETWORKS[name] = NetworkEntry(builder, defaults)
 
 
-def get_network(name: str, config, variables):
+def entry(name: str) -> NetworkEntry:
   if name not in NETWORKS:
-    raise ValueError(f'unknown network {name!r}; choose from {sorted(NETWORKS)}')
-  return NETWORKS[name](config, tuple(variables))
+    raise errors.ConfigError(f'unknown network {name!r}; choose from {sorted(NETWORKS)}')
+  return NETWORKS[name]
+
+
+def get_network(name: str, settings, variables, cutoff: float):
+  """Build a registered network with its settings (validated here)."""
+  e = entry(name)
+  return e.builder(settings_lib.checked_like(settings, e.defaults, f'network {name!r}'),
+                   tuple(variables), cutoff)
+
+
+register_network('cspnet', _cspnet, CSPNetSettings())
+register_network('cartesian_egnn', _cartesian_egnn, EGNNSettings())

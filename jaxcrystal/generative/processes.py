@@ -40,11 +40,23 @@ Registered processes:
                        the fractional position in that cell.
   types_ddpm           one-hot atom types [N, K]; target: the noise.
 
+Each process owns its settings (`settings.py`): a frozen dataclass with its
+defaults and its own `validate`, registered with it. A model config names a
+process and its settings per variable (`ModelConfig.processes`), so adding a
+setting to a process touches this file only:
+
+  DDPMSettings    lattice_ddpm, types_ddpm: beta_schedule.
+  SigmaSettings   frac_wrapped_normal (fractional units, 0.005 to 0.5) and
+                  cart_minimum_image (Angstrom, 0.01 to 1.0): sigma_begin,
+                  sigma_end.
+
 New processes: a class with the methods above and `register_process(name,
-factory)`, where `factory(model_config) -> process`.
+factory, defaults)`, where `factory(settings, num_steps) -> process` and
+`defaults` is an instance of its settings class (`settings.NONE` if none).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import chex
@@ -55,7 +67,9 @@ import jax.numpy as jnp
 from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.geometry import lattice as lattice_lib
 from jaxcrystal.geometry import pbc
+from jaxcrystal import errors
 from jaxcrystal.generative import schedules
+from jaxcrystal.generative import settings as settings_lib
 from jaxcrystal.generative import updates
 from jaxcrystal.generative import wrapped_normal
 
@@ -338,28 +352,67 @@ class TypesDDPM(TypesVariable, Process):
     return _ddim(x, out, t, t_prev, template, 'atom', self.schedule)
 
 
-PROCESSES: dict[str, Callable] = {
-    'lattice_ddpm': lambda c: LatticeDDPM(
-        schedules.make_beta_schedule(c.beta_schedule, c.num_steps)),
-    'frac_wrapped_normal': lambda c: FracWrappedNormal(
-        schedules.make_sigma_schedule(c.num_steps, c.sigma_begin, c.sigma_end)),
-    'cart_minimum_image': lambda c: CartesianMinimumImage(
-        schedules.make_sigma_schedule(c.num_steps, c.cart_sigma_begin,
-                                      c.cart_sigma_end, wrapped=False)),
-    'types_ddpm': lambda c: TypesDDPM(
-        schedules.make_beta_schedule(c.beta_schedule, c.num_steps)),
-}
+@dataclasses.dataclass(frozen=True)
+class DDPMSettings(settings_lib.Settings):
+  """A DDPM process's settings: `beta_schedule` ('linear', 'cosine', 'sigmoid')."""
+  beta_schedule: str = 'cosine'
+
+  def validate(self):
+    if self.beta_schedule not in schedules.ALPHA_BAR_FNS:
+      raise ValueError(f'beta_schedule must be one of {sorted(schedules.ALPHA_BAR_FNS)}, '
+                       f'got {self.beta_schedule!r}')
 
 
-def register_process(name: str, factory: Callable) -> None:
-  """Add a process: `factory(model_config) -> process` (see the docstring)."""
+@dataclasses.dataclass(frozen=True)
+class SigmaSettings(settings_lib.Settings):
+  """A VE process's geometric noise scales, smallest and largest (the
+  variable's units)."""
+  sigma_begin: float = 0.005
+  sigma_end: float = 0.5
+
+  def validate(self):
+    if not 0 < self.sigma_begin < self.sigma_end:
+      raise ValueError(f'sigma_begin must be > 0 and below sigma_end, got '
+                       f'{self.sigma_begin} and {self.sigma_end}')
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessEntry:
+  factory: Callable                 # (settings, num_steps) -> process
+  defaults: settings_lib.Settings   # its settings class, with the defaults
+
+
+PROCESSES: dict[str, ProcessEntry] = {}
+
+
+def register_process(name: str, factory: Callable,
+                     defaults: settings_lib.Settings = settings_lib.NONE) -> None:
+  """Add a process: `factory(settings, num_steps) -> process`, `defaults` an
+  instance of its settings class (see the module docstring)."""
   if name in PROCESSES:
     raise ValueError(f'process {name!r} is already registered')
-  PROCESSES[name] = factory
+  PROCESSES[name] = ProcessEntry(factory, defaults)
 
 
-def get_process(name: str, config):
-  """Build a registered process for a `ModelConfig`."""
+def entry(name: str) -> ProcessEntry:
   if name not in PROCESSES:
-    raise ValueError(f'unknown process {name!r}; choose from {sorted(PROCESSES)}')
-  return PROCESSES[name](config)
+    raise errors.ConfigError(f'unknown process {name!r}; choose from {sorted(PROCESSES)}')
+  return PROCESSES[name]
+
+
+def get_process(name: str, settings: settings_lib.Settings, num_steps: int):
+  """Build a registered process with its settings (validated here)."""
+  e = entry(name)
+  return e.factory(settings_lib.checked_like(settings, e.defaults, f'process {name!r}'),
+                   num_steps)
+
+
+register_process('lattice_ddpm', lambda s, steps: LatticeDDPM(
+    schedules.make_beta_schedule(s.beta_schedule, steps)), DDPMSettings())
+register_process('frac_wrapped_normal', lambda s, steps: FracWrappedNormal(
+    schedules.make_sigma_schedule(steps, s.sigma_begin, s.sigma_end)), SigmaSettings())
+register_process('cart_minimum_image', lambda s, steps: CartesianMinimumImage(
+    schedules.make_sigma_schedule(steps, s.sigma_begin, s.sigma_end, wrapped=False)),
+    SigmaSettings(sigma_begin=0.01, sigma_end=1.0))
+register_process('types_ddpm', lambda s, steps: TypesDDPM(
+    schedules.make_beta_schedule(s.beta_schedule, steps)), DDPMSettings())

@@ -54,17 +54,24 @@ class TrainConfig:
   progress: bool = True
 
   def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
+    return dict(dataclasses.asdict(self), model=self.model.to_dict())
 
   @classmethod
   def from_dict(cls, d: dict) -> 'TrainConfig':
     d = dict(d)
     d.pop('data', None)  # the run's data record (`data_record`), not settings
-    d['model'] = model_lib.ModelConfig(**d['model'])
+    d['model'] = model_lib.ModelConfig.from_dict(d['model'])
     d['optim'] = state_lib.OptimConfig(**d['optim'])
     d['loss_weights'] = losses.LossWeights(**d['loss_weights'])
     d['sampling'] = samplers.SamplerConfig(**d.get('sampling', {}))
     return cls(**d)
+
+
+def current_layout(stored: dict) -> dict:
+  """A run's stored `config.json` in this version's layout (what
+  `TrainConfig.to_dict` writes now), its data record kept."""
+  data = {'data': stored['data']} if 'data' in stored else {}
+  return dict(TrainConfig.from_dict(stored).to_dict(), **data)
 
 
 def create_train_state(rng: jax.Array, model: model_lib.Model,
@@ -285,6 +292,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path,
       evaluate=evaluate_fn, resume=resume, started=started,
       config_dict=dict(config.to_dict(), data=data_record(config, t.train_structures)),
       overwrite=overwrite, replicate=t.replicate, log=log, inputs=inputs,
+      read_config=current_layout,
       files=dict(files or {}, **{'skipped_rows.json': readers.skip_reports_json(
           [r for r in t.reports if r is not None])}))
   return summary

@@ -97,8 +97,8 @@ def benchmark_csp_model(structures, hidden: int, num_layers: int, num_freqs: int
   from jaxcrystal.generative import model as model_lib
   from jaxcrystal.generative import train
   from jaxcrystal.training import state as state_lib
-  config = model_lib.ModelConfig(task='csp', hidden=hidden, num_layers=num_layers,
-                                 num_freqs=num_freqs, num_steps=num_steps)
+  config = model_lib.ModelConfig(task='csp', num_steps=num_steps).with_network(
+      hidden=hidden, num_layers=num_layers, num_freqs=num_freqs)
   spec = model_lib.build(config)
   structures = list(structures)[:batch_size]
   host = batch_lib.batch_from_atoms(structures)
@@ -239,7 +239,8 @@ def benchmark_training_loop(config, steps: int) -> dict:
     state, metrics = t.train_step(state, batch)
   jax.block_until_ready((state, metrics))
   step_rate = steps / (time.perf_counter() - t0)
-  row = dict(hidden=config.model.hidden, num_layers=config.model.num_layers,
+  network = config.model.network_choice()[1]
+  row = dict(hidden=network.hidden, num_layers=network.num_layers,
              batch_size=config.batch_size, steps=steps, buckets=len(seen),
              backend=jax.default_backend(), loop_steps_per_s=loop_rate,
              step_steps_per_s=step_rate, loop_over_step=loop_rate / step_rate,

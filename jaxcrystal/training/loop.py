@@ -198,6 +198,9 @@ def _flatten(d: dict, prefix: str = '') -> dict:
   for key, value in d.items():
     if isinstance(value, dict):
       out.update(_flatten(value, f'{prefix}{key}.'))
+    elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+      for i, item in enumerate(value):  # e.g. the model's process table
+        out.update(_flatten(item, f'{prefix}{key}.{i}.'))
     else:
       out[f'{prefix}{key}'] = value
   return out
@@ -208,9 +211,10 @@ def _flatten(d: dict, prefix: str = '') -> dict:
 RECORDED_LATER = ('data',)
 
 
-def config_changes(workdir: Path, config_dict: dict,
-                   may_change: tuple[str, ...]) -> dict[str, tuple]:
-  """Compare `config_dict` with the run's stored `config.json`.
+def config_changes(workdir: Path, config_dict: dict, may_change: tuple[str, ...],
+                   read_config: Callable[[dict], dict] = lambda d: d) -> dict[str, tuple]:
+  """Compare `config_dict` with the run's stored `config.json` (as
+  `read_config` brings it up to date: older runs stored older layouts).
 
   Returns {dotted key: (stored, new)} of the accepted changes. Raises
   `ConfigChangedError` listing every other differing field in one line.
@@ -219,7 +223,7 @@ def config_changes(workdir: Path, config_dict: dict,
   if not path.is_file():
     return {}
   try:
-    stored = _flatten(json.loads(path.read_text()))
+    stored = _flatten(read_config(json.loads(path.read_text())))
   except json.JSONDecodeError as err:
     raise errors.ConfigChangedError(f'{path} is damaged ({err}); cannot check '
                                     'that --resume continues the same run') from None
@@ -307,7 +311,8 @@ def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
         config_dict: dict | None = None, resume: bool = False,
         overwrite: bool = False, files: dict[str, str] | None = None,
         replicate: Callable = lambda s: s, log: Callable = print,
-        inputs: outputs.Inputs | None = None, started: float | None = None
+        inputs: outputs.Inputs | None = None, started: float | None = None,
+        read_config: Callable[[dict], dict] = lambda d: d
         ) -> tuple[state_lib.TrainState, dict]:
   """Train `state` with the jitted `train_step(state, batch)` in `workdir`.
 
@@ -319,7 +324,8 @@ def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
       saves the best checkpoint.
     config_dict: written to `config.json`; on resume compared with the
       stored one (only `loop.may_change_on_resume` fields may differ; the
-      changes are appended to `resume_log.jsonl`).
+      changes are appended to `resume_log.jsonl`), which `read_config`
+      first brings to the current layout.
     resume: continue from the latest checkpoint; without it a workdir that
       holds checkpoints is refused.
     overwrite: delete the workdir's contents and start afresh (only a
@@ -354,14 +360,14 @@ def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
     return _run_locked(workdir, loop, state, train_step, batch_for_step,
                        evaluate, config_dict, resume, overwrite, inputs, files,
                        replicate, log,
-                       time.perf_counter() if started is None else started)
+                       time.perf_counter() if started is None else started, read_config)
   finally:
     lock.release()
 
 
 def _run_locked(workdir, loop, state, train_step, batch_for_step, evaluate,
                 config_dict, resume, overwrite, inputs, files, replicate, log,
-                started):
+                started, read_config):
   check_workdir(workdir, resume, overwrite, inputs)  # again, now that it is ours
   if overwrite and not resume:
     for entry in workdir.iterdir():
@@ -373,7 +379,8 @@ def _run_locked(workdir, loop, state, train_step, batch_for_step, evaluate,
   metrics_path = workdir / 'metrics.jsonl'
   best_val = float('inf')
   if resume and (workdir / 'config.json').is_file() and config_dict is not None:
-    changes = config_changes(workdir, config_dict, loop.may_change_on_resume)
+    changes = config_changes(workdir, config_dict, loop.may_change_on_resume,
+                             read_config)
   else:
     changes = {}
   if resume and manager.latest_step() is not None:
