@@ -19,6 +19,7 @@ from jaxcrystal.generative import processes
 from jaxcrystal.generative import samplers
 from jaxcrystal.generative import sampling
 from jaxcrystal.generative import schedules
+from jaxcrystal.generative import score_steps
 from jaxcrystal.generative import tasks
 from jaxcrystal.generative import times
 from jaxcrystal.generative import updates
@@ -157,7 +158,8 @@ def test_anneal_slope_scales_only_coordinates():
 
 
 def test_flow_loss_is_masked_and_depends_on_the_data(keys):
-  model = model_lib.build(model_lib.ModelConfig(task='csp_flow', num_steps=20).with_network(**TINY_NETWORK))
+  model = model_lib.build(model_lib.ModelConfig(task='csp_flow', num_steps=20).with_network(
+      **TINY_NETWORK))
   batch = _batch()
   params = model.init_params(next(keys), batch)
   loss_fn = jax.jit(losses.get_loss_fn(model))
@@ -223,8 +225,9 @@ def test_ve_ddim_reaches_x0_under_the_exact_score():
 def test_strided_predictor_over_one_step_is_ddpms(keys):
   """On a stride of one step the strided (DDIM, eta = 1) predictor is DDPM's
   ancestral step (where alpha_bar_t is above the x0 floor, i.e. not at the
-  last steps of the schedule); the full grid keeps calling `predictor`."""
-  model = model_lib.build(model_lib.ModelConfig(task='dng', num_steps=20).with_network(**TINY_NETWORK))
+  last steps of the schedule); the full grid keeps DDPM's form."""
+  model = model_lib.build(model_lib.ModelConfig(task='dng', num_steps=20).with_network(
+      **TINY_NETWORK))
   batch = _batch()
   for name in ('lattice', 'types'):
     proc = model.processes[name]
@@ -233,15 +236,17 @@ def test_strided_predictor_over_one_step_is_ddpms(keys):
     rng = next(keys)
     assert proc.schedule.alpha_bars[15] > updates.X0_ALPHA_BAR_FLOOR
     for t in (15, 7, 2):
-      got = proc.strided_predictor(rng, x, out, jnp.int32(t), jnp.int32(t - 1), batch)
-      want = proc.predictor(rng, x, out, jnp.int32(t), jnp.int32(t - 1), batch)
+      got = score_steps.predict(proc, rng, x, out, jnp.int32(t), jnp.int32(t - 1), batch,
+                                strided=True)
+      want = score_steps.predict(proc, rng, x, out, jnp.int32(t), jnp.int32(t - 1), batch)
       np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize('name,steps,calls', [('pc', 5, 10), ('ddim', 5, 5),
                                               ('pc', 20, 40)])
 def test_score_model_few_step_samplers(name, steps, calls):
-  model = model_lib.build(model_lib.ModelConfig(task='csp', num_steps=20).with_network(**TINY_NETWORK))
+  model = model_lib.build(model_lib.ModelConfig(task='csp', num_steps=20).with_network(
+      **TINY_NETWORK))
   batch = _batch()
   params = model.init_params(jax.random.PRNGKey(0), batch)
   config = samplers.SamplerConfig(name=name, num_steps=steps)
@@ -275,7 +280,8 @@ def test_sampler_config_refuses_what_cannot_run():
 
 def test_process_views_of_a_flow_model(keys):
   from jaxcrystal.plotting import process_views
-  model = model_lib.build(model_lib.ModelConfig(task='csp_flow', num_steps=20).with_network(**TINY_NETWORK))
+  model = model_lib.build(model_lib.ModelConfig(task='csp_flow', num_steps=20).with_network(
+      **TINY_NETWORK))
   diamond = datasets.builtin_structures()[14]
   params = model.init_params(next(keys), batch_lib.to_device(
       batch_lib.batch_from_atoms([diamond])))

@@ -12,6 +12,7 @@ from jaxcrystal.generative import model as model_lib
 from jaxcrystal.generative import processes
 from jaxcrystal.generative import updates
 from jaxcrystal.generative import sampling
+from jaxcrystal.generative import score_steps
 from jaxcrystal.generative import schedules
 
 TINY_NETWORK = dict(hidden=16, num_layers=1, num_freqs=4, time_dim=8)
@@ -128,3 +129,26 @@ def test_make_right_handed_keeps_structure():
   assert np.linalg.det(lat[0]) > 0
   np.testing.assert_allclose(np.asarray(frac[:4]) @ np.asarray(lat[0]), s.positions,
                              atol=1e-4)
+
+
+def test_a_sampler_written_against_the_score_interface_needs_no_process_code():
+  """A predictor-only sampler built from `score_steps` (the processes'
+  declared interface) in the test file gives exactly the predictor-corrector
+  sampler's structures with no corrector steps."""
+  spec, params, template = _setup('dng')
+
+  def step(params, template, state, tt):
+    t, t_prev = tt
+    keys, key = model_lib.stream_keys(state.rng, 5, sampling.STEP_SLOTS)
+    out, lost = sampling.network_outputs(spec, params, template, state.xs, t)
+    xs = {n: score_steps.predict(p, key(p.stream), state.xs[n], out[n], t, t_prev,
+                                 template) for n, p in spec.processes.items()}
+    return sampling.SamplerState(keys[0], xs, jnp.maximum(state.overflow, lost))
+  mine = sampling.make_sample(spec, step, spec.time.reverse_grid())
+  rng = jax.random.PRNGKey(3)
+  got, _, _ = jax.jit(mine)(rng, params, template)
+  want, _, _ = jax.jit(sampling.get_sampler(spec, corrector_steps=0))(rng, params, template)
+  for field in ('lattice', 'frac', 'species'):
+    np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
+  corrected, _, _ = jax.jit(sampling.get_sampler(spec))(rng, params, template)
+  assert not np.array_equal(corrected.frac, want.frac)  # the corrector moves it

@@ -2,7 +2,7 @@
 trained with DDPM and wrapped-normal noise.
 
 Each step makes one network call and every variable's noise-free update
-from t to t_prev on a strided grid (`process.deterministic`): DDIM with
+from t to t_prev on a strided grid (`score_steps.deterministic`): DDIM with
 eta = 0 for the lattice and types (Song et al. 2021), and its
 variance-exploding form x + sigma_t (sigma_t - sigma_prev) score for
 coordinates. No corrector runs. One `lax.scan`.
@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from jaxcrystal.generative import model as model_lib
 from jaxcrystal.generative import sampling
+from jaxcrystal.generative import score_steps
 
 
 def get_ddim_sampler(model: model_lib.Model, num_steps: int | None = None,
@@ -25,7 +26,8 @@ def get_ddim_sampler(model: model_lib.Model, num_steps: int | None = None,
   def step(params, template, state: sampling.SamplerState, tt):
     t, t_prev = tt
     out, lost = sampling.network_outputs(model, params, template, state.xs, t)
-    xs = {name: p.deterministic(state.xs[name], out[name], t, t_prev, template)
+    xs = {name: score_steps.deterministic(p, state.xs[name], out[name], t, t_prev,
+                                          template)
           for name, p in model.processes.items()}
     return state.replace(xs=xs, overflow=jnp.maximum(state.overflow, lost))
 

@@ -71,7 +71,6 @@ class FlowProcess(processes.Process):
   """
   kind = 'flow'
   anneal = False
-  predictor = None
 
   def velocity(self, out, template):
     return out

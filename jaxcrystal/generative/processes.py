@@ -15,19 +15,14 @@ loop over the table and never ask which task they serve:
                      the task's time grid uses) and the network's target.
   write(batch, x)    the batch the network sees with x in place (padding kept).
   finalize(batch, x) the finished sample (default: nothing more to do).
-  predictor(rng, x, out, t, t_prev, tmpl) -> x    reverse update from t to
-                     t_prev given the network's output `out` for this variable.
-  corrector          None, or corrector(rng, x, out, t, is_last, tmpl, step_lr).
-  deterministic(x, out, t, t_prev, tmpl) -> x    noise-free update from t to
-                     any t_prev < t (DDIM; the 'ddim' sampler).
-  kind               'score' (these) or 'flow' (`flow.py`): which samplers
-                     can run it (`samplers.py`).
+  kind               'score' (`ScoreProcess`, these) or 'flow'
+                     (`flow.FlowProcess`): which samplers can run it.
 
-  strided_predictor  optional: the predictor for t_prev < t - 1, where
-                     `predictor` assumes one step (DDPM's). The
-                     predictor-corrector sampler calls it on strided grids
-                     of fewer steps; on the full grid it calls `predictor`,
-                     so full-grid samples stay bit for bit what they were.
+A process gives the samplers quantities, not update rules: a score
+process its noise `family`, `schedule`, chart and `score` (`ScoreProcess`),
+a flow process its `velocity` and `advance` (`flow.FlowProcess`). The
+reverse steps are written once against that (`score_steps.py`, `ode.py`),
+so a new sampler touches no process.
 
 Registered processes:
   lattice_ddpm         lattice [G, 3, 3] (Angstrom); target: the Gaussian noise.
@@ -70,7 +65,6 @@ from jaxcrystal.geometry import pbc
 from jaxcrystal import errors
 from jaxcrystal.generative import schedules
 from jaxcrystal.generative import settings as settings_lib
-from jaxcrystal.generative import updates
 from jaxcrystal.generative import wrapped_normal
 
 NUM_ELEMENTS = batch_lib.NUM_ELEMENTS  # atomic numbers 1..100 -> classes 0..99
@@ -89,11 +83,36 @@ class Process:
   per = 'atom'
   stream = COORDS_STREAM
   scale_name = ''
-  corrector = None
-  kind = 'score'
+  kind = ''
 
   def finalize(self, batch: batch_lib.CrystalBatch, x) -> batch_lib.CrystalBatch:
     return batch
+
+
+class ScoreProcess(Process):
+  """The interface score samplers are written against (`score_steps.py`).
+
+  family     'vp': DDPM noise x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps, the
+             network predicts eps, `schedule` a `schedules.BetaSchedule`;
+             've': x_t = x_0 + sigma_t eps, `schedule` a
+             `schedules.SigmaSchedule`, `score` required.
+  to_chart(x, template) -> y      the state in the space its noise is
+             Gaussian in (default: the state itself).
+  from_chart(y, template) -> x    back, placed (wrapped, padding kept).
+  score(out, t, template) -> s    've': the network's output `out` at the
+             scalar step `t` as the score of x_t in the chart.
+  """
+  kind = 'score'
+  family = ''
+
+  def to_chart(self, x, template):
+    return x
+
+  def from_chart(self, y, template):
+    return y
+
+  def score(self, out, t, template):
+    raise NotImplementedError(f'{type(self).__name__} ({self.family}) has no score')
 
 
 class LatticeVariable:
@@ -146,9 +165,10 @@ class TypesVariable:
 
 
 @flax.struct.dataclass
-class LatticeDDPM(LatticeVariable, Process):
+class LatticeDDPM(LatticeVariable, ScoreProcess):
   """DDPM on lattice matrices: L_t = sqrt(ab_t) L_0 + sqrt(1 - ab_t) eps."""
   schedule: schedules.BetaSchedule
+  family = 'vp'
 
   def diffuse(self, rng: jax.Array, lattice: jax.Array, t: jax.Array):
     """`lattice: [G, 3, 3]` Angstrom, `t: [G]` int -> (L_t, eps) both [G, 3, 3]."""
@@ -160,27 +180,6 @@ class LatticeDDPM(LatticeVariable, Process):
 
   def noise(self, rng, batch, t):
     return self.diffuse(rng, batch.lattice, t)
-
-  def predictor(self, rng, x, out, t, t_prev, template):
-    return updates.ddpm_predictor(rng, x, out, rows(t, template, 'graph'),
-                                  self.schedule)[0]
-
-  def strided_predictor(self, rng, x, out, t, t_prev, template):
-    return _strided_ddpm(rng, x, out, t, t_prev, template, 'graph', self.schedule)
-
-  def deterministic(self, x, out, t, t_prev, template):
-    return _ddim(x, out, t, t_prev, template, 'graph', self.schedule)
-
-
-def _strided_ddpm(rng, x, out, t, t_prev, template, per, schedule):
-  """Ancestral step over a stride t -> t_prev: DDIM's with eta = 1."""
-  return updates.ddim_step(rng, x, out, rows(t, template, per),
-                           rows(t_prev, template, per), schedule, 1.0)[0]
-
-
-def _ddim(x, out, t, t_prev, template, per, schedule):
-  return updates.ddim_step(None, x, out, rows(t, template, per),
-                           rows(t_prev, template, per), schedule, 0.0)[1]
 
 
 def _place_frac(template, frac):
@@ -199,10 +198,11 @@ def _write_frac(batch, x):
 
 
 @flax.struct.dataclass
-class FracWrappedNormal(Process):
+class FracWrappedNormal(ScoreProcess):
   """Wrapped normal on the torus: F_t = wrap(F_0 + sigma_t eps)."""
   schedule: schedules.SigmaSchedule
   scale_name = 'sigma_frac'
+  family = 've'
 
   def diffuse(self, rng: jax.Array, frac: jax.Array, t: jax.Array):
     """`frac: [N, 3]` in [0, 1), `t: [N]` int per atom.
@@ -240,32 +240,21 @@ class FracWrappedNormal(Process):
   def write(self, batch, x):
     return _write_frac(batch, x)
 
-  def predictor(self, rng, x, out, t, t_prev, template):
-    score = self.score_from_prediction(out, rows(t, template, 'atom'))
-    x, _ = updates.ve_predictor(rng, x, score, self.schedule.sigmas[t],
-                                self.schedule.sigmas[t_prev])
-    return _place_frac(template, x)
+  def from_chart(self, y, template):
+    return _place_frac(template, y)
 
-  def deterministic(self, x, out, t, t_prev, template):
-    score = self.score_from_prediction(out, rows(t, template, 'atom'))
-    return _place_frac(template, updates.ve_ddim_step(
-        x, score, self.schedule.sigmas[t], self.schedule.sigmas[t_prev]))
-
-  def corrector(self, rng, x, out, t, is_last, template, step_lr):
-    score = self.score_from_prediction(out, rows(t, template, 'atom'))
-    x, _ = updates.langevin_corrector(
-        rng, x, score, self.schedule.sigmas[t], self.schedule.sigmas[1], step_lr,
-        (~is_last).astype(score.dtype))
-    return _place_frac(template, x)
+  def score(self, out, t, template):
+    return self.score_from_prediction(out, rows(t, template, 'atom'))
 
 
 @flax.struct.dataclass
-class CartesianMinimumImage(Process):
+class CartesianMinimumImage(ScoreProcess):
   """VE noise on Cartesian positions inside a fixed cell (lattice and atom
   count given): x_t = wrap(x_0 + sigma_t eps), sigma in Angstrom. The state
   carried by the sampler is the fractional position in the given cell."""
   schedule: schedules.SigmaSchedule
   scale_name = 'sigma_angstrom'
+  family = 've'
 
   def diffuse(self, rng: jax.Array, cart: jax.Array, t: jax.Array,
               lattice: jax.Array):
@@ -300,33 +289,24 @@ class CartesianMinimumImage(Process):
     cart_t, target = self.diffuse(rng, batch.cart(), t, lattice)
     return jnp.einsum('ni,nij->nj', cart_t, jnp.linalg.inv(lattice)), target
 
-  def _update(self, template, x, step_fn, t):
-    """Run `step_fn(cart, score_scale)` in Angstrom, back to fractions."""
-    lattice = template.atom_lattice()
-    cart = jnp.einsum('ni,nij->nj', x, lattice)
-    sigma = self.schedule.sigmas[rows(t, template, 'atom')][:, None]
-    new = step_fn(cart, sigma)
-    return _place_frac(template, jnp.einsum('ni,nij->nj', new, jnp.linalg.inv(lattice)))
+  def to_chart(self, x, template):
+    """Fractional positions -> Cartesian (Angstrom), where the noise is."""
+    return jnp.einsum('ni,nij->nj', x, template.atom_lattice())
 
-  def predictor(self, rng, x, out, t, t_prev, template):
-    return self._update(template, x, lambda cart, sigma: updates.ve_predictor(
-        rng, cart, -out / sigma, self.schedule.sigmas[t],
-        self.schedule.sigmas[t_prev])[0], t)
+  def from_chart(self, y, template):
+    return _place_frac(template, jnp.einsum('ni,nij->nj', y,
+                                            jnp.linalg.inv(template.atom_lattice())))
 
-  def deterministic(self, x, out, t, t_prev, template):
-    return self._update(template, x, lambda cart, sigma: updates.ve_ddim_step(
-        cart, -out / sigma, self.schedule.sigmas[t], self.schedule.sigmas[t_prev]), t)
-
-  def corrector(self, rng, x, out, t, is_last, template, step_lr):
-    return self._update(template, x, lambda cart, sigma: updates.langevin_corrector(
-        rng, cart, -out / sigma, self.schedule.sigmas[t], self.schedule.sigmas[1],
-        step_lr, (~is_last).astype(out.dtype))[0], t)
+  def score(self, out, t, template):
+    """The network predicts the minimum-image noise in units of sigma."""
+    return -out / self.schedule.sigmas[rows(t, template, 'atom')][:, None]
 
 
 @flax.struct.dataclass
-class TypesDDPM(TypesVariable, Process):
+class TypesDDPM(TypesVariable, ScoreProcess):
   """DDPM on one-hot type vectors (DiffCSP's ab initio variant)."""
   schedule: schedules.BetaSchedule
+  family = 'vp'
   num_classes: int = flax.struct.field(pytree_node=False, default=NUM_ELEMENTS)
 
   def diffuse(self, rng: jax.Array, species: jax.Array, t: jax.Array):
@@ -340,16 +320,6 @@ class TypesDDPM(TypesVariable, Process):
 
   def noise(self, rng, batch, t):
     return self.diffuse(rng, batch.species, t)
-
-  def predictor(self, rng, x, out, t, t_prev, template):
-    return updates.ddpm_predictor(rng, x, out, rows(t, template, 'atom'),
-                                  self.schedule)[0]
-
-  def strided_predictor(self, rng, x, out, t, t_prev, template):
-    return _strided_ddpm(rng, x, out, t, t_prev, template, 'atom', self.schedule)
-
-  def deterministic(self, x, out, t, t_prev, template):
-    return _ddim(x, out, t, t_prev, template, 'atom', self.schedule)
 
 
 @dataclasses.dataclass(frozen=True)

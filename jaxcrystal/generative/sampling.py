@@ -2,10 +2,12 @@
 time grid, and what every sampler shares (state, prior draw, scan, templates).
 Other samplers: `ddim.py`, `ode.py`; by name: `samplers.py`.
 
-Each step runs the correctors of the variables that have one (one network
-call per corrector step; DiffCSP's Langevin corrector on coordinates), then
-one network call and every variable's predictor (ancestral DDPM for lattice
-and types, reverse VE for coordinates). The whole padded batch moves at once;
+Each step runs the Langevin corrector on the variables whose noise is
+variance-exploding (one network call per corrector step; DiffCSP's
+corrector on coordinates), then one network call and every variable's
+predictor (ancestral DDPM for lattice and types, reverse VE for
+coordinates), all through `score_steps.py`, the processes' declared
+interface. The whole padded batch moves at once;
 a nested scan records a trajectory every k steps; the same key gives the
 same structures. The graph's overflow is carried and returned, never dropped.
 """
@@ -22,6 +24,7 @@ import numpy as np
 
 from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.generative import model as model_lib
+from jaxcrystal.generative import score_steps
 from jaxcrystal.geometry import neighbors
 
 # PRNG layouts of the first release: the prior splits [lattice, coords, types,
@@ -125,10 +128,13 @@ def get_sampler(model: model_lib.Model, step_lr: float = 1e-5,
   grid = time.reverse_grid(num_steps)
   if corrector_steps < 0:
     raise ValueError(f'corrector_steps must be >= 0, got {corrector_steps}')
-  corrected = {n: p for n, p in model.processes.items() if p.corrector is not None}
+  for name, p in model.processes.items():
+    if p.kind != 'score' or p.family not in score_steps.FAMILIES:
+      raise ValueError(f'the predictor-corrector sampler runs score processes '
+                       f'(family one of {score_steps.FAMILIES}); {name!r} is '
+                       f'{type(p).__name__}')
+  corrected = {n: p for n, p in model.processes.items() if score_steps.corrects(p)}
   strided = int(grid[0].shape[0]) < time.num_steps
-  predictors = {n: getattr(p, 'strided_predictor', p.predictor) if strided
-                else p.predictor for n, p in model.processes.items()}
 
   def step(params, template, state: SamplerState, tt):
     t, t_prev = tt
@@ -141,8 +147,8 @@ def get_sampler(model: model_lib.Model, step_lr: float = 1e-5,
       _, ckey = model_lib.stream_keys(rng_k, 1, CORRECTOR_SLOTS)
       xs = dict(xs)
       for name, p in corrected.items():
-        xs[name] = p.corrector(ckey(p.stream), xs[name], out[name], t, is_last,
-                               template, step_lr)
+        xs[name] = score_steps.correct(p, ckey(p.stream), xs[name], out[name], t,
+                                       is_last, template, step_lr)
       return (xs, jnp.maximum(overflow, lost)), None
 
     xs, overflow = state.xs, state.overflow
@@ -150,8 +156,8 @@ def get_sampler(model: model_lib.Model, step_lr: float = 1e-5,
       (xs, overflow), _ = jax.lax.scan(correct, (xs, overflow),
                                        jax.random.split(keys[1], corrector_steps))
     out, lost = network_outputs(model, params, template, xs, t)
-    xs = {name: predictors[name](key(p.stream), xs[name], out[name], t, t_prev,
-                                 template)
+    xs = {name: score_steps.predict(p, key(p.stream), xs[name], out[name], t, t_prev,
+                                    template, strided)
           for name, p in model.processes.items()}
     return SamplerState(keys[0], xs, jnp.maximum(overflow, lost))
 
