@@ -79,3 +79,28 @@ def test_dense_atom_index():
   np.testing.assert_array_equal(index[1, :2], [4, 5])
   np.testing.assert_array_equal(batch.graph_index[index[mask]],
                                 np.repeat([0, 1, 2], [4, 2, 8]))
+
+
+def test_conditions_are_gathered_masked_and_equal_on_both_paths():
+  """Property values in `info` become per-crystal `conditions`: numbers as
+  float32, anything else (absent, NaN, text) masked as unknown, padding
+  crystals unknown; the packed gather and `batch_from_atoms` agree."""
+  structures = datasets.builtin_structures()[:5]
+  for atoms, gap in zip(structures, [0.5, float('nan'), 2.25, 'n/a', None]):
+    if gap is not None:
+      atoms.info['gap'] = gap
+  budget = batch_lib.Budget(8, 64, 16)
+  packed = batch_lib.PackedStructures.from_atoms(structures, properties=('gap',))
+  order = [3, 0, 2, 4, 1]
+  fast = packed.batch(order, budget)
+  slow = batch_lib.batch_from_atoms([structures[i] for i in order], budget,
+                                    properties=('gap',))
+  want = np.array([0, 0.5, 2.25, 0, 0, 0, 0, 0], np.float32)
+  known = np.array([False, True, True, False, False, False, False, False])
+  for b in (fast, slow):
+    np.testing.assert_array_equal(b.conditions['gap'], want)
+    np.testing.assert_array_equal(b.condition_mask['gap'], known)
+    b.validate_shapes()
+  assert batch_lib.batch_from_atoms(structures, budget).conditions == {}
+  with pytest.raises(ValueError, match='different properties'):
+    fast.replace(condition_mask={}).validate_shapes()

@@ -18,6 +18,7 @@ from jaxcrystal import errors
 from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.data import datasets
 from jaxcrystal.data import io as io_lib
+from jaxcrystal.generative import conditions as conditions_lib
 from jaxcrystal.generative import flow
 from jaxcrystal.generative import generate
 from jaxcrystal.generative import losses
@@ -86,14 +87,21 @@ class CellMLPSettings(settings.Settings):
 
 class CellMLP(nn.Module):
   """Lattice velocity in the clean-estimate form of flow matching: an MLP of
-  the noisy lattice, the time and the atom count estimates the clean lattice
-  L0_hat, and the velocity is (L0_hat - L_t) / t (t floored at 0.05)."""
+  the noisy lattice, the time, the atom count and the encoded conditions
+  estimates the clean lattice L0_hat, and the velocity is (L0_hat - L_t) / t
+  (t floored at 0.05)."""
   width: int = 64
+  conditions: tuple = ()
 
   @nn.compact
-  def __call__(self, lattice, times, n_atoms):
-    x = jnp.concatenate([lattice.reshape(-1, 9), times[:, None],
-                         jnp.log(jnp.maximum(n_atoms, 1))[:, None]], -1)
+  def __call__(self, batch, times):
+    lattice = batch.lattice
+    parts = [lattice.reshape(-1, 9), times[:, None],
+             jnp.log(jnp.maximum(batch.n_atoms, 1))[:, None]]
+    if self.conditions:
+      parts.append(conditions_lib.ConditionEmbedding(self.conditions, 8)(
+          batch.conditions, batch.condition_mask, batch.num_graph_slots))
+    x = jnp.concatenate(parts, -1)
     x = nn.silu(nn.Dense(self.width)(x))
     x = nn.silu(nn.Dense(self.width)(x))
     clean = nn.Dense(9)(x).reshape(-1, 3, 3)
@@ -104,16 +112,35 @@ class CellMLPScore:
   """Registry adapter: the library's one network call signature."""
   nearest_image = False
 
-  def __init__(self, settings, variables, cutoff):
+  def __init__(self, settings, variables, cutoff, conditions=()):
     assert variables == ('lattice',)
-    self.module = CellMLP(settings.width)
+    self.module = CellMLP(settings.width, conditions)
 
   def init(self, rng, batch, times, graph, noisy):
-    return self.module.init(rng, batch.lattice, times, batch.n_atoms)
+    return self.module.init(rng, batch, times)
 
-  def apply(self, params, batch, times, graph, noisy, conditioning=None):
-    out = self.module.apply(params, batch.lattice, times, batch.n_atoms)
+  def apply(self, params, batch, times, graph, noisy):
+    out = self.module.apply(params, batch, times)
     return {'lattice': out * batch.graph_mask[:, None, None]}
+
+
+@dataclasses.dataclass(frozen=True)
+class ThresholdSettings(settings.Settings):
+  """The toy condition encoder's own setting: where 'large' begins."""
+  threshold: float = 0.0
+
+
+class ThresholdEncoder(nn.Module):
+  """A toy condition encoder: one learned vector for values above the
+  threshold, another below, a third when unknown."""
+  dim: int
+  settings: ThresholdSettings
+
+  @nn.compact
+  def __call__(self, values, mask):
+    table = self.param('table', nn.initializers.normal(1.0), (3, self.dim))
+    index = jnp.where(mask, (values > self.settings.threshold).astype(jnp.int32), 2)
+    return table[index]
 
 
 def ralston_sampler(model, config, trajectory_every):
@@ -147,6 +174,8 @@ if 'toy_lattice_flow' not in processes.PROCESSES:
   networks.register_network('toy_cell_mlp', CellMLPScore, CellMLPSettings())
   samplers.register_sampler('toy_ralston', ralston_sampler, 'flow',
                             lambda config: 2 * config.num_steps)
+  conditions_lib.register_condition('toy_threshold', ThresholdEncoder,
+                                    ThresholdSettings())
   tasks.register_task('toy_cell_flow', tasks.Task(
       (('lattice', 'toy_lattice_flow'),), 'toy_cell_mlp', time='continuous'))
 
@@ -287,3 +316,60 @@ def test_the_sampler_returns_overflow_and_sampling_stops_on_it():
                                                     template)
   edge_buffer, bins, too_thin = np.asarray(rest)
   assert edge_buffer == 0 and bins == 0 and too_thin > 0
+
+
+def test_a_registered_condition_steers_training_and_sampling(tmp_path):
+  """Two Al cells (a = 3.6 and 4.6 A), each with its edge as a property
+  column: a model conditioned on it through the toy encoder (registered
+  here, with its own threshold) trains through the real loop and samples
+  the cell it is asked for; the same model asked nothing samples both."""
+  small = bulk('Al', 'fcc', a=3.6, cubic=True)
+  large = bulk('Al', 'fcc', a=4.6, cubic=True)
+  small.info['edge'], large.info['edge'] = 3.6, 4.6
+  data = tmp_path / 'al.extxyz'
+  io_lib.write_extxyz(data, [small, large] * 8)
+  model_config = model_lib.ModelConfig(task='toy_cell_flow', num_steps=20) \
+      .with_condition('edge', 'toy_threshold', threshold=4.0)
+  config = train.TrainConfig(
+      model=model_config,
+      optim=state_lib.OptimConfig(learning_rate=3e-3, warmup_steps=10,
+                                  schedule='constant', ema_decay=0.9),
+      train_data=str(data), batch_size=16, num_buckets=1, train_steps=400,
+      checkpoint_every=400, log_every=20, progress=False)
+  logged = []
+  train.train_and_evaluate(config, tmp_path / 'run', log=logged.append)
+  assert any("'edge' known for 16 of 16 crystals" in str(m) for m in logged), logged
+  stored = json.loads((tmp_path / 'run' / 'config.json').read_text())['model']
+  assert stored['conditions'] == [dict(property='edge', encoder='toy_threshold',
+                                       settings=dict(threshold=4.0))]
+  model, params, _, _ = generate.load_run(tmp_path / 'run')
+  for edge in (3.6, 4.6):
+    samples, _ = generate.sample_structures(model, params, [small.numbers] * 8,
+                                            conditions={'edge': [edge] * 8},
+                                            progress=False)
+    for sample in samples:
+      np.testing.assert_allclose(np.abs(np.diag(sample.cell[:])), edge, atol=0.25)
+  with pytest.raises(ValueError, match="conditioned on 'edge', which the batch "
+                     "does not carry"):
+    generate.sample_structures(model, params, [small.numbers], progress=False)
+
+
+def test_conditions_that_cannot_be_met_are_one_line(tmp_path):
+  al = bulk('Al', 'fcc', a=4.05, cubic=True)
+  data = tmp_path / 'al.extxyz'
+  io_lib.write_extxyz(data, [al] * 4)
+  config = train.TrainConfig(
+      model=model_lib.ModelConfig(task='toy_cell_flow', num_steps=20)
+      .with_condition('band_gap', 'scalar'),
+      train_data=str(data), batch_size=4, num_buckets=1, train_steps=2, progress=False)
+  with pytest.raises(errors.DataError, match=r"al\.extxyz: the model is conditioned "
+                     r"on 'band_gap', but no row has a number in that column"):
+    train.train_and_evaluate(config, tmp_path / 'run', log=lambda *_: None)
+  egnn = model_lib.ModelConfig(task='cartesian', graph='radius').with_condition(
+      'band_gap', 'scalar')
+  with pytest.raises(errors.ConfigError, match="network 'cartesian_egnn' takes no "
+                     "conditions"):
+    model_lib.build(egnn)
+  with pytest.raises(errors.ConfigError, match=r"condition 'band_gap' \(scalar\): "
+                     "std must be > 0"):
+    egnn.with_condition('band_gap', 'scalar', std=0.0)

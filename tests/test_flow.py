@@ -102,7 +102,7 @@ class OracleVelocity:
   def init(self, rng, batch, times, graph, noisy):
     return {}
 
-  def apply(self, params, batch, times, graph, noisy, conditioning=None):
+  def apply(self, params, batch, times, graph, noisy):
     data = _ORACLE['batch']
     t = jnp.maximum(times, 1e-6)
     lattice = (data.lattice - noisy['lattice']) / t[:, None, None]

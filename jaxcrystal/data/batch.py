@@ -42,6 +42,9 @@ class CrystalBatch:
     n_atoms: [G] int32 atoms per crystal (0 on padding graphs).
     max_atoms_per_graph: static bound A on atoms in one crystal; sizes the
       dense per-crystal blocks of the fully connected graph.
+    conditions: {property: [G] float32} per-crystal values a conditioned
+      model is told (0 where unknown and on padding); empty by default.
+    condition_mask: {property: [G] bool} True where the value is known.
   """
   lattice: jax.Array
   frac: jax.Array
@@ -51,6 +54,8 @@ class CrystalBatch:
   graph_mask: jax.Array
   n_atoms: jax.Array
   max_atoms_per_graph: int = flax.struct.field(pytree_node=False, default=1)
+  conditions: dict = flax.struct.field(default_factory=dict)
+  condition_mask: dict = flax.struct.field(default_factory=dict)
 
   @property
   def num_graph_slots(self) -> int:
@@ -69,6 +74,11 @@ class CrystalBatch:
     chex.assert_shape([self.graph_mask, self.n_atoms], (g,))
     chex.assert_type([self.species, self.graph_index, self.n_atoms], jnp.int32)
     chex.assert_type([self.atom_mask, self.graph_mask], bool)
+    if set(self.conditions) != set(self.condition_mask):
+      raise ValueError(f'conditions {sorted(self.conditions)} and their masks '
+                       f'{sorted(self.condition_mask)} name different properties')
+    for name in self.conditions:
+      chex.assert_shape([self.conditions[name], self.condition_mask[name]], (g,))
 
   def atom_offsets(self) -> jax.Array:
     """[G] index of the first atom slot of each crystal."""
@@ -136,13 +146,15 @@ def _frac_of(atoms: ase.Atoms, dtype) -> np.ndarray:
 
 
 def batch_from_atoms(structures: Sequence[ase.Atoms], budget: Budget | None = None,
-                     dtype=np.float32) -> CrystalBatch:
+                     dtype=np.float32, properties: Sequence[str] = ()) -> CrystalBatch:
   """Pad a list of `ase.Atoms` into one `CrystalBatch` (host side, numpy).
 
   Args:
     structures: crystals with 3D periodic cells.
     budget: static padding budget; the tightest one when None.
     dtype: float dtype of lattice and fractional coordinates.
+    properties: `info` keys carried as `conditions` (masked where a crystal
+      has no finite value).
 
   Raises:
     BudgetError: too many crystals or atoms for the budget (names which).
@@ -187,7 +199,10 @@ def batch_from_atoms(structures: Sequence[ase.Atoms], budget: Budget | None = No
       atom_mask=np.asarray(jraph.get_node_padding_mask(padded)),
       graph_mask=graph_mask,
       n_atoms=n_atoms,
-      max_atoms_per_graph=budget.max_atoms_per_graph)
+      max_atoms_per_graph=budget.max_atoms_per_graph,
+      **_conditions({name: np.array([_number(s.info.get(name)) for s in structures],
+                                    np.float32) for name in properties},
+                    budget.max_graphs))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,23 +217,29 @@ class PackedStructures:
     lattice: [S, 3, 3] rows are lattice vectors, Angstrom, in `dtype`.
     n_atoms: [S] int32 atoms per crystal.
     offsets: [S] int64 first atom of each crystal in `frac` and `species`.
+    properties: {name: [S] float32} per-crystal values read from each
+      structure's `info` (a data file's property columns), NaN where a
+      crystal has none; batches carry them as `conditions`.
   """
   frac: np.ndarray
   species: np.ndarray
   lattice: np.ndarray
   n_atoms: np.ndarray
   offsets: np.ndarray
+  properties: dict = dataclasses.field(default_factory=dict)
 
   @classmethod
-  def from_atoms(cls, structures: Sequence[ase.Atoms],
-                 dtype=np.float32) -> 'PackedStructures':
+  def from_atoms(cls, structures: Sequence[ase.Atoms], dtype=np.float32,
+                 properties: Sequence[str] = ()) -> 'PackedStructures':
     structures = list(structures)
     n_atoms = np.array([len(s) for s in structures], np.int32)
     return cls(
         frac=np.concatenate([_frac_of(s, dtype) for s in structures]).reshape(-1, 3),
         species=np.concatenate([s.numbers for s in structures]).astype(np.int32),
         lattice=np.array([s.cell[:] for s in structures], dtype).reshape(-1, 3, 3),
-        n_atoms=n_atoms, offsets=np.cumsum(n_atoms, dtype=np.int64) - n_atoms)
+        n_atoms=n_atoms, offsets=np.cumsum(n_atoms, dtype=np.int64) - n_atoms,
+        properties={name: np.array([_number(s.info.get(name)) for s in structures],
+                                   np.float32) for name in properties})
 
   def __len__(self) -> int:
     return len(self.n_atoms)
@@ -261,7 +282,30 @@ class PackedStructures:
         lattice=lattice, frac=frac, species=species,
         graph_index=np.repeat(np.arange(g, dtype=np.int32), n_atoms),
         atom_mask=np.arange(n) < total, graph_mask=np.arange(g) < k,
-        n_atoms=n_atoms, max_atoms_per_graph=budget.max_atoms_per_graph)
+        n_atoms=n_atoms, max_atoms_per_graph=budget.max_atoms_per_graph,
+        **_conditions({name: v[idx] for name, v in self.properties.items()}, g))
+
+
+def _conditions(values: dict, num_graphs: int) -> dict:
+  """`conditions` and `condition_mask` of a batch from `{name: [k] float32}`
+  (NaN: unknown), padded to `num_graphs` (padding: 0 and unknown)."""
+  conditions, mask = {}, {}
+  for name, v in values.items():
+    known = np.isfinite(v)
+    conditions[name] = np.zeros(num_graphs, np.float32)
+    conditions[name][:len(v)] = np.where(known, v, 0.0)
+    mask[name] = np.zeros(num_graphs, bool)
+    mask[name][:len(v)] = known
+  return dict(conditions=conditions, condition_mask=mask)
+
+
+def _number(value) -> float:
+  """A property value as a float; NaN if absent or not a finite number."""
+  try:
+    value = float(value)
+  except (TypeError, ValueError):
+    return float('nan')
+  return value if np.isfinite(value) else float('nan')
 
 
 def batch_from_structures(structures, budget: Budget | None = None,

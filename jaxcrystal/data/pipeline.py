@@ -26,11 +26,14 @@ class BucketedDataset:
     batch_size: crystals per batch.
     bucket_edges: upper atom-count bound of each bucket (ascending).
     num_devices: budgets are rounded so leading axes divide this.
+    properties: names of per-crystal values (`info` of each structure, a
+      data file's property columns) that batches carry as `conditions`.
   """
   structures: Sequence[ase.Atoms]
   batch_size: int
   bucket_edges: tuple[int, ...] = ()
   num_devices: int = 1
+  properties: tuple[str, ...] = ()
 
   def __post_init__(self):
     if not self.structures:
@@ -49,7 +52,8 @@ class BucketedDataset:
     self.budgets = [self._budget(edge, min(self.batch_size, len(m)))
                     for edge, m in zip(edges, self.members)]
     # Arrays built once: each batch is a gather, not a walk over ase.Atoms.
-    self.packed = batch_lib.PackedStructures.from_atoms(self.structures)
+    self.packed = batch_lib.PackedStructures.from_atoms(self.structures,
+                                                        properties=self.properties)
 
   def _budget(self, max_per_graph: int, per_batch: int) -> batch_lib.Budget:
     d = self.num_devices

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcrystal.data import batch as batch_lib
+from jaxcrystal.generative import conditions as conditions_lib
 from jaxcrystal.geometry import neighbors
 from jaxcrystal.nn.layers import fourier_features
 from jaxcrystal.nn.layers import gaussian_basis
@@ -137,6 +138,9 @@ class CSPNet(nn.Module):
     edge_score_head: add to the fractional score a learned, distance-weighted
       mean of the (image-resolved) fractional edge vectors f_j - f_i + S.
       Needs distance_basis > 0.
+    conditions: ((property, encoder, settings), ...): per-crystal properties
+      (`batch.conditions`) encoded and added to the time embedding
+      (`conditions.ConditionEmbedding`); () leaves the network as it was.
   """
   hidden: int = 128
   num_layers: int = 4
@@ -147,6 +151,7 @@ class CSPNet(nn.Module):
   distance_basis: int = 0
   cutoff: float = 7.0
   edge_score_head: bool = False
+  conditions: tuple = ()
 
   @nn.compact
   def __call__(self, batch: batch_lib.CrystalBatch, t: jax.Array,
@@ -174,7 +179,12 @@ class CSPNet(nn.Module):
     else:
       node = nn.Embed(self.num_species, self.hidden, name='species_embed')(
           jnp.clip(batch.species - 1, 0, self.num_species - 1))
-    t_emb = sinusoidal_embedding(t, self.time_dim)[batch.graph_index]
+    t_emb = sinusoidal_embedding(t, self.time_dim)
+    if self.conditions:  # per-crystal properties join the time embedding
+      t_emb = t_emb + conditions_lib.ConditionEmbedding(
+          self.conditions, self.time_dim, name='conditions')(
+              batch.conditions, batch.condition_mask, g)
+    t_emb = t_emb[batch.graph_index]
     # Mean pooling cannot count atoms, yet the cell volume scales with them
     # (an Al4 cell vs its Al8 supercell): give each atom log(atoms in crystal).
     log_count = jnp.log(jnp.maximum(batch.n_atoms, 1).astype(t_emb.dtype))

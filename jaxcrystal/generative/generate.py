@@ -43,7 +43,7 @@ def load_run(workdir: str | Path, which: str = 'best', use_ema: bool = True):
       workdir, train.TrainConfig.from_dict,
       'a crystal model run (--workdir of train_ddpm.py)')
   model = model_lib.build(config.model)
-  example = batch_lib.to_device(_example_batch())
+  example = batch_lib.to_device(_example_batch(config.model.properties))
   like = jax.eval_shape(model.init_params, jax.random.PRNGKey(0), example)
   params, step = checkpoints.restore_params(workdir, which, use_ema, like)
   return model, params, config, step
@@ -73,9 +73,11 @@ def check_size_budget(compositions: Sequence[Sequence[int]], budget: int,
         'anyway')
 
 
-def _example_batch():
-  """A one-atom crystal: parameter shapes do not depend on the data."""
-  return batch_lib.batch_from_atoms([ase.Atoms('H', cell=np.eye(3) * 3, pbc=True)])
+def _example_batch(properties=()):
+  """A one-atom crystal with the model's condition properties (unknown):
+  parameter shapes do not depend on the data."""
+  return batch_lib.batch_from_atoms([ase.Atoms('H', cell=np.eye(3) * 3, pbc=True)],
+                                    properties=properties)
 
 
 def sample_structures(spec: model_lib.Model, params,
@@ -83,6 +85,7 @@ def sample_structures(spec: model_lib.Model, params,
                       sampler: samplers.SamplerConfig = samplers.SamplerConfig(),
                       batch_size: int = 256, seed: int = 0,
                       lattices: Sequence[np.ndarray] | None = None,
+                      conditions: dict | None = None,
                       progress: bool = True) -> tuple[list[ase.Atoms], dict]:
   """Sample one structure per composition (atomic numbers; for de novo, only
   the count matters) with the configured sampler (`samplers.py`; a run's
@@ -92,7 +95,8 @@ def sample_structures(spec: model_lib.Model, params,
   (building templates, unpacking results) and the resolved sampler settings
   with `network_calls_per_structure`. Raises `neighbors.GraphOverflowError`
   if the model's graph lost edges in any batch, `errors.UserError` if the
-  sampler cannot run this model."""
+  sampler cannot run this model. `conditions`: {property: one value per
+  composition} for a conditioned model (see `conditions.py`)."""
   if not len(compositions):
     raise ValueError('no compositions to sample')
   max_n = max(len(c) for c in compositions)
@@ -109,8 +113,9 @@ def sample_structures(spec: model_lib.Model, params,
     t0 = time.perf_counter()
     comps = [compositions[i] for i in chunk]
     lats = [lattices[i] for i in chunk] if lattices is not None else None
+    conds = {name: [values[i] for i in chunk] for name, values in (conditions or {}).items()}
     template = batch_lib.to_device(
-        sampling.template_from_compositions(comps, budget, lats))
+        sampling.template_from_compositions(comps, budget, lats, conds))
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), k)
     timing['host_batching_s'] += time.perf_counter() - t0
     t0 = time.perf_counter()

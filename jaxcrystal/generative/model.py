@@ -14,6 +14,7 @@ import jax
 
 from jaxcrystal import errors
 from jaxcrystal.data import batch as batch_lib
+from jaxcrystal.generative import conditions as conditions_lib
 from jaxcrystal.generative import flow  # noqa: F401  (registers the flow processes)
 from jaxcrystal.generative import networks
 from jaxcrystal.generative import processes as processes_lib
@@ -35,6 +36,8 @@ class ModelConfig:
       with its default settings (`process_table`).
     network: `(network name, settings)`, or () for the preset's network
       with its default settings (`network_choice`).
+    conditions: `((property, encoder name, settings), ...)`: per-crystal
+      properties the network is told (`conditions.py`); () for none.
   The rest describe the time grid (`num_steps`: T, or the training grid of
   continuous time) and the graph the network runs on (`cutoff` in Angstrom,
   shared by radius graphs and distance features).
@@ -43,6 +46,7 @@ class ModelConfig:
   num_steps: int = 1000
   processes: tuple = ()
   network: tuple = ()
+  conditions: tuple = ()
   graph: str = 'fc'              # 'fc' or 'radius'
   cutoff: float = 6.0            # Angstrom, radius graphs and distance features
   max_image: int = 2
@@ -91,6 +95,20 @@ class ModelConfig:
     return dataclasses.replace(
         self, network=(name, settings_lib.read(base, settings, f'network {name!r}')))
 
+  def with_condition(self, prop: str, encoder: str, **settings) -> 'ModelConfig':
+    """This config also conditioned on `prop` (a data file's property
+    column) through a registered encoder, e.g.
+    `config.with_condition('band_gap', 'scalar', mean=1.2, std=1.5)`."""
+    new = settings_lib.read(conditions_lib.entry(encoder).defaults, settings,
+                            f'condition {prop!r} ({encoder})')
+    others = tuple(c for c in self.conditions if c[0] != prop)
+    return dataclasses.replace(self, conditions=others + ((prop, encoder, new),))
+
+  @property
+  def properties(self) -> tuple[str, ...]:
+    """The properties the model is conditioned on, in order."""
+    return tuple(prop for prop, _, _ in self.conditions)
+
   def to_dict(self) -> dict:
     """JSON-ready, with every choice resolved: each variable's process and
     the network, with all their settings."""
@@ -99,6 +117,8 @@ class ModelConfig:
                       for v, n, s in self.process_table()]
     name, settings = self.network_choice()
     d['network'] = dict(name=name, settings=settings.to_dict())
+    d['conditions'] = [dict(property=p, encoder=e, settings=s.to_dict())
+                       for p, e, s in self.conditions]
     return d
 
   @classmethod
@@ -110,6 +130,7 @@ class ModelConfig:
     legacy = {k: d.pop(k) for k in _LEGACY_PROCESS_KEYS + _LEGACY_NETWORK_KEYS if k in d}
     stored_processes = d.pop('processes', None)
     stored_network = d.pop('network', None)
+    stored_conditions = d.pop('conditions', [])
     unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
       raise errors.ConfigError(f'model: unknown setting(s) {unknown}')
@@ -132,11 +153,18 @@ class ModelConfig:
         network = (name, settings_lib.read(networks.entry(name).defaults,
                                            stored_network.get('settings', {}),
                                            f'network {name!r}'))
+      conditions = tuple(
+          (c['property'], c['encoder'], settings_lib.read(
+              conditions_lib.entry(c['encoder']).defaults, c.get('settings', {}),
+              f"condition {c['property']!r} ({c['encoder']})"))
+          for c in stored_conditions)
     except (KeyError, TypeError, AttributeError) as err:
       raise errors.ConfigError(f'model: processes must be a list of {{variable, '
-                               f'process, settings}} and network a {{name, settings}} '
+                               f'process, settings}}, network a {{name, settings}} and '
+                               f'conditions a list of {{property, encoder, settings}} '
                                f'({err!r})') from None
-    return dataclasses.replace(config, processes=tuple(table), network=network)
+    return dataclasses.replace(config, processes=tuple(table), network=network,
+                               conditions=conditions)
 
   def validate(self) -> None:
     task = tasks.get_task(self.task)
@@ -153,6 +181,15 @@ class ModelConfig:
       raise errors.ConfigError(f'model: network must be (name, settings), got {self.network!r}')
     chosen = [(processes_lib.entry(name), f'process {name!r} ({variable})', settings)
               for variable, name, settings in self.process_table()]
+    for entry in self.conditions:
+      if not (isinstance(entry, tuple) and len(entry) == 3):
+        raise errors.ConfigError('model: conditions must hold (property, encoder, '
+                                 f'settings) triples, got {entry!r}')
+      chosen.append((conditions_lib.entry(entry[1]),
+                     f'condition {entry[0]!r} ({entry[1]})', entry[2]))
+    if len(set(self.properties)) != len(self.properties):
+      raise errors.ConfigError(f'model: a property is conditioned on twice: '
+                               f'{list(self.properties)}')
     name, settings = self.network_choice()
     for entry, where, settings in chosen + [(networks.entry(name), f'network {name!r}',
                                              settings)]:
@@ -231,14 +268,14 @@ class Model:
       batch = process.finalize(batch, xs[name])
     return batch
 
-  def apply(self, params, batch: batch_lib.CrystalBatch, t: jax.Array, xs: dict,
-            conditioning=None) -> tuple[dict, jax.Array]:
+  def apply(self, params, batch: batch_lib.CrystalBatch, t: jax.Array,
+            xs: dict) -> tuple[dict, jax.Array]:
     """Network outputs `{variable: prediction}` on the noisy `batch` (states
-    `xs` already written in) at times `t: [G]`, and the graph's overflow
-    counts `[len(neighbors.OVERFLOW_REASONS)]`."""
+    `xs` already written in; its `conditions` are what a conditioned model
+    is told) at times `t: [G]`, and the graph's overflow counts
+    `[len(neighbors.OVERFLOW_REASONS)]`."""
     graph = self.graph(batch)
-    out = self.network.apply(params, batch, self.time.fraction(t), graph, xs,
-                             conditioning)
+    out = self.network.apply(params, batch, self.time.fraction(t), graph, xs)
     return out, graph.overflow
 
   def init_params(self, rng: jax.Array, batch: batch_lib.CrystalBatch):
@@ -262,7 +299,7 @@ def build(config: ModelConfig) -> Model:
     raise ValueError(f'task {config.task!r}: unknown time grid {task.time!r}')
   return Model(config=config, task=task, processes=procs,
                network=networks.get_network(*config.network_choice(), task.names,
-                                            config.cutoff),
+                                            config.cutoff, config.conditions),
                time=times_lib.TIME_GRIDS[task.time](config.num_steps))
 
 

@@ -1,15 +1,19 @@
 """The network registry: every score network behind one call signature.
 
-  net = get_network(name, settings, variables, cutoff)
+  net = get_network(name, settings, variables, cutoff, conditions=())
   params = net.init(rng, batch, times, graph, noisy)
-  outputs = net.apply(params, batch, times, graph, noisy, conditioning=None)
+  outputs = net.apply(params, batch, times, graph, noisy)
 
   batch: `CrystalBatch` with the noisy variables written in (lattice, frac).
   times: [G] float time of each crystal in [0, 1] (1: prior, 0: data).
   graph: `neighbors.NeighborList` built by the model (`Model.graph`).
   noisy: {variable: noisy state}, including variables with no slot in the
     batch (one-hot types).
-  conditioning: per-crystal conditioning values, or None.
+  conditions: ((property, encoder, settings), ...) the model is conditioned
+    on (`conditions.py`); the values ride on the batch
+    (`batch.conditions`, `batch.condition_mask`). A network that takes them
+    adds `conditions.ConditionEmbedding` to its time embedding; a builder
+    without a `conditions` argument takes none.
   outputs: {variable: prediction}, one per variable of the task, each
     shaped like the process's regression target.
 
@@ -25,6 +29,7 @@ with `jaxcrystal.testing.assert_transform_consistent`.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Callable
 
 from jaxcrystal import errors
@@ -41,11 +46,6 @@ def _check_variables(name: str, variables, known) -> tuple[str, ...]:
   return tuple(variables)
 
 
-def _no_conditioning(name: str, conditioning) -> None:
-  if conditioning is not None:
-    raise ValueError(f'network {name!r} takes no conditioning')
-
-
 @dataclasses.dataclass(frozen=True)
 class CSPNetScore:
   """CSPNet: lattice noise, normalised fractional score and type noise."""
@@ -59,8 +59,7 @@ class CSPNetScore:
   def init(self, rng, batch, times, graph, noisy):
     return self.module.init(rng, batch, times, graph, noisy.get('types'))
 
-  def apply(self, params, batch, times, graph, noisy, conditioning=None):
-    _no_conditioning('cspnet', conditioning)
+  def apply(self, params, batch, times, graph, noisy):
     out = self.module.apply(params, batch, times, graph, noisy.get('types'))
     full = {'lattice': out.lattice_noise, 'coords': out.frac_score,
             'types': out.type_logits}
@@ -77,8 +76,7 @@ class CartesianEGNNScore:
   def init(self, rng, batch, times, graph, noisy):
     return self.module.init(rng, batch, graph, times)
 
-  def apply(self, params, batch, times, graph, noisy, conditioning=None):
-    _no_conditioning('cartesian_egnn', conditioning)
+  def apply(self, params, batch, times, graph, noisy):
     return {'coords': self.module.apply(params, batch, graph, times)}
 
 
@@ -118,13 +116,13 @@ class EGNNSettings(settings_lib.Settings):
     _at_least(self, 1, 'hidden', 'num_layers', 'time_dim', 'num_basis')
 
 
-def _cspnet(s: CSPNetSettings, variables, cutoff: float):
+def _cspnet(s: CSPNetSettings, variables, cutoff: float, conditions: tuple = ()):
   variables = _check_variables('cspnet', variables, ('lattice', 'coords', 'types'))
   return CSPNetScore(cspnet.CSPNet(
       hidden=s.hidden, num_layers=s.num_layers, num_freqs=s.num_freqs,
       time_dim=s.time_dim, predict_types='types' in variables,
       distance_basis=s.distance_basis, cutoff=cutoff,
-      edge_score_head=s.edge_score_head), variables)
+      edge_score_head=s.edge_score_head, conditions=tuple(conditions)), variables)
 
 
 def _cartesian_egnn(s: EGNNSettings, variables, cutoff: float):
@@ -145,8 +143,8 @@ NETWORKS: dict[str, NetworkEntry] = {}
 
 def register_network(name: str, builder: Callable,
                      defaults: settings_lib.Settings = settings_lib.NONE) -> None:
-  """Add a network: `builder(settings, variables, cutoff) -> adapter`,
-  `defaults` an instance of its settings class."""
+  """Add a network: `builder(settings, variables, cutoff[, conditions]) ->
+  adapter`, `defaults` an instance of its settings class."""
   if name in NETWORKS:
     raise ValueError(f'network {name!r} is already registered')
   NETWORKS[name] = NetworkEntry(builder, defaults)
@@ -158,11 +156,17 @@ def entry(name: str) -> NetworkEntry:
   return NETWORKS[name]
 
 
-def get_network(name: str, settings, variables, cutoff: float):
-  """Build a registered network with its settings (validated here)."""
+def get_network(name: str, settings, variables, cutoff: float, conditions: tuple = ()):
+  """Build a registered network with its settings (validated here), told
+  `conditions` if any (a network whose builder takes none refuses them)."""
   e = entry(name)
-  return e.builder(settings_lib.checked_like(settings, e.defaults, f'network {name!r}'),
-                   tuple(variables), cutoff)
+  settings = settings_lib.checked_like(settings, e.defaults, f'network {name!r}')
+  if not conditions:
+    return e.builder(settings, tuple(variables), cutoff)
+  if 'conditions' not in inspect.signature(e.builder).parameters:
+    raise errors.ConfigError(f'network {name!r} takes no conditions; the model asks '
+                             f'for {[c[0] for c in conditions]}')
+  return e.builder(settings, tuple(variables), cutoff, conditions=tuple(conditions))
 
 
 register_network('cspnet', _cspnet, CSPNetSettings())

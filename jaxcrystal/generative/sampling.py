@@ -170,19 +170,27 @@ def get_sampler(model: model_lib.Model, step_lr: float = 1e-5,
 
 def template_from_compositions(compositions: Sequence[Sequence[int]],
                                budget: batch_lib.Budget | None = None,
-                               lattices: Sequence[np.ndarray] | None = None
+                               lattices: Sequence[np.ndarray] | None = None,
+                               conditions: dict | None = None
                                ) -> batch_lib.CrystalBatch:
   """A batch fixing species (atomic numbers per crystal) and atom counts.
 
   Lattices default to identity (they are generated); pass them for the
-  cartesian task, where the cell is given.
+  cartesian task, where the cell is given. `conditions`: {property: one
+  value per composition} for a conditioned model (NaN or None: unknown).
   """
+  conditions = dict(conditions or {})
+  for name, values in conditions.items():
+    if len(values) != len(compositions):
+      raise ValueError(f'condition {name!r}: {len(values)} values for '
+                       f'{len(compositions)} compositions')
   atoms = []
   for k, species in enumerate(compositions):
     cell = np.eye(3) if lattices is None else np.asarray(lattices[k])
     atoms.append(ase.Atoms(numbers=list(species), cell=cell, pbc=True,
-                           scaled_positions=np.zeros((len(species), 3))))
-  return batch_lib.batch_from_atoms(atoms, budget)
+                           scaled_positions=np.zeros((len(species), 3)),
+                           info={name: values[k] for name, values in conditions.items()}))
+  return batch_lib.batch_from_atoms(atoms, budget, properties=tuple(conditions))
 
 
 def sample_atom_counts(rng: np.random.Generator, train_counts: Sequence[int],

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from jaxcrystal import errors
 from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.data import io as io_lib
 from jaxcrystal.data import readers
@@ -191,6 +192,19 @@ def describe_load(path: str, structures, report) -> str:
   return report.summary() if report is not None else f'{path}: {len(structures)} structures'
 
 
+def check_conditions(dataset: data_lib.BucketedDataset, source: str,
+                     log: Callable) -> None:
+  """Say how many crystals of `source` have each conditioned property; a
+  property no crystal has stops the run (`errors.DataError`)."""
+  for name, values in dataset.packed.properties.items():
+    known = int(np.isfinite(values).sum())
+    if not known:
+      raise errors.DataError(f'{source}: the model is conditioned on {name!r}, but '
+                             'no row has a number in that column')
+    log(f'{source}: {name!r} known for {known} of {len(values)} crystals'
+        + ('' if known == len(values) else ' (the others train unconditioned)'))
+
+
 @dataclasses.dataclass
 class Training:
   """What a run is built from (`build_training`): the model, datasets, the
@@ -231,15 +245,18 @@ def build_training(config: TrainConfig, log: Callable = print) -> Training:
   mesh = sharding.make_mesh()
   edges = data_lib.default_bucket_edges([len(s) for s in train_structures],
                                         config.num_buckets)
+  properties = config.model.properties
   train_set = data_lib.BucketedDataset(train_structures, config.batch_size,
-                                       edges, mesh.size)
+                                       edges, mesh.size, properties)
+  check_conditions(train_set, config.train_data, log)
   val_set = None
   if config.val_data:
     val_structures, val_report = load_structures(config.val_data, config)
     log(describe_load(config.val_data, val_structures, val_report))
     reports.append(val_report)
     val_set = data_lib.BucketedDataset(val_structures, config.batch_size,
-                                       edges, mesh.size)
+                                       edges, mesh.size, properties)
+    check_conditions(val_set, config.val_data, log)
   model.check_edge_capacity(train_set.all_batches(), config.train_data)
   if val_set is not None:
     model.check_edge_capacity(val_set.all_batches(), config.val_data)

@@ -1,0 +1,174 @@
+"""Conditions: per-crystal properties a network is told, each turned into a
+vector by a registered encoder and added to the time embedding.
+
+Data: a `CrystalBatch` carries `conditions {property: [G] values}` and
+`condition_mask {property: [G] bool}` (False: unknown, or dropped on
+purpose, e.g. for classifier-free guidance; padding crystals are False).
+Training batches gather them from the data file's property columns
+(`PackedStructures`, missing values masked); sampling templates take them
+as arguments (`sampling.template_from_compositions`).
+
+Model: `ModelConfig.conditions = ((property, encoder, settings), ...)`;
+the network builds one encoder per property and adds the sum of their
+`[G, dim]` outputs to its time embedding. With no conditions a network is
+exactly what it was.
+
+Registered encoders, each with its own settings:
+  scalar       a real value (e.g. band gap in eV): standardised with the
+               settings' `mean` and `std`, then `num_freqs` sine/cosine
+               Fourier features and a dense layer.
+  categorical  an integer class in [0, num_classes) (e.g. a space group
+               number minus one): an embedding table.
+  multi_hot    a set of classes stored as one integer, the sum of 2^k over
+               the classes k present (at most 24 classes, exact in float32;
+               e.g. which of a list of elements a crystal holds): a dense
+               layer of the bits.
+An unknown (masked) value gets a learned null vector instead.
+
+A new encoder: a flax module `(dim, settings)` with
+`__call__(values [G], mask [G]) -> [G, dim]`, a settings dataclass, and
+`register_condition(name, module_class, defaults)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxcrystal import errors
+from jaxcrystal.generative import settings as settings_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class ScalarSettings(settings_lib.Settings):
+  """A real property: `(value - mean) / std` is what the features see."""
+  mean: float = 0.0
+  std: float = 1.0
+  num_freqs: int = 8
+
+  def validate(self):
+    if not self.std > 0:
+      raise ValueError(f'std must be > 0, got {self.std}')
+    if self.num_freqs < 1:
+      raise ValueError(f'num_freqs must be >= 1, got {self.num_freqs}')
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassesSettings(settings_lib.Settings):
+  """A categorical or multi-hot property over `num_classes` classes."""
+  num_classes: int = 2
+
+  def validate(self):
+    if self.num_classes < 1:
+      raise ValueError(f'num_classes must be >= 1, got {self.num_classes}')
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiHotSettings(ClassesSettings):
+  """A set of at most 24 classes (bits of a float32-exact integer)."""
+  num_classes: int = 8
+
+  def validate(self):
+    super().validate()
+    if self.num_classes > 24:
+      raise ValueError(f'num_classes must be <= 24, got {self.num_classes}')
+
+
+class _NullWhereUnknown(nn.Module):
+  """A learned vector for crystals whose value is unknown (`mask` False)."""
+  dim: int
+
+  @nn.compact
+  def __call__(self, embedded, mask):
+    null = self.param('null', nn.initializers.normal(0.02), (self.dim,))
+    return jnp.where(mask[:, None], embedded, null[None, :])
+
+
+class ScalarEncoder(nn.Module):
+  dim: int
+  settings: ScalarSettings
+
+  @nn.compact
+  def __call__(self, values, mask):
+    s = self.settings
+    x = jnp.where(mask, (values - s.mean) / s.std, 0.0)[:, None]
+    freqs = jnp.pi * 2.0 ** jnp.arange(s.num_freqs, dtype=x.dtype)[None, :] / 8.0
+    features = jnp.concatenate([x, jnp.sin(freqs * x), jnp.cos(freqs * x)], -1)
+    return _NullWhereUnknown(self.dim)(nn.Dense(self.dim)(features), mask)
+
+
+class CategoricalEncoder(nn.Module):
+  dim: int
+  settings: ClassesSettings
+
+  @nn.compact
+  def __call__(self, values, mask):
+    n = self.settings.num_classes
+    index = jnp.clip(values.astype(jnp.int32), 0, n - 1)
+    return _NullWhereUnknown(self.dim)(nn.Embed(n, self.dim)(index), mask)
+
+
+class MultiHotEncoder(nn.Module):
+  dim: int
+  settings: MultiHotSettings
+
+  @nn.compact
+  def __call__(self, values, mask):
+    n = self.settings.num_classes
+    bits = (values.astype(jnp.int32)[:, None] >> jnp.arange(n)[None, :]) & 1
+    return _NullWhereUnknown(self.dim)(nn.Dense(self.dim)(bits.astype(jnp.float32)),
+                                       mask)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditionEntry:
+  module: Callable                  # (dim, settings) -> flax module
+  defaults: settings_lib.Settings   # its settings class, with the defaults
+
+
+CONDITIONS: dict[str, ConditionEntry] = {}
+
+
+def register_condition(name: str, module: Callable,
+                       defaults: settings_lib.Settings) -> None:
+  """Add an encoder: `module(dim, settings)` a flax module mapping
+  `(values [G], mask [G]) -> [G, dim]`."""
+  if name in CONDITIONS:
+    raise ValueError(f'condition encoder {name!r} is already registered')
+  CONDITIONS[name] = ConditionEntry(module, defaults)
+
+
+def entry(name: str) -> ConditionEntry:
+  if name not in CONDITIONS:
+    raise errors.ConfigError(f'unknown condition encoder {name!r}; choose from '
+                             f'{sorted(CONDITIONS)}')
+  return CONDITIONS[name]
+
+
+register_condition('scalar', ScalarEncoder, ScalarSettings())
+register_condition('categorical', CategoricalEncoder, ClassesSettings())
+register_condition('multi_hot', MultiHotEncoder, MultiHotSettings())
+
+
+class ConditionEmbedding(nn.Module):
+  """The sum of every condition's encoding, `[G, dim]` (zeros without any).
+
+  Attributes:
+    specs: ((property, encoder name, settings), ...), as in `ModelConfig`.
+    dim: output width (the network's time-embedding width).
+  """
+  specs: tuple
+  dim: int
+
+  @nn.compact
+  def __call__(self, conditions: dict, condition_mask: dict, num_graphs: int):
+    total = jnp.zeros((num_graphs, self.dim))
+    for prop, name, settings in self.specs:
+      if prop not in conditions:
+        raise ValueError(f'the model is conditioned on {prop!r}, which the batch '
+                         f'does not carry (it has {sorted(conditions)})')
+      module = entry(name).module(self.dim, settings, name=f'condition_{prop}')
+      total = total + module(conditions[prop], condition_mask[prop])
+    return total
