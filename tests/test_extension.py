@@ -303,7 +303,7 @@ def test_the_sampler_returns_overflow_and_sampling_stops_on_it():
   template = batch_lib.to_device(sampling.template_from_compositions(
       [s.numbers for s in real]))
   params = model.init_params(jax.random.PRNGKey(0), template)
-  _, _, overflow = jax.jit(sampling.get_sampler(model))(jax.random.PRNGKey(0),
+  _, _, overflow = jax.jit(sampling.get_pc_sampler(model))(jax.random.PRNGKey(0),
                                                         params, template)
   assert np.asarray(overflow)[0] > 0
   with pytest.raises(neighbors.GraphOverflowError, match='sampling batch 0'):
@@ -312,7 +312,7 @@ def test_the_sampler_returns_overflow_and_sampling_stops_on_it():
   # with room for every edge only the other reason is left: this untrained
   # model shrinks cells below what 2 images cover, and that is reported too
   roomy = model_lib.build(_radius_csp(4000))
-  _, _, rest = jax.jit(sampling.get_sampler(roomy))(jax.random.PRNGKey(0), params,
+  _, _, rest = jax.jit(sampling.get_pc_sampler(roomy))(jax.random.PRNGKey(0), params,
                                                     template)
   edge_buffer, bins, too_thin = np.asarray(rest)
   assert edge_buffer == 0 and bins == 0 and too_thin > 0

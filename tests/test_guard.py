@@ -126,7 +126,7 @@ def test_sampling_reproduces_the_recorded_samples(task):
   paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(like)]
   ema = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like),
                                      [jnp.asarray(want['ema' + p]) for p in paths])
-  sample = jax.jit(sampling.get_sampler(model, step_lr=1e-4))
+  sample = jax.jit(sampling.get_pc_sampler(model, step_lr=1e-4))
   out, _, overflow = sample(jax.random.PRNGKey(11), ema, template)
   assert not np.any(np.asarray(overflow))
   lattice_tol, frac_tol = _sensitivity(sample, ema, template, out)

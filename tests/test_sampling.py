@@ -58,7 +58,7 @@ def test_ve_predictor_and_corrector_follow_score():
 @pytest.mark.parametrize('task', ['csp', 'dng'])
 def test_sampler_reproducible_and_masks_padding(task):
   spec, params, template = _setup(task)
-  sample = jax.jit(sampling.get_sampler(spec, step_lr=1e-5))
+  sample = jax.jit(sampling.get_pc_sampler(spec, step_lr=1e-5))
   a, _, overflow = sample(jax.random.PRNGKey(3), params, template)
   b, _, _ = sample(jax.random.PRNGKey(3), params, template)
   c, _, _ = sample(jax.random.PRNGKey(4), params, template)
@@ -82,18 +82,18 @@ def test_sampler_reproducible_and_masks_padding(task):
 @pytest.mark.parametrize('corrector_steps', [0, 2])
 def test_corrector_steps_change_the_sample(corrector_steps):
   spec, params, template = _setup('csp')
-  base, _, _ = jax.jit(sampling.get_sampler(spec))(jax.random.PRNGKey(0), params, template)
-  other, _, _ = jax.jit(sampling.get_sampler(spec, corrector_steps=corrector_steps))(
+  base, _, _ = jax.jit(sampling.get_pc_sampler(spec))(jax.random.PRNGKey(0), params, template)
+  other, _, _ = jax.jit(sampling.get_pc_sampler(spec, corrector_steps=corrector_steps))(
       jax.random.PRNGKey(0), params, template)
   chex.assert_tree_all_finite(other)
   assert not np.allclose(base.frac[base.atom_mask], other.frac[other.atom_mask])
   with pytest.raises(ValueError, match='corrector_steps'):
-    sampling.get_sampler(spec, corrector_steps=-1)
+    sampling.get_pc_sampler(spec, corrector_steps=-1)
 
 
 def test_trajectory_every_k_steps():
   spec, params, template = _setup('csp')
-  sample = jax.jit(sampling.get_sampler(spec, trajectory_every=5))
+  sample = jax.jit(sampling.get_pc_sampler(spec, trajectory_every=5))
   final, traj, _ = sample(jax.random.PRNGKey(0), params, template)
   lat, frac = traj['lattice'], traj['coords']
   chex.assert_shape(lat, (4, template.num_graph_slots, 3, 3))
@@ -104,13 +104,13 @@ def test_trajectory_every_k_steps():
                              np.abs(np.linalg.det(final.lattice))[real], rtol=1e-4)
   assert not np.allclose(lat[0], lat[-1])
   with pytest.raises(ValueError, match='divisible'):
-    sampling.get_sampler(spec, trajectory_every=7)
+    sampling.get_pc_sampler(spec, trajectory_every=7)
 
 
 def test_cartesian_sampler_keeps_cell():
   spec, params, template = _setup('cartesian', graph='radius', cutoff=4.0, processes=(
       ('coords', 'cart_minimum_image', processes.SigmaSettings(0.01, 0.5)),))
-  out, _, overflow = jax.jit(sampling.get_sampler(spec))(jax.random.PRNGKey(0), params, template)
+  out, _, overflow = jax.jit(sampling.get_pc_sampler(spec))(jax.random.PRNGKey(0), params, template)
   np.testing.assert_array_equal(out.lattice, template.lattice)
   assert not np.any(np.asarray(overflow))
   assert float(out.frac.min()) >= 0 and float(out.frac.max()) < 1
@@ -147,8 +147,8 @@ def test_a_sampler_written_against_the_score_interface_needs_no_process_code():
   mine = sampling.make_sample(spec, step, spec.time.reverse_grid())
   rng = jax.random.PRNGKey(3)
   got, _, _ = jax.jit(mine)(rng, params, template)
-  want, _, _ = jax.jit(sampling.get_sampler(spec, corrector_steps=0))(rng, params, template)
+  want, _, _ = jax.jit(sampling.get_pc_sampler(spec, corrector_steps=0))(rng, params, template)
   for field in ('lattice', 'frac', 'species'):
     np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
-  corrected, _, _ = jax.jit(sampling.get_sampler(spec))(rng, params, template)
+  corrected, _, _ = jax.jit(sampling.get_pc_sampler(spec))(rng, params, template)
   assert not np.array_equal(corrected.frac, want.frac)  # the corrector moves it

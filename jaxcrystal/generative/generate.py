@@ -80,7 +80,7 @@ def _example_batch(properties=()):
                                     properties=properties)
 
 
-def sample_structures(spec: model_lib.Model, params,
+def sample_structures(model: model_lib.Model, params,
                       compositions: Sequence[Sequence[int]], *,
                       sampler: samplers.SamplerConfig = samplers.SamplerConfig(),
                       batch_size: int = 256, seed: int = 0,
@@ -102,12 +102,12 @@ def sample_structures(spec: model_lib.Model, params,
   max_n = max(len(c) for c in compositions)
   size = min(batch_size, len(compositions))
   budget = batch_lib.Budget(size + 1, int(np.ceil((size * max_n + 1) / 8) * 8), max_n)
-  resolved = sampler.resolve(spec)
-  sample_fn = jax.jit(samplers.get_sampler(spec, resolved))
+  resolved = sampler.resolve(model)
+  sample_fn = jax.jit(samplers.get_sampler(model, resolved))
   out = []
   timing = {'compile_s': 0.0, 'sample_s': 0.0, 'host_batching_s': 0.0,
             'sampler': dataclasses.asdict(resolved),
-            'network_calls_per_structure': resolved.calls_per_structure(spec)}
+            'network_calls_per_structure': resolved.calls_per_structure(model)}
   chunks = sampling.split_into_batches(list(range(len(compositions))), size)
   for k, chunk in enumerate(tqdm(chunks, desc='sampling', disable=not progress)):
     t0 = time.perf_counter()

@@ -101,7 +101,7 @@ def register_sampler(name: str, factory: Callable, kind: str,
 
 
 register_sampler(
-    'pc', lambda m, c, k: sampling.get_sampler(m, c.step_lr, c.corrector_steps, k,
+    'pc', lambda m, c, k: sampling.get_pc_sampler(m, c.step_lr, c.corrector_steps, k,
                                                c.num_steps),
     'score', lambda c: c.num_steps * (1 + c.corrector_steps))
 register_sampler('ddim', lambda m, c, k: ddim.get_ddim_sampler(m, c.num_steps, k),

@@ -101,9 +101,9 @@ def make_sample(model: model_lib.Model, step, grid, trajectory_every: int = 0):
   return sample
 
 
-def get_sampler(model: model_lib.Model, step_lr: float = 1e-5,
-                corrector_steps: int = 1, trajectory_every: int = 0,
-                num_steps: int | None = None):
+def get_pc_sampler(model: model_lib.Model, step_lr: float = 1e-5,
+                   corrector_steps: int = 1, trajectory_every: int = 0,
+                   num_steps: int | None = None):
   """Build the predictor-corrector `sample(rng, params, template) -> (batch,
   trajectory, overflow)`.
 

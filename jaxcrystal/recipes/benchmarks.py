@@ -99,14 +99,14 @@ def benchmark_csp_model(structures, hidden: int, num_layers: int, num_freqs: int
   from jaxcrystal.training import state as state_lib
   config = model_lib.ModelConfig(task='csp', num_steps=num_steps).with_network(
       hidden=hidden, num_layers=num_layers, num_freqs=num_freqs)
-  spec = model_lib.build(config)
+  model = model_lib.build(config)
   structures = list(structures)[:batch_size]
   host = batch_lib.batch_from_atoms(structures)
   batch = batch_lib.to_device(host)
   opt = state_lib.make_optimizer(state_lib.OptimConfig(), 1000)
-  state = train.create_train_state(jax.random.PRNGKey(0), spec, host, opt)
+  state = train.create_train_state(jax.random.PRNGKey(0), model, host, opt)
   n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
-  step = jax.jit(state_lib.make_train_step(losses.get_loss_fn(spec), opt, 0.999),
+  step = jax.jit(state_lib.make_train_step(losses.get_loss_fn(model), opt, 0.999),
                  donate_argnums=0)
   t0 = time.perf_counter()
   state, m = step(state, batch)
@@ -125,7 +125,7 @@ def benchmark_csp_model(structures, hidden: int, num_layers: int, num_freqs: int
              train_structures_per_s=len(structures) / step_s)
   if sample:
     comps = [s.numbers for s in structures]
-    _, timing = generate.sample_structures(spec, holder['state'].ema_params, comps,
+    _, timing = generate.sample_structures(model, holder['state'].ema_params, comps,
                                            batch_size=len(comps), progress=False)
     row.update(sample_steps=num_steps, sample_compile_s=timing['compile_s'],
                sample_s=timing['sample_s'],
@@ -178,10 +178,10 @@ def coord_learning_curve(structures, config, steps: int, max_t: int,
   from jaxcrystal.training import state as state_lib
   if not 1 <= max_t <= config.num_steps:
     raise ValueError(f'max_t must be in 1..{config.num_steps}, got {max_t}')
-  spec = model_lib.build(config)
+  model = model_lib.build(config)
   edges = data_lib.default_bucket_edges([len(s) for s in structures], num_buckets)
   dataset = data_lib.BucketedDataset(structures, batch_size, edges)
-  loss_at_times = losses.get_loss_at_times_fn(spec)
+  loss_at_times = losses.get_loss_at_times_fn(model)
 
   def loss_fn(rng, params, batch):
     rng_t, rng = jax.random.split(rng)
@@ -189,7 +189,7 @@ def coord_learning_curve(structures, config, steps: int, max_t: int,
     return loss_at_times(rng, params, batch, t)
 
   optimizer = optax.adam(learning_rate)
-  params = spec.init_params(jax.random.PRNGKey(seed), dataset.batch_for_step(seed, 0))
+  params = model.init_params(jax.random.PRNGKey(seed), dataset.batch_for_step(seed, 0))
   state = state_lib.initial_state(params, optimizer, jax.random.PRNGKey(seed + 1))
   step = jax.jit(state_lib.make_train_step(loss_fn, optimizer, 0.0))
   loop = loop_lib.LoopConfig(train_steps=steps, log_every=1, keep_checkpoints=1,

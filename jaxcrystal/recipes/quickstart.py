@@ -52,11 +52,11 @@ def run_quickstart(config: train.TrainConfig, workdir: str | Path,
   workdir = Path(workdir)
   train_summary = train.train_and_evaluate(config, workdir, resume=resume, log=log,
                                            overwrite=overwrite, files=files)
-  spec, params, _, step = generate.load_run(workdir, which='latest')
+  model, params, _, step = generate.load_run(workdir, which='latest')
   structures = datasets.builtin_structures()
   compositions = [s.numbers for s in structures] * samples_per_structure
   samples, timing = generate.sample_structures(
-      spec, params, compositions, batch_size=len(compositions), seed=seed,
+      model, params, compositions, batch_size=len(compositions), seed=seed,
       sampler=config.sampling, progress=config.progress)
   checks = [prototype_check(s) for s in samples]
   passed = [ok for ok, _ in checks]
@@ -73,26 +73,26 @@ def run_quickstart(config: train.TrainConfig, workdir: str | Path,
         'train': train_summary,
     })
     _plots(out, structures, samples, summary)
-    _process_plots(out, spec, params, structures, seed, config.sampling)
+    _process_plots(out, model, params, structures, seed, config.sampling)
   return summary
 
 
-def _process_plots(out: Path, spec, params, structures, seed, sampler) -> None:
+def _process_plots(out: Path, model, params, structures, seed, sampler) -> None:
   """Schedule analysis (score models), forward process and one sampling
   trajectory."""
-  if hasattr(spec.processes['coords'], 'schedule'):
+  if hasattr(model.processes['coords'], 'schedule'):
     structure_plots.plot_schedule(
-        spec.processes['lattice'].schedule.betas,
-        spec.processes['lattice'].schedule.alpha_bars,
-        spec.processes['coords'].schedule.sigmas, out / 'schedule.png')
+        model.processes['lattice'].schedule.betas,
+        model.processes['lattice'].schedule.alpha_bars,
+        model.processes['coords'].schedule.sigmas, out / 'schedule.png')
   diamond = next(s for s in structures if s.info.get('base') == 'diamond')
   rng = jax.random.PRNGKey(seed)
-  frames, labels = process_views.forward_snapshots(rng, spec, diamond)
+  frames, labels = process_views.forward_snapshots(rng, model, diamond)
   structure_plots.plot_structure_snapshots(
       frames, labels, out / 'forward_process.png',
       title=f'Forward process: {diamond.get_chemical_formula()} (diamond)')
   frames, labels = process_views.sampling_trajectory(
-      jax.random.fold_in(rng, 1), spec, params, diamond.numbers, sampler=sampler)
+      jax.random.fold_in(rng, 1), model, params, diamond.numbers, sampler=sampler)
   structure_plots.plot_structure_snapshots(
       frames, labels, out / 'reverse_process.png',
       title=f'Reverse process: sampling {diamond.get_chemical_formula()}')
