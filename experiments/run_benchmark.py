@@ -13,7 +13,7 @@ the files named by flags are read. Writes samples/ and the metrics report.
 
 --num_targets=N evaluates a seeded random subset of N test rows (the CSP
 compositions, or the DNG reference) for CPU-budget runs; the report says so.
-The sampler (--sampler, --num_steps, --step_lr, ...) defaults to the one
+The sampler (--sampler, --sample_steps, --step_lr, ...) defaults to the one
 stored with the run; the report records what ran and its network calls.
 --nounique_novel leaves out uniqueness and novelty (quadratic StructureMatcher
 work on a one-element set such as Carbon-24).

@@ -3,9 +3,9 @@
   python experiments/sample.py --checkpoint runs/quickstart --formula Al4 --num_samples 500 --out runs/samples
   python experiments/sample.py --checkpoint RUN --compositions_from FILE --samples_per_composition 20 --out DIR
   python experiments/sample.py --checkpoint RUN_DNG --num_samples 1000 --out DIR   (de novo)
-  python experiments/sample.py --checkpoint RUN --sampler ddim --num_steps 50 ...   (fewer calls)
+  python experiments/sample.py --checkpoint RUN --sampler ddim --sample_steps 50 ...   (fewer calls)
 
-The sampler (--sampler, --num_steps, --step_lr, ...) defaults to the settings
+The sampler (--sampler, --sample_steps, --step_lr, ...) defaults to the settings
 stored with the run; summary.json records what ran and its network calls.
 
 --out must be new or empty (or give --overwrite); it appears only when every

@@ -12,8 +12,15 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum('sampler', None, sorted(samplers.SAMPLERS),
                   "pc, ddim (score models) or euler, heun, midpoint (flow "
                   "models); default: the run's.")
-flags.DEFINE_integer('num_steps', None, "Sampler time steps (default: the run's; "
+flags.DEFINE_integer('sample_steps', None, "Sampler time steps (default: the run's; "
                      'fewer than a score model\'s T run on a strided grid).')
+# --num_steps is the model's T (train_ddpm.py); the sampler's is --sample_steps.
+flags.DEFINE_integer('num_steps', None, 'Renamed --sample_steps (--num_steps is the '
+                     "model's T, set in training).")
+flags.register_validator(
+    'num_steps', lambda v: v is None,
+    message="--num_steps is the model's T, set in training; the sampler's steps "
+            'are --sample_steps')
 flags.DEFINE_float('step_lr', None, "Langevin corrector step scale of 'pc' "
                    "(default: the run's).")
 flags.DEFINE_integer('corrector_steps', None, "Corrector steps per time step of "
@@ -21,10 +28,10 @@ flags.DEFINE_integer('corrector_steps', None, "Corrector steps per time step of 
 flags.DEFINE_float('anneal_slope', None, 'Anti-annealing slope of the flow '
                    "samplers' coordinate velocity, 1 + s (1 - t) (0: off; "
                    "default: the run's).")
-cli.at_least(1, 'num_steps')
+cli.at_least(1, 'sample_steps')
 cli.at_least(0, 'step_lr', 'corrector_steps', 'anneal_slope')
 
-_FIELDS = {'sampler': 'name', 'num_steps': 'num_steps', 'step_lr': 'step_lr',
+_FIELDS = {'sampler': 'name', 'sample_steps': 'num_steps', 'step_lr': 'step_lr',
            'corrector_steps': 'corrector_steps', 'anneal_slope': 'anneal_slope'}
 
 

@@ -499,8 +499,12 @@ CLI_CASES = {
                                     r"^error: sampler 'heun' runs flow models; this "
                                     r"is a score model \(task 'csp'\): use one of "
                                     r"\['ddim', 'pc'\]$"),
-    'more_steps_than_trained': (['--formula=Al4', '--num_steps=100000'],
-                                r'^error: num_steps must be in 1\.\.\d+ for this model'),
+    'more_steps_than_trained': (['--formula=Al4', '--sample_steps=100000'],
+                                r'^error: sampler steps \(--sample_steps\) must be in '
+                                r'1\.\.\d+ for this model'),
+    'training_steps_flag': (['--formula=Al4', '--num_steps=50'],
+                            r"^error: flag --num_steps=50: --num_steps is the model's T, "
+                            r"set in training; the sampler's steps are --sample_steps$"),
     'stray_argument': (['--formula=Al4', 'extra'], r'^error: unexpected arguments: extra'),
     'zero_count': (['--formula=H0'], r"^error: flag --formula=H0: --formula: 'H0': an "
                    r"element with a zero count$"),

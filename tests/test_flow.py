@@ -268,7 +268,7 @@ def test_sampler_config_refuses_what_cannot_run():
     samplers.SamplerConfig(name='pc').resolve(flow_model)
   with pytest.raises(errors.UserError, match="sampler 'heun' runs flow models"):
     samplers.SamplerConfig(name='heun').resolve(score_model)
-  with pytest.raises(errors.UserError, match=r'num_steps must be in 1\.\.20'):
+  with pytest.raises(errors.UserError, match=r'must be in 1\.\.20'):
     samplers.SamplerConfig(num_steps=21).resolve(score_model)
   assert samplers.SamplerConfig().resolve(flow_model).name == 'euler'
   assert samplers.SamplerConfig().calls_per_structure(score_model) == 40

@@ -57,7 +57,8 @@ class SamplerConfig:
     steps = self.num_steps or model.time.num_steps
     if steps < 1 or (kind == 'score' and steps > model.time.num_steps):
       raise errors.UserError(
-          f'num_steps must be in 1..{model.time.num_steps} for this model, got {steps}')
+          f'sampler steps (--sample_steps) must be in 1..{model.time.num_steps} for '
+          f'this model, got {steps}')
     return dataclasses.replace(self, name=name, num_steps=steps)
 
   def for_calls(self, model: model_lib.Model, calls: int) -> 'SamplerConfig':
