@@ -480,3 +480,41 @@ def test_a_run_stored_in_the_flat_layout_resumes_and_keeps_its_settings(tmp_path
                      match=r'model\.processes\.1\.settings\.sigma_end: 0\.4 -> 0\.5'):
     train_lib.train_and_evaluate(dataclasses.replace(longer, train_steps=6), run,
                                  resume=True, log=lambda *_: None)
+
+
+FLAG_FILES_SCRIPT = r'''
+import os, sys, json
+sys.path.insert(0, "experiments")
+from absl import flags
+import train_flags
+FLAGS = flags.FLAGS
+resolved = {}
+for name in sorted(os.listdir("experiments/flags")):
+  if not name.endswith(".flags") or name.startswith(("graph_", "healing")):
+    continue
+  FLAGS(["x", "--flagfile=experiments/flags/" + name, "--workdir=/tmp/none",
+         "--train_data=builtin", "--val_data="])
+  resolved[name] = train_flags.config_from_flags().to_dict()
+  for flag in FLAGS:
+    FLAGS[flag].unparse()
+print(json.dumps(resolved))
+'''
+
+
+def test_every_training_flag_file_composes_into_a_valid_config():
+  """The crystal flag files include shared pieces (experiments/flags/base:
+  dataset, network size, CPU or GPU schedule) with nested --flagfile: each
+  resolves to a valid configuration, and the pieces land where they should."""
+  res = _run(['-c', FLAG_FILES_SCRIPT], timeout=300)
+  assert res.returncode == 0, res.stderr[-2000:]
+  resolved = json.loads(res.stdout.strip().splitlines()[-1])
+  assert len(resolved) >= 18
+  flow_cpu = resolved['perov5_csp_flow_cpu.flags']
+  assert flow_cpu['model']['network']['settings']['hidden'] == 128
+  assert (flow_cpu['max_atoms'], flow_cpu['optim']['schedule'],
+          flow_cpu['train_steps'], flow_cpu['sampling']['anneal_slope']) == \
+      (20, 'cosine', 16000, 5.0)
+  big = resolved['carbon24_dng.flags']
+  assert big['model']['network']['settings']['hidden'] == 512
+  assert (big['max_atoms'], big['optim']['schedule'], big['loss_weights']['types']) == \
+      (24, 'plateau', 20.0)
