@@ -262,8 +262,10 @@ def test_score_model_few_step_samplers(name, steps, calls):
 
 
 def test_sampler_config_refuses_what_cannot_run():
-  flow_model = model_lib.build(model_lib.ModelConfig(task='csp_flow', num_steps=20).with_network(**TINY_NETWORK))
-  score_model = model_lib.build(model_lib.ModelConfig(task='csp', num_steps=20).with_network(**TINY_NETWORK))
+  flow_model = model_lib.build(model_lib.ModelConfig(task='csp_flow', num_steps=20)
+                               .with_network(**TINY_NETWORK))
+  score_model = model_lib.build(model_lib.ModelConfig(task='csp', num_steps=20)
+                                .with_network(**TINY_NETWORK))
   with pytest.raises(errors.UserError, match="sampler 'pc' runs score models"):
     samplers.SamplerConfig(name='pc').resolve(flow_model)
   with pytest.raises(errors.UserError, match="sampler 'heun' runs flow models"):
