@@ -152,3 +152,23 @@ def test_a_sampler_written_against_the_score_interface_needs_no_process_code():
     np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
   corrected, _, _ = jax.jit(sampling.get_pc_sampler(spec))(rng, params, template)
   assert not np.array_equal(corrected.frac, want.frac)  # the corrector moves it
+
+
+def test_score_samplers_refuse_processes_without_the_interface():
+  """`score_steps.check`: a flow process, or a 've' process with no score,
+  is refused by both score samplers, naming the variable."""
+  from jaxcrystal.generative import ddim
+  spec, _, _ = _setup('csp')
+  flow_model = model_lib.build(model_lib.ModelConfig(task='csp_flow', num_steps=20)
+                               .with_network(**TINY_NETWORK))
+  for make in (sampling.get_pc_sampler, ddim.get_ddim_sampler):
+    with pytest.raises(ValueError, match="score samplers run score processes.*'lattice'"):
+      make(flow_model)
+
+  class NoScore(processes.ScoreProcess):
+    family = 've'
+  broken = dataclasses.replace(spec, processes={**spec.processes, 'coords': NoScore()})
+  for make in (sampling.get_pc_sampler, ddim.get_ddim_sampler):
+    with pytest.raises(ValueError, match=r"'coords' \(NoScore\) is a ve process without"):
+      make(broken)
+  sampling.get_pc_sampler(spec)  # the real processes pass

@@ -37,7 +37,6 @@ from typing import Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcrystal import errors
 from jaxcrystal.generative import settings as settings_lib
 
 
@@ -122,29 +121,15 @@ class MultiHotEncoder(nn.Module):
                                        mask)
 
 
-@dataclasses.dataclass(frozen=True)
-class ConditionEntry:
-  module: Callable                  # (dim, settings) -> flax module
-  defaults: settings_lib.Settings   # its settings class, with the defaults
-
-
-CONDITIONS: dict[str, ConditionEntry] = {}
+CONDITIONS = settings_lib.Registry('condition encoder')
+entry = CONDITIONS.entry
 
 
 def register_condition(name: str, module: Callable,
                        defaults: settings_lib.Settings) -> None:
   """Add an encoder: `module(dim, settings)` a flax module mapping
   `(values [G], mask [G]) -> [G, dim]`."""
-  if name in CONDITIONS:
-    raise ValueError(f'condition encoder {name!r} is already registered')
-  CONDITIONS[name] = ConditionEntry(module, defaults)
-
-
-def entry(name: str) -> ConditionEntry:
-  if name not in CONDITIONS:
-    raise errors.ConfigError(f'unknown condition encoder {name!r}; choose from '
-                             f'{sorted(CONDITIONS)}')
-  return CONDITIONS[name]
+  CONDITIONS.register(name, module, defaults)
 
 
 register_condition('scalar', ScalarEncoder, ScalarSettings())
@@ -169,6 +154,6 @@ class ConditionEmbedding(nn.Module):
       if prop not in conditions:
         raise ValueError(f'the model is conditioned on {prop!r}, which the batch '
                          f'does not carry (it has {sorted(conditions)})')
-      module = entry(name).module(self.dim, settings, name=f'condition_{prop}')
+      module = entry(name).build(self.dim, settings, name=f'condition_{prop}')
       total = total + module(conditions[prop], condition_mask[prop])
     return total

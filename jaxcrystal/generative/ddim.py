@@ -21,6 +21,7 @@ def get_ddim_sampler(model: model_lib.Model, num_steps: int | None = None,
   """`sample(rng, params, template) -> (batch, trajectory, overflow)` in
   `num_steps` deterministic steps (default: the model's T); one network call
   per step. The key only draws the prior."""
+  score_steps.check(model)
   grid = model.time.reverse_grid(num_steps)
 
   def step(params, template, state: sampling.SamplerState, tt):

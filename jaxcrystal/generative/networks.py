@@ -132,28 +132,15 @@ def _cartesian_egnn(s: EGNNSettings, variables, cutoff: float):
       cutoff=cutoff, time_dim=s.time_dim), variables)
 
 
-@dataclasses.dataclass(frozen=True)
-class NetworkEntry:
-  builder: Callable                 # (settings, variables, cutoff) -> adapter
-  defaults: settings_lib.Settings   # its settings class, with the defaults
-
-
-NETWORKS: dict[str, NetworkEntry] = {}
+NETWORKS = settings_lib.Registry('network')
+entry = NETWORKS.entry
 
 
 def register_network(name: str, builder: Callable,
                      defaults: settings_lib.Settings = settings_lib.NONE) -> None:
   """Add a network: `builder(settings, variables, cutoff[, conditions]) ->
   adapter`, `defaults` an instance of its settings class."""
-  if name in NETWORKS:
-    raise ValueError(f'network {name!r} is already registered')
-  NETWORKS[name] = NetworkEntry(builder, defaults)
-
-
-def entry(name: str) -> NetworkEntry:
-  if name not in NETWORKS:
-    raise errors.ConfigError(f'unknown network {name!r}; choose from {sorted(NETWORKS)}')
-  return NETWORKS[name]
+  NETWORKS.register(name, builder, defaults)
 
 
 def get_network(name: str, settings, variables, cutoff: float, conditions: tuple = ()):
@@ -162,11 +149,11 @@ def get_network(name: str, settings, variables, cutoff: float, conditions: tuple
   e = entry(name)
   settings = settings_lib.checked_like(settings, e.defaults, f'network {name!r}')
   if not conditions:
-    return e.builder(settings, tuple(variables), cutoff)
-  if 'conditions' not in inspect.signature(e.builder).parameters:
+    return e.build(settings, tuple(variables), cutoff)
+  if 'conditions' not in inspect.signature(e.build).parameters:
     raise errors.ConfigError(f'network {name!r} takes no conditions; the model asks '
                              f'for {[c[0] for c in conditions]}')
-  return e.builder(settings, tuple(variables), cutoff, conditions=tuple(conditions))
+  return e.build(settings, tuple(variables), cutoff, conditions=tuple(conditions))
 
 
 register_network('cspnet', _cspnet, CSPNetSettings())

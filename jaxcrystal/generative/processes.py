@@ -62,7 +62,6 @@ import jax.numpy as jnp
 from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.geometry import lattice as lattice_lib
 from jaxcrystal.geometry import pbc
-from jaxcrystal import errors
 from jaxcrystal.generative import schedules
 from jaxcrystal.generative import settings as settings_lib
 from jaxcrystal.generative import wrapped_normal
@@ -99,8 +98,9 @@ class ScoreProcess(Process):
   to_chart(x, template) -> y      the state in the space its noise is
              Gaussian in (default: the state itself).
   from_chart(y, template) -> x    back, placed (wrapped, padding kept).
-  score(out, t, template) -> s    've': the network's output `out` at the
-             scalar step `t` as the score of x_t in the chart.
+  score(out, t, template) -> s    've' only: the network's output `out` at
+             the scalar step `t` as the score of x_t in the chart.
+  `score_steps.check` says which of these a sampler finds missing.
   """
   kind = 'score'
   family = ''
@@ -110,9 +110,6 @@ class ScoreProcess(Process):
 
   def from_chart(self, y, template):
     return y
-
-  def score(self, out, t, template):
-    raise NotImplementedError(f'{type(self).__name__} ({self.family}) has no score')
 
 
 class LatticeVariable:
@@ -346,34 +343,21 @@ class SigmaSettings(settings_lib.Settings):
                        f'{self.sigma_begin} and {self.sigma_end}')
 
 
-@dataclasses.dataclass(frozen=True)
-class ProcessEntry:
-  factory: Callable                 # (settings, num_steps) -> process
-  defaults: settings_lib.Settings   # its settings class, with the defaults
-
-
-PROCESSES: dict[str, ProcessEntry] = {}
+PROCESSES = settings_lib.Registry('process')
+entry = PROCESSES.entry
 
 
 def register_process(name: str, factory: Callable,
                      defaults: settings_lib.Settings = settings_lib.NONE) -> None:
   """Add a process: `factory(settings, num_steps) -> process`, `defaults` an
   instance of its settings class (see the module docstring)."""
-  if name in PROCESSES:
-    raise ValueError(f'process {name!r} is already registered')
-  PROCESSES[name] = ProcessEntry(factory, defaults)
-
-
-def entry(name: str) -> ProcessEntry:
-  if name not in PROCESSES:
-    raise errors.ConfigError(f'unknown process {name!r}; choose from {sorted(PROCESSES)}')
-  return PROCESSES[name]
+  PROCESSES.register(name, factory, defaults)
 
 
 def get_process(name: str, settings: settings_lib.Settings, num_steps: int):
   """Build a registered process with its settings (validated here)."""
   e = entry(name)
-  return e.factory(settings_lib.checked_like(settings, e.defaults, f'process {name!r}'),
+  return e.build(settings_lib.checked_like(settings, e.defaults, f'process {name!r}'),
                    num_steps)
 
 

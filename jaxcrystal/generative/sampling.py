@@ -128,11 +128,7 @@ def get_pc_sampler(model: model_lib.Model, step_lr: float = 1e-5,
   grid = time.reverse_grid(num_steps)
   if corrector_steps < 0:
     raise ValueError(f'corrector_steps must be >= 0, got {corrector_steps}')
-  for name, p in model.processes.items():
-    if p.kind != 'score' or p.family not in score_steps.FAMILIES:
-      raise ValueError(f'the predictor-corrector sampler runs score processes '
-                       f'(family one of {score_steps.FAMILIES}); {name!r} is '
-                       f'{type(p).__name__}')
+  score_steps.check(model)
   corrected = {n: p for n, p in model.processes.items() if score_steps.corrects(p)}
   strided = int(grid[0].shape[0]) < time.num_steps
 

@@ -25,6 +25,18 @@ from jaxcrystal.generative import updates
 FAMILIES = ('vp', 've')
 
 
+def check(model) -> None:
+  """Every process of `model` has what these steps read: a score process
+  of a known family, with `score` if 've'. Raises ValueError naming it."""
+  for name, p in model.processes.items():
+    if getattr(p, 'kind', '') != 'score' or p.family not in FAMILIES:
+      raise ValueError(f'score samplers run score processes (family one of '
+                       f'{FAMILIES}); {name!r} is {type(p).__name__}')
+    if p.family == 've' and not callable(getattr(p, 'score', None)):
+      raise ValueError(f'{name!r} ({type(p).__name__}) is a ve process without '
+                       '`score(out, t, template)`')
+
+
 def _rows(p, t, template):
   return processes.rows(t, template, p.per)
 
@@ -47,9 +59,7 @@ def predict(p, rng, x, out, t, t_prev, template, strided: bool = False):
 
 def correct(p, rng, x, out, t, is_last, template, step_lr: float):
   """One Langevin corrector step at t (DiffCSP's step size, no noise at the
-  last step) for 've' processes; 'vp' processes are returned unchanged."""
-  if p.family != 've':
-    return x
+  last step) of a process that `corrects`."""
   score = p.score(out, t, template)
   y, _ = updates.langevin_corrector(
       rng, p.to_chart(x, template), score, p.schedule.sigmas[t], p.schedule.sigmas[1],

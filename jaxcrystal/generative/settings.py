@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Callable
 
 from jaxcrystal import errors
 
@@ -82,3 +83,31 @@ def read(defaults: Settings, values: dict, where: str) -> Settings:
       value = int(value)
     typed[name] = float(value) if isinstance(default, float) else value
   return checked(dataclasses.replace(defaults, **typed), where)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """A registered component: how to build it and its default settings (an
+  instance of its own settings class)."""
+  build: Callable
+  defaults: Settings
+
+
+class Registry(dict):
+  """Components of one kind by name (processes, networks, condition
+  encoders): `{name: Entry}`, with one way to add and to look up."""
+
+  def __init__(self, kind: str):
+    super().__init__()
+    self.kind = kind
+
+  def register(self, name: str, build: Callable, defaults: Settings = NONE) -> None:
+    if name in self:
+      raise ValueError(f'{self.kind} {name!r} is already registered')
+    self[name] = Entry(build, defaults)
+
+  def entry(self, name: str) -> Entry:
+    """The entry of `name`; `errors.ConfigError` listing the others if none."""
+    if name not in self:
+      raise errors.ConfigError(f'unknown {self.kind} {name!r}; choose from {sorted(self)}')
+    return self[name]
