@@ -25,7 +25,7 @@ FLAGS.set_default('workdir', '-')  # the benchmark trains in a temporary folder
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  config = train_flags.config_from_flags()
+  config = train_flags.read_config()
   row = benchmarks.benchmark_training_loop(config, FLAGS.steps)
   if FLAGS.out:
     io.write_json_atomic(FLAGS.out, row)

@@ -35,6 +35,7 @@ from jaxcrystal.generative import generate
 from jaxcrystal.recipes import sampler_curves
 
 FLAGS = flags.FLAGS
+sampler_flags.refuse_num_steps()
 flags.DEFINE_string('checkpoint', None, 'Training workdir.')
 flags.DEFINE_string('which', 'best', "'best', 'latest' or a checkpoint's step.")
 flags.DEFINE_string('test_csv', None, 'Test (or val) file: one sample per row.')

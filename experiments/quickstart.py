@@ -20,7 +20,7 @@ cli.at_least(1, 'samples_per_structure')
 
 def main(argv):
   logging.set_verbosity(logging.WARNING)
-  config = train_flags.config_from_flags()
+  config = train_flags.read_config()
   summary = quickstart.run_quickstart(
       config, FLAGS.workdir, FLAGS.samples_per_structure, resume=FLAGS.resume,
       seed=FLAGS.seed, overwrite=FLAGS.overwrite,

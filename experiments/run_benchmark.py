@@ -34,6 +34,7 @@ from jaxcrystal.data import readers
 from jaxcrystal.generative import train
 
 FLAGS = flags.FLAGS
+sampler_flags.refuse_num_steps()
 flags.DEFINE_enum('task', None, ['csp', 'dng'], 'Benchmark task.')
 flags.DEFINE_enum('dataset', None, ['perov_5', 'carbon_24', 'mp_20'], 'Dataset.')
 flags.DEFINE_string('checkpoint', None, 'Training workdir.')

@@ -27,6 +27,7 @@ from jaxcrystal.data import readers
 from jaxcrystal.generative import generate
 
 FLAGS = flags.FLAGS
+sampler_flags.refuse_num_steps()
 flags.DEFINE_string('checkpoint', None, 'Training workdir to sample from.')
 flags.DEFINE_string('which', 'best', "Which checkpoint: 'best', 'latest' or a "
                     "periodic checkpoint's step.")

@@ -17,7 +17,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   train_flags.maybe_initialize_distributed()
-  config = train_flags.config_from_flags()
+  config = train_flags.read_config()
   summary = train.train_and_evaluate(
       config, FLAGS.workdir, resume=FLAGS.resume, overwrite=FLAGS.overwrite,
       files=train_flags.flags_file())

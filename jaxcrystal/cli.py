@@ -38,6 +38,10 @@ def fail(message: str) -> None:
 def _parse_flags(argv: list[str]) -> list[str]:
   try:
     rest = flags.FLAGS(argv)
+  except flags.UnrecognizedFlagError as err:
+    moved = sorted(n for n in flags.FLAGS if n.endswith('.' + err.flagname))
+    fail(f'{err}' + (f' (did you mean --{moved[0]}?)'
+                     if moved else ''))
   except flags.Error as err:
     fail(str(err))
   for name in flags.FLAGS:

@@ -561,12 +561,14 @@ def test_resume_with_a_changed_learning_rate_is_refused(tmp_path):
   config = json.loads((workdir / 'config.json').read_text())
   model, optim = config['model'], config['optim']
   flags = [f'--workdir={workdir}', '--resume', '--noprogress',
-           f'--task={model["task"]}', f'--hidden={model["hidden"]}',
-           f'--num_layers={model["num_layers"]}', f'--num_freqs={model["num_freqs"]}',
-           f'--time_dim={model["time_dim"]}', f'--num_steps={model["num_steps"]}',
+           f'--task={model["task"]}', f'--network.hidden={model["hidden"]}',
+           f'--network.num_layers={model["num_layers"]}',
+           f'--network.num_freqs={model["num_freqs"]}',
+           f'--network.time_dim={model["time_dim"]}', f'--num_steps={model["num_steps"]}',
            f'--batch_size={config["batch_size"]}', f'--seed={config["seed"]}',
-           f'--warmup_steps={optim["warmup_steps"]}', f'--ema_decay={optim["ema_decay"]}',
-           f'--lr={optim["learning_rate"] * 2}',
+           f'--optim.warmup_steps={optim["warmup_steps"]}',
+           f'--optim.ema_decay={optim["ema_decay"]}',
+           f'--optim.learning_rate={optim["learning_rate"] * 2}',
            '--skip_bad' if config['skip_bad'] else '--noskip_bad']
   code, lines = _run('train_ddpm.py', *flags)
   assert code == 2 and len(lines) == 1, lines

@@ -12,8 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import flags
 from ase.build import bulk
 
+from jaxcrystal import config_flags
 from jaxcrystal import errors
 from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.data import datasets
@@ -39,7 +41,11 @@ from jaxcrystal.training import state as state_lib
 
 @dataclasses.dataclass(frozen=True)
 class PriorScale(settings.Settings):
-  """The toy process's own setting: the prior's standard deviation (A)."""
+  """The toy process's own setting.
+
+  Attributes:
+    prior_scale: the prior's standard deviation (A).
+  """
   prior_scale: float = 1.0
 
   def validate(self):
@@ -77,7 +83,11 @@ class LatticeFlow(flow.FlowProcess):
 
 @dataclasses.dataclass(frozen=True)
 class CellMLPSettings(settings.Settings):
-  """The toy network's own setting: its hidden width."""
+  """The toy network's own setting.
+
+  Attributes:
+    width: its hidden width.
+  """
   width: int = 64
 
   def validate(self):
@@ -244,6 +254,24 @@ def test_a_process_owns_its_settings_and_a_bad_one_is_one_line():
                                                 PriorScale(0.0)),))
   with pytest.raises(errors.ConfigError, match='prior_scale must be > 0'):
     model_lib.build(bad)
+
+
+def test_the_toy_settings_are_command_line_flags_with_no_edit():
+  """Registering a component is all it takes for its settings to be flags
+  of the training scripts (`config_flags`), with the docstring's help."""
+  values = flags.FlagValues()
+  read = config_flags.define_train_config(flag_values=values, module='test')
+  values(['prog', '--task=toy_cell_flow', '--num_steps=20',
+          '--lattice.prior_scale=2.5', '--network.width=8'])
+  config = read()
+  assert config.model.process_table() == (('lattice', 'toy_lattice_flow',
+                                           PriorScale(2.5)),)
+  assert config.model.network_choice() == ('toy_cell_mlp', CellMLPSettings(8))
+  assert 'standard deviation' in values['lattice.prior_scale'].help
+  values(['prog', '--task=toy_cell_flow', '--lattice.prior_scale=-1'])
+  with pytest.raises(errors.ConfigError, match=r'^--lattice\.prior_scale: process '
+                     r"'toy_lattice_flow' \(lattice\): prior_scale must be > 0"):
+    read()
 
 
 def test_a_network_owns_its_settings_and_a_bad_one_is_one_line():

@@ -22,7 +22,7 @@ EXAMPLES = 30
 # Each script's good base command ({out}: a fresh output path per example).
 BASES = {
     'train_ddpm.py': ['--workdir={out}', '--train_steps=2', '--batch_size=4',
-                      '--hidden=8', '--num_layers=1', '--noprogress'],
+                      '--network.hidden=8', '--network.num_layers=1', '--noprogress'],
     'quickstart.py': ['--workdir={out}', '--train_steps=2', '--noprogress'],
     'sample.py': ['--checkpoint=run', '--formula=Al4', '--num_samples=2',
                   '--out={out}', '--noprogress'],

@@ -28,7 +28,8 @@ from jaxcrystal.generative import train
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = model_lib.ModelConfig(num_steps=50).with_network(hidden=16, num_layers=1,
                                                               num_freqs=4, time_dim=8)
-TINY_FLAGS = ['--hidden=16', '--num_layers=1', '--num_freqs=4', '--time_dim=8',
+TINY_FLAGS = ['--network.hidden=16', '--network.num_layers=1', '--network.num_freqs=4',
+              '--network.time_dim=8',
               '--num_steps=50', '--batch_size=7', '--num_buckets=1', '--progress=false']
 
 
@@ -176,8 +177,8 @@ def _final_params(workdir):
 
 def test_sigkill_and_resume_gives_identical_parameters(tmp_path):
   args = ['experiments/train_ddpm.py', *TINY_FLAGS, '--train_steps=200',
-          '--checkpoint_every=20', '--keep_checkpoints=2', '--lr_schedule=cosine',
-          '--warmup_steps=20', '--eval_every=100']
+          '--checkpoint_every=20', '--keep_checkpoints=2', '--optim.schedule=cosine',
+          '--optim.warmup_steps=20', '--eval_every=100']
   full = tmp_path / 'full'
   res = _run(args + [f'--workdir={full}'], timeout=300)
   assert res.returncode == 0, res.stderr[-2000:]
@@ -211,7 +212,7 @@ def test_sigkill_and_resume_gives_identical_parameters(tmp_path):
                                   .splitlines()) if r['split'] == 'train']
   assert steps == sorted(set(steps)) and steps[-1] == 200
   assert (killed / 'training_curve.png').stat().st_size > 1000
-  assert (killed / 'flags.txt').read_text().count('--hidden=16') == 1
+  assert (killed / 'flags.txt').read_text().count('--network.hidden=16') == 1
 
 
 def test_bad_flags_and_paths_are_rejected_clearly(tmp_path):
@@ -223,12 +224,12 @@ def test_bad_flags_and_paths_are_rejected_clearly(tmp_path):
              timeout=120)
   assert res.returncode != 0 and 'hiden' in res.stderr
   res = _run(['experiments/train_ddpm.py', f'--workdir={tmp_path}',
-              '--edge_score_head'], timeout=120)
-  assert res.returncode == 2 and ("error: network 'cspnet': edge_score_head needs "
-                                 'distance_basis >= 1') in res.stderr
+              '--network.edge_score_head'], timeout=120)
+  assert res.returncode == 2 and ("error: --network.edge_score_head: network 'cspnet': "
+                                 'edge_score_head needs distance_basis >= 1') in res.stderr
   res = _run(['experiments/train_ddpm.py', f'--workdir={tmp_path}', '--batch_size=0'],
              timeout=120)
-  assert res.returncode != 0 and '--batch_size must be >= 1' in res.stderr
+  assert res.returncode != 0 and 'train: batch_size must be >= 1' in res.stderr
 
 
 SHARDED_SCRIPT = r'''
@@ -494,7 +495,7 @@ for name in sorted(os.listdir("experiments/flags")):
     continue
   FLAGS(["x", "--flagfile=experiments/flags/" + name, "--workdir=/tmp/none",
          "--train_data=builtin", "--val_data="])
-  resolved[name] = train_flags.config_from_flags().to_dict()
+  resolved[name] = train_flags.read_config().to_dict()
   for flag in FLAGS:
     FLAGS[flag].unparse()
 print(json.dumps(resolved))

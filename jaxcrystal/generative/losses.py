@@ -14,16 +14,29 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from jaxcrystal import errors
 from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.generative import model as model_lib
 
 
 @dataclasses.dataclass(frozen=True)
 class LossWeights:
-  """Weight of each variable's term (a variable not named here weighs 1)."""
+  """Weight of each variable's term (a variable not named here weighs 1).
+
+  Attributes:
+    lattice: weight of the lattice term.
+    coords: weight of the coordinate term.
+    types: weight of the atom-type term (de novo tasks).
+  """
   lattice: float = 1.0
   coords: float = 1.0
   types: float = 1.0
+
+  def validate(self) -> None:
+    for field in dataclasses.fields(self):
+      if getattr(self, field.name) < 0:
+        raise errors.ConfigError(f'loss_weights: {field.name} must be >= 0, got '
+                                 f'{getattr(self, field.name)}')
 
 
 # PRNG layout of the loss: split(rng, 4) = [times, lattice, coords, types].

@@ -38,19 +38,26 @@ class ModelConfig:
       with its default settings (`network_choice`).
     conditions: `((property, encoder name, settings), ...)`: per-crystal
       properties the network is told (`conditions.py`); () for none.
-  The rest describe the time grid (`num_steps`: T, or the training grid of
-  continuous time) and the graph the network runs on (`cutoff` in Angstrom,
-  shared by radius graphs and distance features).
+  The rest describe the time grid and the graph the network runs on.
+
+  Attributes:
+    task: a preset of `tasks.py` (csp, dng, csp_flow, dng_flow, cartesian).
+    num_steps: diffusion steps T (the training grid of continuous time).
+    graph: 'fc' (fully connected) or 'radius'.
+    cutoff: Angstrom; radius graphs and distance features.
+    max_image: image range searched by radius graphs.
+    edge_capacity_per_atom: radius graphs: edge slots per atom slot of a
+      crystal.
   """
   task: str = 'csp'
   num_steps: int = 1000
   processes: tuple = ()
   network: tuple = ()
   conditions: tuple = ()
-  graph: str = 'fc'              # 'fc' or 'radius'
-  cutoff: float = 6.0            # Angstrom, radius graphs and distance features
+  graph: str = 'fc'
+  cutoff: float = 6.0
   max_image: int = 2
-  edge_capacity_per_atom: int = 64  # radius graphs: edge slots per atom slot of a crystal
+  edge_capacity_per_atom: int = 64
 
   def process_table(self) -> tuple[tuple[str, str, settings_lib.Settings], ...]:
     """((variable, process name, settings), ...) for every variable of the
@@ -199,6 +206,9 @@ class ModelConfig:
     for field in ('num_steps', 'edge_capacity_per_atom'):
       if getattr(self, field) < 1:
         raise errors.ConfigError(f'model: {field} must be >= 1, got {getattr(self, field)}')
+    if self.max_image < 0 or not self.cutoff > 0:
+      raise errors.ConfigError(f'model: max_image must be >= 0 and cutoff > 0, got '
+                               f'{self.max_image} and {self.cutoff}')
     if task.graph is not None and self.graph != task.graph:
       raise errors.ConfigError(f"model: task {self.task!r} needs graph={task.graph!r}")
 

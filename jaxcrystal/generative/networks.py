@@ -41,7 +41,7 @@ from jaxcrystal.generative import settings as settings_lib
 def _check_variables(name: str, variables, known) -> tuple[str, ...]:
   unknown = [v for v in variables if v not in known]
   if unknown:
-    raise ValueError(f'network {name!r} has no output for variable(s) {unknown}; '
+    raise errors.ConfigError(f'network {name!r} has no output for variable(s) {unknown}; '
                      f'it predicts {sorted(known)}')
   return tuple(variables)
 
@@ -88,7 +88,17 @@ def _at_least(settings, minimum: int, *names: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class CSPNetSettings(settings_lib.Settings):
-  """CSPNet's settings (`cspnet.CSPNet` says what each does)."""
+  """CSPNet's settings (`cspnet.CSPNet` says more).
+
+  Attributes:
+    hidden: network width.
+    num_layers: message-passing layers.
+    num_freqs: Fourier frequencies per axis of the fractional differences.
+    time_dim: time-embedding width.
+    distance_basis: Gaussian distance features of the edges (0: off).
+    edge_score_head: coordinate score from distance-weighted edge directions
+      (needs distance_basis >= 1).
+  """
   hidden: int = 128
   num_layers: int = 4
   num_freqs: int = 128
@@ -106,7 +116,14 @@ class CSPNetSettings(settings_lib.Settings):
 
 @dataclasses.dataclass(frozen=True)
 class EGNNSettings(settings_lib.Settings):
-  """CartesianEGNN's settings (`egnn.CartesianEGNN`)."""
+  """CartesianEGNN's settings (`egnn.CartesianEGNN`).
+
+  Attributes:
+    hidden: network width.
+    num_layers: message-passing layers.
+    time_dim: time-embedding width.
+    num_basis: radial basis functions of the edge lengths.
+  """
   hidden: int = 128
   num_layers: int = 4
   time_dim: int = 256

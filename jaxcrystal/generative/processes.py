@@ -321,7 +321,11 @@ class TypesDDPM(TypesVariable, ScoreProcess):
 
 @dataclasses.dataclass(frozen=True)
 class DDPMSettings(settings_lib.Settings):
-  """A DDPM process's settings: `beta_schedule` ('linear', 'cosine', 'sigmoid')."""
+  """A DDPM process's settings.
+
+  Attributes:
+    beta_schedule: noise schedule, 'linear', 'cosine' or 'sigmoid'.
+  """
   beta_schedule: str = 'cosine'
 
   def validate(self):
@@ -332,8 +336,12 @@ class DDPMSettings(settings_lib.Settings):
 
 @dataclasses.dataclass(frozen=True)
 class SigmaSettings(settings_lib.Settings):
-  """A VE process's geometric noise scales, smallest and largest (the
-  variable's units)."""
+  """A VE process's geometric noise scales (the variable's units).
+
+  Attributes:
+    sigma_begin: smallest noise scale (fractional: 0.005; Cartesian: A).
+    sigma_end: largest noise scale, above sigma_begin.
+  """
   sigma_begin: float = 0.005
   sigma_end: float = 0.5
 

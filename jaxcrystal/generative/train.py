@@ -33,13 +33,37 @@ from jaxcrystal.training import state as state_lib
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  """A whole run; built from flags by `experiments/train_ddpm.py`."""
+  """A whole run; built from flags by `experiments/train_ddpm.py` (each
+  scalar field is a flag of the same name, `config_flags.py`).
+
+  Attributes:
+    model: the model (`ModelConfig`).
+    optim: optimizer and schedule (`OptimConfig`, flags --optim.*).
+    loss_weights: weight of each variable's loss term (flags --loss_weights.*).
+    sampling: sampler defaults stored with the run, measured for it.
+    train_data: 'builtin' or a CSV/extxyz/CIF path.
+    val_data: validation file ('' = none).
+    batch_size: crystals per batch.
+    num_buckets: size buckets of the input pipeline.
+    train_steps: optimizer steps.
+    eval_every: validation loss every N steps.
+    checkpoint_every: checkpoint every N steps.
+    keep_checkpoints: periodic checkpoints kept.
+    seed: seed of parameters, data order and noise.
+    max_atoms: reject (or skip, with skip_bad) crystals with more atoms.
+    skip_bad: skip unusable rows of the data files and report them in
+      skipped_rows.json instead of stopping at the first.
+    niggli: Niggli-reduce the cells read from files.
+    cache_dir: cache of parsed datasets ('' = none).
+    log_every: training metrics every N steps.
+    progress: show a progress bar.
+  """
   model: model_lib.ModelConfig = model_lib.ModelConfig()
   optim: state_lib.OptimConfig = state_lib.OptimConfig()
   loss_weights: losses.LossWeights = losses.LossWeights()
-  sampling: samplers.SamplerConfig = samplers.SamplerConfig()  # measured defaults
-  train_data: str = 'builtin'     # 'builtin' or a path (CSV or ASE format)
-  val_data: str = ''              # '' = no validation
+  sampling: samplers.SamplerConfig = samplers.SamplerConfig()
+  train_data: str = 'builtin'
+  val_data: str = ''
   batch_size: int = 64
   num_buckets: int = 4
   train_steps: int = 1000
@@ -49,10 +73,20 @@ class TrainConfig:
   seed: int = 0
   max_atoms: int = 64
   skip_bad: bool = False
-  niggli: bool = False            # Niggli-reduce cells read from files
+  niggli: bool = False
   cache_dir: str = ''
   log_every: int = 20
   progress: bool = True
+
+  def validate(self) -> None:
+    """Raises `errors.ConfigError` naming the first bad field."""
+    for field in ('batch_size', 'num_buckets', 'train_steps', 'eval_every',
+                  'checkpoint_every', 'keep_checkpoints', 'max_atoms', 'log_every'):
+      if getattr(self, field) < 1:
+        raise errors.ConfigError(f'train: {field} must be >= 1, got {getattr(self, field)}')
+    self.model.validate()
+    self.optim.validate()
+    self.loss_weights.validate()
 
   def to_dict(self) -> dict:
     return dict(dataclasses.asdict(self), model=self.model.to_dict())

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxcrystal import errors
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -38,15 +40,47 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
+  """AdamW with clipping, warm-up and a schedule; an EMA of the parameters.
+
+  Attributes:
+    learning_rate: peak learning rate.
+    warmup_steps: linear warm-up steps.
+    schedule: 'cosine' (decay to end_lr_fraction), 'constant' or 'plateau'
+      (reduce on a validation-loss plateau).
+    end_lr_fraction: final rate of 'cosine', as a fraction of the peak.
+    weight_decay: AdamW weight decay.
+    grad_clip: global gradient-norm clip.
+    ema_decay: decay of the parameters' exponential moving average.
+    plateau_patience: 'plateau': evaluations without improvement before a cut.
+    plateau_factor: 'plateau': factor of each cut.
+  """
   learning_rate: float = 1e-3
   warmup_steps: int = 100
-  schedule: str = 'cosine'      # 'cosine', 'constant' or 'plateau'
+  schedule: str = 'cosine'
   end_lr_fraction: float = 0.01
   weight_decay: float = 0.0
   grad_clip: float = 1.0
   ema_decay: float = 0.999
   plateau_patience: int = 10
   plateau_factor: float = 0.6
+
+  def validate(self) -> None:
+    """Raises `errors.ConfigError` naming the first bad field."""
+    checks = [
+        ('learning_rate', self.learning_rate > 0, '> 0'),
+        ('warmup_steps', self.warmup_steps >= 0, '>= 0'),
+        ('schedule', self.schedule in ('cosine', 'constant', 'plateau'),
+         "'cosine', 'constant' or 'plateau'"),
+        ('end_lr_fraction', 0 <= self.end_lr_fraction <= 1, 'in [0, 1]'),
+        ('weight_decay', self.weight_decay >= 0, '>= 0'),
+        ('grad_clip', self.grad_clip > 0, '> 0'),
+        ('ema_decay', 0 <= self.ema_decay < 1, 'in [0, 1)'),
+        ('plateau_patience', self.plateau_patience >= 1, '>= 1'),
+        ('plateau_factor', 0 < self.plateau_factor < 1, 'in (0, 1)')]
+    for field, ok, rule in checks:
+      if not ok:
+        raise errors.ConfigError(f'optim: {field} must be {rule}, got '
+                                 f'{getattr(self, field)!r}')
 
 
 def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
