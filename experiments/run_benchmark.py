@@ -13,7 +13,7 @@ the files named by flags are read. Writes samples/ and the metrics report.
 
 --num_targets=N evaluates a seeded random subset of N test rows (the CSP
 compositions, or the DNG reference) for CPU-budget runs; the report says so.
-The sampler (--sampler, --sample_steps, --step_lr, ...) defaults to the one
+The sampler (--sampler, --sample_steps, --sampler.step_lr, ...) defaults to the one
 stored with the run; the report records what ran and its network calls.
 --nounique_novel leaves out uniqueness and novelty (quadratic StructureMatcher
 work on a one-element set such as Carbon-24).
@@ -90,7 +90,8 @@ def main(argv):
   start = time.perf_counter()
   samples, timing = generate.sample_structures(
       spec, params, compositions, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
-      sampler=sampler_flags.sampler_config(config.sampling), progress=FLAGS.progress)
+      sampler=sampler_flags.sampler_config(config.sampling),
+      progress=FLAGS.progress)
   sample_wall = time.perf_counter() - start
   generate.set_source_rows(samples, rows)
   if FLAGS.task == 'csp':

@@ -5,7 +5,7 @@
   python experiments/sample.py --checkpoint RUN_DNG --num_samples 1000 --out DIR   (de novo)
   python experiments/sample.py --checkpoint RUN --sampler ddim --sample_steps 50 ...   (fewer calls)
 
-The sampler (--sampler, --sample_steps, --step_lr, ...) defaults to the settings
+The sampler (--sampler, --sample_steps, --sampler.step_lr, ...) defaults to the settings
 stored with the run; summary.json records what ran and its network calls.
 
 --out must be new or empty (or give --overwrite); it appears only when every
@@ -85,7 +85,8 @@ def main(argv):
   sampling_started = time.perf_counter()
   samples, timing = generate.sample_structures(
       spec, params, compositions, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
-      sampler=sampler_flags.sampler_config(config.sampling), lattices=lattices, progress=FLAGS.progress)
+      sampler=sampler_flags.sampler_config(config.sampling), lattices=lattices,
+      progress=FLAGS.progress)
   generate.set_source_rows(samples, rows)
   with outputs.output_folder(FLAGS.out, **_output()) as out:
     summary = generate.write_samples(out, samples, {

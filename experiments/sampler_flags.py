@@ -1,29 +1,23 @@
 """Sampler flags of train_ddpm.py (the defaults stored with the run),
 sample.py, run_benchmark.py and benchmark_sampling_steps.py (each left unset
 takes the value stored with the run, `TrainConfig.sampling`, set by its
-flag file from measurements). Only parsing lives here."""
+flag file from measurements). `--sampler.FIELD` flags are generated from
+the registered samplers' settings. Only parsing lives here."""
 import dataclasses
 
 from absl import flags
 
 from jaxcrystal import cli
+from jaxcrystal import config_flags
 from jaxcrystal.generative import samplers
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum('sampler', None, sorted(samplers.SAMPLERS),
-                  "pc, ddim (score models) or euler, heun, midpoint (flow "
-                  "models); default: the run's.")
+_SAMPLER = config_flags.define_component(
+    'sampler', samplers.SAMPLERS, "sampler (default: the run's; pc and ddim run "
+    'score models, euler, heun and midpoint flow models)')
 flags.DEFINE_integer('sample_steps', None, "Sampler time steps (default: the run's; "
                      'fewer than a score model\'s T run on a strided grid).')
-flags.DEFINE_float('step_lr', None, "Langevin corrector step scale of 'pc' "
-                   "(default: the run's).")
-flags.DEFINE_integer('corrector_steps', None, "Corrector steps per time step of "
-                     "'pc' (0: predictor only; default: the run's).")
-flags.DEFINE_float('anneal_slope', None, 'Anti-annealing slope of the flow '
-                   "samplers' coordinate velocity, 1 + s (1 - t) (0: off; "
-                   "default: the run's).")
 cli.at_least(1, 'sample_steps')
-cli.at_least(0, 'step_lr', 'corrector_steps', 'anneal_slope')
 
 
 def refuse_num_steps() -> None:
@@ -37,12 +31,17 @@ def refuse_num_steps() -> None:
               'are --sample_steps')
 
 
-_FIELDS = {'sampler': 'name', 'sample_steps': 'num_steps', 'step_lr': 'step_lr',
-           'corrector_steps': 'corrector_steps', 'anneal_slope': 'anneal_slope'}
-
-
 def sampler_config(stored: samplers.SamplerConfig) -> samplers.SamplerConfig:
-  """The run's stored sampler settings with the flags given on top."""
-  given = {field: FLAGS[flag].value for flag, field in _FIELDS.items()
-           if FLAGS[flag].value is not None}
-  return dataclasses.replace(stored, **given)
+  """The run's stored sampler settings with the flags given on top. Another
+  sampler than the run's keeps only the stored settings it also has
+  (euler's anneal_slope carries over to heun, pc's step_lr not to ddim)."""
+  config = stored
+  if FLAGS.sampler:
+    config = dataclasses.replace(stored, name=FLAGS.sampler)
+    if FLAGS.sampler in samplers.SAMPLERS:
+      own = {f.name for f in dataclasses.fields(samplers.SAMPLERS[FLAGS.sampler].defaults)}
+      config = dataclasses.replace(config, settings=tuple(
+          (k, v) for k, v in stored.settings if k in own))
+  if FLAGS.sample_steps is not None:
+    config = dataclasses.replace(config, num_steps=FLAGS.sample_steps)
+  return config.with_settings(**_SAMPLER.given())

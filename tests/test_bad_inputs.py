@@ -494,7 +494,7 @@ CLI_CASES = {
                              r"--formula: 'Og2O': element Og \(Z = 118\) is outside"),
     'not_a_formula': (['--formula=Xx2'], r"^error: flag --formula=Xx2: --formula: "
                       r"'Xx2' is not a chemical formula"),
-    'nan_step': (['--step_lr=nan'], r'^error: flag --step_lr=nan: '),
+    'nan_step': (['--sampler.step_lr=nan'], r'^error: flag --sampler\.step_lr=nan: '),
     'flow_sampler_on_a_score_run': (['--formula=Al4', '--sampler=heun'],
                                     r"^error: sampler 'heun' runs flow models; this "
                                     r"is a score model \(task 'csp'\): use one of "

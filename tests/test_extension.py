@@ -153,11 +153,27 @@ class ThresholdEncoder(nn.Module):
     return table[index]
 
 
-def ralston_sampler(model, config, trajectory_every):
+@dataclasses.dataclass(frozen=True)
+class TwoStageSettings(settings.Settings):
+  """The toy sampler's own setting.
+
+  Attributes:
+    alpha: where the second velocity is taken, a fraction of the step
+      (2/3: Ralston's method; 1/2: midpoint; 1: Heun).
+  """
+  alpha: float = 2 / 3
+
+  def validate(self):
+    if not 0 < self.alpha <= 1:
+      raise ValueError(f'alpha must be in (0, 1], got {self.alpha}')
+
+
+def two_stage_sampler(model, num_steps, settings, trajectory_every):
   """A new sampler in one function, written against the flow processes'
-  interface (`velocity`, `advance`) and touching no process: Ralston's
-  second-order Runge-Kutta, u = (u(t) + 3 u(t - 2h/3)) / 4."""
-  grid = model.time.reverse_grid(config.num_steps)
+  interface (`velocity`, `advance`) and touching no process: explicit
+  second-order Runge-Kutta, u = (1 - w) u(t) + w u(t - alpha h), w = 1/(2 alpha)."""
+  grid = model.time.reverse_grid(num_steps)
+  alpha, w = settings.alpha, 1 / (2 * settings.alpha)
 
   def velocities(params, template, xs, t):
     out, lost = sampling.network_outputs(model, params, template, xs, t)
@@ -170,9 +186,9 @@ def ralston_sampler(model, config, trajectory_every):
     t, t_prev = tt
     h = t - t_prev
     u1, lost1 = velocities(params, template, state.xs, t)
-    u2, lost2 = velocities(params, template, advance(template, state.xs, u1, 2 * h / 3),
-                           t - 2 * h / 3)
-    u = jax.tree.map(lambda a, b: 0.25 * a + 0.75 * b, u1, u2)
+    u2, lost2 = velocities(params, template, advance(template, state.xs, u1, alpha * h),
+                           t - alpha * h)
+    u = jax.tree.map(lambda a, b: (1 - w) * a + w * b, u1, u2)
     return state.replace(xs=advance(template, state.xs, u, h),
                          overflow=jnp.maximum(state.overflow, jnp.maximum(lost1, lost2)))
   return sampling.make_sample(model, step, grid, trajectory_every)
@@ -182,8 +198,8 @@ if 'toy_lattice_flow' not in processes.PROCESSES:
   processes.register_process('toy_lattice_flow',
                              lambda s, num_steps: LatticeFlow(s.prior_scale), PriorScale())
   networks.register_network('toy_cell_mlp', CellMLPScore, CellMLPSettings())
-  samplers.register_sampler('toy_ralston', ralston_sampler, 'flow',
-                            lambda config: 2 * config.num_steps)
+  samplers.register_sampler('toy_two_stage', two_stage_sampler, 'flow',
+                            lambda num_steps, settings: 2 * num_steps, TwoStageSettings())
   conditions_lib.register_condition('toy_threshold', ThresholdEncoder,
                                     ThresholdSettings())
   tasks.register_task('toy_cell_flow', tasks.Task(
@@ -212,10 +228,11 @@ def test_a_registered_process_and_network_train_and_sample(tmp_path):
   model, params, _, step = generate.load_run(tmp_path / 'run')
   assert isinstance(model.processes['lattice'], LatticeFlow) and step > 0
   for sampler in (samplers.SamplerConfig(),  # the flow default, euler
-                  samplers.SamplerConfig(name='toy_ralston', num_steps=10)):
+                  samplers.SamplerConfig(name='toy_two_stage', num_steps=10),
+                  samplers.SamplerConfig('toy_two_stage', 10).with_settings(alpha=0.5)):
     samples, timing = generate.sample_structures(model, params, [al.numbers] * 8,
                                                  sampler=sampler, progress=False)
-    assert timing['network_calls_per_structure'] == 20  # 20 Euler steps; 10 of Ralston
+    assert timing['network_calls_per_structure'] == 20  # 20 Euler steps; 10 of two stages
     for sample in samples:
       np.testing.assert_allclose(np.abs(sample.cell[:]), al.cell[:], atol=0.2)
       np.testing.assert_array_equal(sample.numbers, al.numbers)  # species are given
@@ -225,6 +242,16 @@ def test_a_registered_process_and_network_train_and_sample(tmp_path):
   untrained, _ = generate.sample_structures(model, fresh, [al.numbers] * 8,
                                             progress=False)
   assert all(np.abs(np.abs(s.cell[:]) - al.cell[:]).max() > 0.5 for s in untrained)
+  # the sampler's own setting reaches it, and a bad one is one line
+  cells = {alpha: generate.sample_structures(
+      model, fresh, [al.numbers] * 2, progress=False,
+      sampler=samplers.SamplerConfig('toy_two_stage', 4).with_settings(alpha=alpha))[0][0]
+      .cell[:] for alpha in (0.5, 1.0)}
+  assert np.abs(cells[0.5] - cells[1.0]).max() > 1e-4
+  with pytest.raises(errors.ConfigError, match=r"^sampler 'toy_two_stage': alpha must be"):
+    samplers.SamplerConfig('toy_two_stage').with_settings(alpha=0.0).resolve(model)
+  with pytest.raises(errors.ConfigError, match=r"^sampler 'euler': unknown setting"):
+    samplers.SamplerConfig().with_settings(alpha=0.5).resolve(model)
   assert (tmp_path / 'run' / 'training_curve.png').is_file()
   stored = json.loads((tmp_path / 'run' / 'config.json').read_text())['model']['processes']
   assert stored == [dict(variable='lattice', process='toy_lattice_flow',

@@ -1,7 +1,6 @@
 """Flow matching (issue 17): the straight paths and their targets, the ODE
 integrators against an oracle velocity, and the few-step samplers of score
 models (strided predictor-corrector, DDIM) against exact updates."""
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -151,7 +150,8 @@ def test_anneal_slope_scales_only_coordinates():
   _ORACLE['batch'] = batch
   model = model_lib.build(model_lib.ModelConfig(task='oracle_csp_flow', num_steps=10))
   run = lambda slope: jax.jit(samplers.get_sampler(model, samplers.SamplerConfig(
-      name='euler', num_steps=2, anneal_slope=slope)))(jax.random.PRNGKey(0), {}, batch)[0]
+      name='euler', num_steps=2).with_settings(anneal_slope=slope)))(
+          jax.random.PRNGKey(0), {}, batch)[0]
   plain, annealed = run(0.0), run(3.0)
   np.testing.assert_allclose(plain.lattice, annealed.lattice, atol=1e-5)
   assert np.abs(np.asarray(plain.frac - annealed.frac)).max() > 1e-3
@@ -276,8 +276,15 @@ def test_sampler_config_refuses_what_cannot_run():
   assert samplers.SamplerConfig().calls_per_structure(score_model) == 40
   assert samplers.SamplerConfig(name='heun', num_steps=50).calls_per_structure(
       flow_model) == 99
-  assert dataclasses.asdict(samplers.SamplerConfig()) == dataclasses.asdict(
-      samplers.SamplerConfig(**dataclasses.asdict(samplers.SamplerConfig())))
+  tuned = samplers.SamplerConfig('pc', 20).with_settings(step_lr=5e-6)
+  assert samplers.SamplerConfig.from_dict(tuned.to_dict()) == tuned
+  # the flat form runs stored before the samplers owned their settings
+  assert samplers.SamplerConfig.from_dict(dict(
+      name='pc', num_steps=20, step_lr=5e-6, corrector_steps=1, anneal_slope=0.0)) == tuned
+  assert tuned.calls_per_structure(score_model) == 40
+  assert tuned.with_settings(corrector_steps=0).calls_per_structure(score_model) == 20
+  with pytest.raises(errors.ConfigError, match=r"^sampler 'heun': unknown setting"):
+    samplers.SamplerConfig('heun').with_settings(step_lr=1e-5).resolve(flow_model)
 
 
 def test_process_views_of_a_flow_model(keys):

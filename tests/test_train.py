@@ -513,7 +513,7 @@ def test_every_training_flag_file_composes_into_a_valid_config():
   flow_cpu = resolved['perov5_csp_flow_cpu.flags']
   assert flow_cpu['model']['network']['settings']['hidden'] == 128
   assert (flow_cpu['max_atoms'], flow_cpu['optim']['schedule'],
-          flow_cpu['train_steps'], flow_cpu['sampling']['anneal_slope']) == \
+          flow_cpu['train_steps'], flow_cpu['sampling']['settings']['anneal_slope']) == \
       (20, 'cosine', 16000, 5.0)
   big = resolved['carbon24_dng.flags']
   assert big['model']['network']['settings']['hidden'] == 512

@@ -89,7 +89,8 @@ class TrainConfig:
     self.loss_weights.validate()
 
   def to_dict(self) -> dict:
-    return dict(dataclasses.asdict(self), model=self.model.to_dict())
+    return dict(dataclasses.asdict(self), model=self.model.to_dict(),
+                sampling=self.sampling.to_dict())
 
   @classmethod
   def from_dict(cls, d: dict) -> 'TrainConfig':
@@ -98,7 +99,7 @@ class TrainConfig:
     d['model'] = model_lib.ModelConfig.from_dict(d['model'])
     d['optim'] = state_lib.OptimConfig(**d['optim'])
     d['loss_weights'] = losses.LossWeights(**d['loss_weights'])
-    d['sampling'] = samplers.SamplerConfig(**d.get('sampling', {}))
+    d['sampling'] = samplers.SamplerConfig.from_dict(d.get('sampling', {}))
     return cls(**d)
 
 
