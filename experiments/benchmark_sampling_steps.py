@@ -36,7 +36,7 @@ from jaxcrystal.recipes import sampler_curves
 
 FLAGS = flags.FLAGS
 sampler_flags.refuse_num_steps()
-flags.DEFINE_string('checkpoint', None, 'Training workdir.')
+flags.DEFINE_string('checkpoint', None, 'Training workdir or model file (pretrained/NAME).')
 flags.DEFINE_string('which', 'best', "'best', 'latest' or a checkpoint's step.")
 flags.DEFINE_string('test_csv', None, 'Test (or val) file: one sample per row.')
 flags.DEFINE_list('calls', ['10', '20', '50', '100', '200', '500', '2000'],
@@ -62,7 +62,7 @@ flags.register_validator('calls', lambda v: all(c.isdigit() and int(c) >= 1 for 
                          message='--calls must be positive integers')
 flags.register_validator('which', lambda v: v in ('best', 'latest') or v.isdigit(),
                          message="--which must be 'best', 'latest' or a step")
-cli.existing_dir('checkpoint', 'a training workdir')
+cli.trained_model('checkpoint')
 cli.existing_file('test_csv', optional=True)
 cli.at_least(0, 'num_targets', 'first_rows')
 cli.at_least(1, 'batch_size', 'workers')

@@ -37,7 +37,7 @@ FLAGS = flags.FLAGS
 sampler_flags.refuse_num_steps()
 flags.DEFINE_enum('task', None, ['csp', 'dng'], 'Benchmark task.')
 flags.DEFINE_enum('dataset', None, ['perov_5', 'carbon_24', 'mp_20'], 'Dataset.')
-flags.DEFINE_string('checkpoint', None, 'Training workdir.')
+flags.DEFINE_string('checkpoint', None, 'Training workdir or model file (pretrained/NAME).')
 flags.DEFINE_enum('which', 'best', ['best', 'latest'], 'Which checkpoint.')
 flags.DEFINE_string('test_csv', None, 'Test (or val) CSV to evaluate against.')
 flags.DEFINE_integer('num_samples', 1, 'CSP: samples per composition; DNG: total.')
@@ -53,7 +53,7 @@ flags.DEFINE_bool('skip_bad', False, 'Skip unusable rows of --test_csv '
                   '(reported, and in skipped_rows.json) instead of stopping.')
 flags.DEFINE_bool('progress', True, 'Show progress bars.')
 flags.mark_flags_as_required(['task', 'dataset', 'checkpoint', 'test_csv', 'out'])
-cli.existing_dir('checkpoint', 'a training workdir')
+cli.trained_model('checkpoint')
 cli.existing_file('test_csv')
 cli.at_least(1, 'num_samples', 'batch_size', 'workers')
 cli.at_least(0, 'num_targets')
@@ -86,7 +86,8 @@ def main(argv):
     compositions, rows = evaluation.csp_compositions(test, FLAGS.num_samples)
   else:
     compositions, _, _, _ = generate.compositions_for_request(
-        config, num_samples=FLAGS.num_samples, seed=FLAGS.seed)
+        config, num_samples=FLAGS.num_samples, seed=FLAGS.seed,
+        atom_counts=generate.recorded_atom_counts(FLAGS.checkpoint))
   start = time.perf_counter()
   samples, timing = generate.sample_structures(
       spec, params, compositions, batch_size=FLAGS.batch_size, seed=FLAGS.seed,

@@ -28,7 +28,8 @@ from jaxcrystal.generative import generate
 
 FLAGS = flags.FLAGS
 sampler_flags.refuse_num_steps()
-flags.DEFINE_string('checkpoint', None, 'Training workdir to sample from.')
+flags.DEFINE_string('checkpoint', None, 'Training workdir or model file '
+                    '(pretrained/NAME) to sample from.')
 flags.DEFINE_string('which', 'best', "Which checkpoint: 'best', 'latest' or a "
                     "periodic checkpoint's step.")
 flags.DEFINE_integer('num_samples', 100, 'Samples (for --formula or de novo).')
@@ -49,7 +50,7 @@ flags.DEFINE_string('out', None, 'Output folder (new or empty).')
 flags.DEFINE_bool('overwrite', False, 'Replace what --out holds.')
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 flags.mark_flags_as_required(['checkpoint', 'out'])
-cli.existing_dir('checkpoint', 'a training workdir')
+cli.trained_model('checkpoint')
 cli.existing_file('compositions_from', 'atom_counts_from', optional=True)
 cli.at_least(1, 'num_samples', 'samples_per_composition', 'batch_size')
 cli.at_least(0, 'max_atoms')
@@ -74,7 +75,8 @@ def main(argv):
       config, formula=FLAGS.formula, compositions_from=FLAGS.compositions_from,
       samples_per_composition=FLAGS.samples_per_composition,
       num_samples=FLAGS.num_samples, atom_counts_from=FLAGS.atom_counts_from,
-      seed=FLAGS.seed, skip_bad=FLAGS.skip_bad)
+      seed=FLAGS.seed, skip_bad=FLAGS.skip_bad,
+      atom_counts=generate.recorded_atom_counts(FLAGS.checkpoint))
   if report is not None and report.skipped:
     print(report.summary())
   generate.check_size_budget(

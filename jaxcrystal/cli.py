@@ -140,6 +140,15 @@ def existing_dir(name: str, what: str) -> None:
                            message=f'--{name} must be {what}')
 
 
+def trained_model(name: str) -> None:
+  """A training run directory or a model file (`pretrained/NAME` finds
+  `pretrained/NAME.jcm`)."""
+  from jaxcrystal.generative import model_file
+  flags.register_validator(
+      name, lambda v: v is None or os.path.isdir(v) or model_file.resolve(v) is not None,
+      message=f'--{name} must be a training workdir or a model file (.jcm)')
+
+
 def formula(name: str) -> None:
   """A chemical formula whose elements the models know (empty allowed)."""
   from jaxcrystal.data import readers

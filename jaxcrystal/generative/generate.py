@@ -21,6 +21,7 @@ from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.data import io as io_lib
 from jaxcrystal.data import readers
 from jaxcrystal.generative import model as model_lib
+from jaxcrystal.generative import model_file
 from jaxcrystal.generative import samplers
 from jaxcrystal.generative import sampling
 from jaxcrystal.generative import tasks
@@ -30,14 +31,31 @@ from jaxcrystal.training import checkpoints
 
 
 def load_run(workdir: str | Path, which: str = 'best', use_ema: bool = True):
-  """Model, parameters and config of a training run directory.
+  """Model, parameters and config of a training run directory or of a
+  model file (`model_file.py`: `pretrained/NAME` finds `pretrained/NAME.jcm`).
 
   Restores only the (EMA) parameters: no optimizer is built. Runs written
   before the package layout changed load as they are (same config.json and
   parameter tree); a checkpoint that does not fit its config stops with a
-  message naming the differences.
+  message naming the differences. A model file holds one checkpoint, the
+  one it was exported from: `which` other than 'best' is refused.
   Returns (model, params, config, step).
   """
+  file = model_file.resolve(workdir)
+  if file is not None:
+    meta, arrays = model_file.read(file)
+    if which != 'best' or not use_ema:
+      raise errors.UserError(f'{file}: a model file holds one checkpoint (step '
+                             f"{meta['step']}, the EMA parameters); --which selects "
+                             'checkpoints of run directories')
+    try:
+      config = train.TrainConfig.from_dict(meta['config'])
+    except (errors.UserError, TypeError, KeyError) as err:
+      raise model_file.ModelFileError(f'{file}: its config cannot be read ({err})') from None
+    model = model_lib.build(config.model)
+    like = jax.eval_shape(model.init_params, jax.random.PRNGKey(0), batch_lib.to_device(
+        _example_batch(config.model.properties)))
+    return model, model_file.params_like(meta, arrays, like, file), config, meta['step']
   workdir = Path(workdir)
   config = checkpoints.read_config(
       workdir, train.TrainConfig.from_dict,
@@ -49,16 +67,36 @@ def load_run(workdir: str | Path, which: str = 'best', use_ema: bool = True):
   return model, params, config, step
 
 
+def recorded_data(workdir: str | Path) -> dict:
+  """What a run (directory or model file) recorded of its training data:
+  {} if nothing (`train.data_record` says what)."""
+  file = model_file.resolve(workdir)
+  try:
+    if file is not None:
+      record = model_file.read(file)[0]['config'].get('data')
+    else:
+      record = json.loads((Path(workdir) / 'config.json').read_text()).get('data')
+  except (OSError, ValueError, AttributeError):
+    record = None
+  return record if isinstance(record, dict) else {}
+
+
 def size_budget(workdir: str | Path, config: train.TrainConfig) -> int:
   """The largest structure (atoms) a run's model may be asked for: the
-  largest it was trained on (`config.json`, 'data'), or for runs that did
-  not record it, the run's `max_atoms` limit."""
-  try:
-    record = json.loads((Path(workdir) / 'config.json').read_text()).get('data') or {}
-  except (OSError, ValueError, AttributeError):
-    record = {}
-  largest = record.get('largest_structure')
+  largest it was trained on (`recorded_data`), or for runs that did not
+  record it, the run's `max_atoms` limit."""
+  largest = recorded_data(workdir).get('largest_structure')
   return int(largest) if isinstance(largest, int) and largest > 0 else config.max_atoms
+
+
+def recorded_atom_counts(workdir: str | Path) -> list[int] | None:
+  """Atoms per crystal of the run's training data, one entry per crystal,
+  from its recorded histogram (None if it recorded none)."""
+  histogram = recorded_data(workdir).get('atom_counts')
+  if not isinstance(histogram, dict) or not histogram:
+    return None
+  return [int(n) for n, count in sorted(histogram.items(), key=lambda kv: int(kv[0]))
+          for _ in range(int(count))]
 
 
 def check_size_budget(compositions: Sequence[Sequence[int]], budget: int,
@@ -206,9 +244,12 @@ def compositions_for_request(config: train.TrainConfig, *, formula: str = '',
                              compositions_from: str = '',
                              samples_per_composition: int = 1,
                              num_samples: int = 100, atom_counts_from: str = '',
-                             seed: int = 0, skip_bad: bool = False):
+                             seed: int = 0, skip_bad: bool = False,
+                             atom_counts: Sequence[int] | None = None):
   """What to sample: a formula repeated, every row of a file (K times each),
-  or de novo atom counts drawn from the training (or given) distribution.
+  or de novo atom counts drawn from the training distribution: the file
+  `atom_counts_from`, else `atom_counts` (atoms per training crystal, e.g.
+  `recorded_atom_counts`), else the config's training file.
 
   Returns (compositions, lattices, source_rows, report): lattices are the
   file's cells for tasks that do not generate the cell (else None);
@@ -242,8 +283,38 @@ def compositions_for_request(config: train.TrainConfig, *, formula: str = '',
   if not task.generates_types:
     raise errors.UserError(f'a {config.model.task} model needs --formula or '
                            '--compositions_from (it does not generate atom types)')
-  source = atom_counts_from or config.train_data
-  structures, _ = train.load_structures(source, config)
-  counts = sampling.sample_atom_counts(np.random.default_rng(seed),
-                                       [len(s) for s in structures], num_samples)
+  if atom_counts_from or not atom_counts:
+    structures, _ = train.load_structures(atom_counts_from or config.train_data, config)
+    atom_counts = [len(s) for s in structures]
+  counts = sampling.sample_atom_counts(np.random.default_rng(seed), atom_counts,
+                                       num_samples)
   return [np.ones(int(n), int) for n in counts], None, None, None  # types generated
+
+
+def export_run(workdir: str | Path, out: str | Path, which: str = 'best') -> tuple[Path, dict]:
+  """Write a run's (EMA) parameters of checkpoint `which` with its resolved
+  config, data record and sampler defaults as one model file
+  (`model_file.py`); `out` gets the `.jcm` suffix if it has none. Runs that
+  did not record their atoms-per-crystal histogram (before it was recorded)
+  get it from their training file, which must then be readable.
+  Returns (path written, meta)."""
+  model, params, config, step = load_run(workdir, which)
+  if model_file.resolve(workdir) is not None:
+    raise errors.UserError(f'{workdir}: already a model file; export takes a run directory')
+  record = dict(recorded_data(workdir))
+  if not record.get('atom_counts'):
+    try:
+      structures, _ = train.load_structures(config.train_data, config)
+    except (errors.UserError, OSError) as err:
+      raise errors.UserError(
+          f'{workdir}: the run did not record its atoms-per-crystal histogram and '
+          f'its training file {config.train_data!r} cannot be read to make it ({err})'
+      ) from None
+    record.update(atom_counts=train.atom_count_histogram(structures),
+                  largest_structure=max(len(s) for s in structures))
+  out = Path(out)
+  if out.suffix != model_file.SUFFIX:
+    out = out.with_name(out.name + model_file.SUFFIX)
+  meta = model_file.write(out, params, dict(config.to_dict(), data=record), step, which,
+                          extra=dict(exported_from=Path(workdir).name))
+  return out, meta

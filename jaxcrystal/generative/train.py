@@ -208,12 +208,20 @@ def load_structures(path: str, config: TrainConfig):
 def data_record(config: TrainConfig, train_structures) -> dict:
   """What a run stores of its data in `config.json` under 'data', so that
   `--resume` refuses changed files and sampling knows its size budget:
-  the sha256 of each data file (None for the built-in set or none) and the
-  largest structure trained on (atoms)."""
+  the sha256 of each data file (None for the built-in set or none), the
+  largest structure trained on (atoms) and the histogram of atoms per
+  crystal {atoms: crystals}, which de novo sampling draws from."""
   sha = lambda path: io_lib.file_sha256(path) if path not in ('', 'builtin') else None
   return {'train_data_sha256': sha(config.train_data),
           'val_data_sha256': sha(config.val_data),
-          'largest_structure': max(len(s) for s in train_structures)}
+          'largest_structure': max(len(s) for s in train_structures),
+          'atom_counts': atom_count_histogram(train_structures)}
+
+
+def atom_count_histogram(structures) -> dict[str, int]:
+  """{atoms per crystal (as a string, for JSON): crystals}, sorted."""
+  counts = np.bincount([len(s) for s in structures])
+  return {str(n): int(c) for n, c in enumerate(counts) if c}
 
 
 def data_inputs(config: TrainConfig) -> dict[str, str]:
