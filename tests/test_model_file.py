@@ -126,3 +126,30 @@ def test_the_scripts_take_a_model_file_and_refuse_a_bad_one_in_one_line(exported
   res = run('experiments/export_model.py', f'--run={RUN}', f'--out={tmp_path / "m"}',
             '--which=999')
   assert res.returncode == 2 and 'no checkpoint at step 999' in res.stderr
+
+
+def test_mixed_sizes_sample_by_size_class_in_request_order():
+  """`sample_structures` pads each size class only to its own largest
+  crystal (one compile per class) and returns the request's order; a
+  request of one size is exactly the single padded batch it always was."""
+  from jaxcrystal.data import batch as batch_lib
+  from jaxcrystal.generative import samplers
+  from jaxcrystal.generative import sampling
+  import jax
+  model, params, config, _ = generate.load_run(RUN)
+  comps = [np.array([13] * 4), np.array([6] * 16), np.array([26] * 2),
+           np.array([6] * 8), np.array([13] * 4)]
+  samples, timing = generate.sample_structures(model, params, comps, seed=0,
+                                               progress=False)
+  assert [list(s.numbers) for s in samples] == [list(c) for c in comps]
+  assert (timing['size_classes'], timing['batches']) == (3, 3)
+  # one size: the single batch padded to the request's largest crystal
+  same = [np.array([6] * 8)] * 3
+  got, _ = generate.sample_structures(model, params, same, seed=5, progress=False)
+  budget = batch_lib.Budget(4, 32, 8)
+  template = batch_lib.to_device(sampling.template_from_compositions(same, budget))
+  want, _, _ = jax.jit(samplers.get_sampler(model, samplers.SamplerConfig()))(
+      jax.random.fold_in(jax.random.PRNGKey(5), 0), params, template)
+  for atoms, ref in zip(got, batch_lib.batch_to_atoms(jax.device_get(want))):
+    np.testing.assert_array_equal(atoms.cell[:], ref.cell[:])
+    np.testing.assert_array_equal(atoms.positions, ref.positions)

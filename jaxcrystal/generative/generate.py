@@ -118,6 +118,11 @@ def _example_batch(properties=()):
                                     properties=properties)
 
 
+# Sampling batches group compositions whose atom counts round up to the same
+# multiple of this: one compile per class, padding only within it.
+SIZE_CLASS = 4
+
+
 def sample_structures(model: model_lib.Model, params,
                       compositions: Sequence[Sequence[int]], *,
                       sampler: samplers.SamplerConfig = samplers.SamplerConfig(),
@@ -127,8 +132,13 @@ def sample_structures(model: model_lib.Model, params,
                       progress: bool = True) -> tuple[list[ase.Atoms], dict]:
   """Sample one structure per composition (atomic numbers; for de novo, only
   the count matters) with the configured sampler (`samplers.py`; a run's
-  stored defaults are `config.sampling`). Batches share one padded budget so
-  the sampler compiles once. Returns (structures, timing): timing holds
+  stored defaults are `config.sampling`). Compositions are grouped by size
+  class (atoms rounded up to a multiple of `SIZE_CLASS`), each class padded
+  only to its own largest structure and sampled in batches of one budget,
+  so the sampler compiles once per class and small crystals do not pay for
+  the largest (a request of one size is one class: batches in request
+  order, as before). Structures come back in request order. Returns
+  (structures, timing): timing holds
   compile_s, sample_s (the compiled sampler: the network), host_batching_s
   (building templates, unpacking results) and the resolved sampler settings
   with `network_calls_per_structure`. Raises `neighbors.GraphOverflowError`
@@ -137,17 +147,24 @@ def sample_structures(model: model_lib.Model, params,
   composition} for a conditioned model (see `conditions.py`)."""
   if not len(compositions):
     raise ValueError('no compositions to sample')
-  max_n = max(len(c) for c in compositions)
-  size = min(batch_size, len(compositions))
-  budget = batch_lib.Budget(size + 1, int(np.ceil((size * max_n + 1) / 8) * 8), max_n)
+  classes: dict[int, list[int]] = {}
+  for i, c in enumerate(compositions):
+    classes.setdefault(-(-len(c) // SIZE_CLASS), []).append(i)
+  plan = []  # (indices, budget) per batch
+  for _, members in sorted(classes.items()):
+    max_n = max(len(compositions[i]) for i in members)
+    size = min(batch_size, len(members))
+    budget = batch_lib.Budget(size + 1, int(np.ceil((size * max_n + 1) / 8) * 8), max_n)
+    plan += [(chunk, budget) for chunk in sampling.split_into_batches(members, size)]
   resolved = sampler.resolve(model)
   sample_fn = jax.jit(samplers.get_sampler(model, resolved))
-  out = []
+  out: list = [None] * len(compositions)
+  compiled = {}
   timing = {'compile_s': 0.0, 'sample_s': 0.0, 'host_batching_s': 0.0,
-            'sampler': dataclasses.asdict(resolved),
+            'sampler': resolved.to_dict(), 'batches': len(plan),
+            'size_classes': len(classes),
             'network_calls_per_structure': resolved.calls_per_structure(model)}
-  chunks = sampling.split_into_batches(list(range(len(compositions))), size)
-  for k, chunk in enumerate(tqdm(chunks, desc='sampling', disable=not progress)):
+  for k, (chunk, budget) in enumerate(tqdm(plan, desc='sampling', disable=not progress)):
     t0 = time.perf_counter()
     comps = [compositions[i] for i in chunk]
     lats = [lattices[i] for i in chunk] if lattices is not None else None
@@ -157,16 +174,17 @@ def sample_structures(model: model_lib.Model, params,
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), k)
     timing['host_batching_s'] += time.perf_counter() - t0
     t0 = time.perf_counter()
-    if k == 0:
-      compiled = sample_fn.lower(rng, params, template).compile()
-      timing['compile_s'] = time.perf_counter() - t0
+    if budget not in compiled:
+      compiled[budget] = sample_fn.lower(rng, params, template).compile()
+      timing['compile_s'] += time.perf_counter() - t0
       t0 = time.perf_counter()
-    result, _, overflow = compiled(rng, params, template)
+    result, _, overflow = compiled[budget](rng, params, template)
     result = jax.block_until_ready(result)
     neighbors.check_overflow(overflow, f'sampling batch {k}')
     timing['sample_s'] += time.perf_counter() - t0
     t0 = time.perf_counter()
-    out.extend(batch_lib.batch_to_atoms(jax.device_get(result)))
+    for i, atoms in zip(chunk, batch_lib.batch_to_atoms(jax.device_get(result))):
+      out[i] = atoms
     timing['host_batching_s'] += time.perf_counter() - t0
   return out, timing
 
