@@ -4,7 +4,6 @@ Used by `experiments/sample.py` and the quickstart.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import time
