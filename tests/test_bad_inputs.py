@@ -517,7 +517,7 @@ CLI_CASES = {
                   r"--which must be 'best', 'latest' or a checkpoint's step$"),
     'missing_checkpoint': (['--checkpoint=/nonexistent'], r'^error: flag '
                            r'--checkpoint=/nonexistent: --checkpoint must be a '
-                           r'training workdir$'),
+                           r'training workdir or a model file \(\.jcm\)$'),
 }
 
 

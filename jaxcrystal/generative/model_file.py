@@ -46,6 +46,8 @@ def resolve(path: str | Path) -> Path | None:
   path = Path(path)
   if path.is_file():
     return path
+  if not path.name:  # '', '.', '/': a folder at most
+    return None
   with_suffix = path.with_name(path.name + SUFFIX)
   return with_suffix if with_suffix.is_file() else None
 
