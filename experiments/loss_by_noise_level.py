@@ -49,7 +49,7 @@ def _output() -> dict:
 def main(argv):
   logging.set_verbosity(logging.WARNING)
   outputs.check_writable(FLAGS.out, **_output())
-  spec, params, config, step = generate.load_run(FLAGS.checkpoint, FLAGS.which)
+  model, params, config, step = generate.load_run(FLAGS.checkpoint, FLAGS.which)
   data = FLAGS.data or config.val_data
   if not data:
     raise app.UsageError(f'--data: the run in {FLAGS.checkpoint} has no val data; '
@@ -58,7 +58,7 @@ def main(argv):
   dataset = data_lib.BucketedDataset(structures, FLAGS.batch_size)
   try:
     result = train.loss_by_noise_level(
-        spec, params, dataset, [int(t) for t in FLAGS.timesteps],
+        model, params, dataset, [int(t) for t in FLAGS.timesteps],
         weights=config.loss_weights, seed=FLAGS.seed, progress=FLAGS.progress)
   except ValueError as err:
     raise app.UsageError(f'--timesteps: {err}') from err

@@ -70,8 +70,8 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   outputs.check_writable(FLAGS.out, **_output())
-  spec, params, config, step = generate.load_run(FLAGS.checkpoint, FLAGS.which)
-  if ('dng' if spec.task.generates_types else 'csp') != FLAGS.task:
+  model, params, config, step = generate.load_run(FLAGS.checkpoint, FLAGS.which)
+  if ('dng' if model.task.generates_types else 'csp') != FLAGS.task:
     raise app.UsageError(f'--checkpoint is a {config.model.task} model, not {FLAGS.task}')
   test_all, report = readers.read_structures(
       FLAGS.test_csv, skip_bad=FLAGS.skip_bad, progress=FLAGS.progress)
@@ -90,7 +90,7 @@ def main(argv):
         atom_counts=generate.recorded_atom_counts(FLAGS.checkpoint))
   start = time.perf_counter()
   samples, timing = generate.sample_structures(
-      spec, params, compositions, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
+      model, params, compositions, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
       sampler=sampler_flags.sampler_config(config.sampling),
       progress=FLAGS.progress)
   sample_wall = time.perf_counter() - start

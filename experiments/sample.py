@@ -70,7 +70,7 @@ def main(argv):
   started = time.perf_counter()
   logging.set_verbosity(logging.WARNING)
   outputs.check_writable(FLAGS.out, **_output())  # before any work
-  spec, params, config, step = generate.load_run(FLAGS.checkpoint, FLAGS.which)
+  model, params, config, step = generate.load_run(FLAGS.checkpoint, FLAGS.which)
   compositions, lattices, rows, report = generate.compositions_for_request(
       config, formula=FLAGS.formula, compositions_from=FLAGS.compositions_from,
       samples_per_composition=FLAGS.samples_per_composition,
@@ -86,7 +86,7 @@ def main(argv):
       else 'de novo atom counts')
   sampling_started = time.perf_counter()
   samples, timing = generate.sample_structures(
-      spec, params, compositions, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
+      model, params, compositions, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
       sampler=sampler_flags.sampler_config(config.sampling), lattices=lattices,
       progress=FLAGS.progress)
   generate.set_source_rows(samples, rows)

@@ -38,17 +38,17 @@ def _describe(process, t: int) -> str:
   return ''
 
 
-def forward_snapshots(rng: jax.Array, spec: model_lib.Model, atoms: ase.Atoms,
+def forward_snapshots(rng: jax.Array, model: model_lib.Model, atoms: ase.Atoms,
                       fractions: Sequence[float] = DEFAULT_FRACTIONS
                       ) -> tuple[list[ase.Atoms], list[str]]:
   """`atoms` noised by every process of the model at t = fraction * T.
 
   Returns (frames, labels), one per fraction; t = 0 is the clean structure.
   """
-  T = spec.time.num_steps
+  T = model.time.num_steps
   base = batch_lib.to_device(batch_lib.batch_from_atoms([atoms]))
   frames, labels = [], []
-  grid = (list(fractions) if isinstance(spec.time, times_lib.ContinuousTime)
+  grid = (list(fractions) if isinstance(model.time, times_lib.ContinuousTime)
           else _steps(T, fractions))
   for t, key in zip(grid, jax.random.split(rng, len(fractions))):
     if t == 0:
@@ -57,39 +57,39 @@ def forward_snapshots(rng: jax.Array, spec: model_lib.Model, atoms: ase.Atoms,
       continue
     _, stream_key = model_lib.stream_keys(key, 2, SNAPSHOT_SLOTS)
     xs = {}
-    for name, p in spec.processes.items():
-      rows = spec.time.full(t, base.num_graph_slots if p.per == 'graph'
+    for name, p in model.processes.items():
+      rows = model.time.full(t, base.num_graph_slots if p.per == 'graph'
                             else base.num_atom_slots)
       xs[name] = p.noise(stream_key(p.stream), base, rows)[0]
-    noisy = spec.finalize(base, xs)
+    noisy = model.finalize(base, xs)
     frames.append(batch_lib.batch_to_atoms(jax.device_get(noisy))[0])
-    parts = [_describe(p, t) for p in spec.processes.values()]
+    parts = [_describe(p, t) for p in model.processes.values()]
     labels.append(f't = {t} ({", ".join(x for x in parts if x)})')
   return frames, labels
 
 
-def sampling_trajectory(rng: jax.Array, spec: model_lib.Model, params,
+def sampling_trajectory(rng: jax.Array, model: model_lib.Model, params,
                         composition: Sequence[int], num_frames: int = 5,
                         sampler: samplers.SamplerConfig = samplers.SamplerConfig()
                         ) -> tuple[list[ase.Atoms], list[str]]:
   """Sample one crystal of `composition` (atomic numbers) and return
   `num_frames` evenly spaced states of its trajectory, ending at the sample.
   Tasks that do not generate the cell need one and are not supported here."""
-  if not spec.task.generates_lattice:
+  if not model.task.generates_lattice:
     raise ValueError(f'sampling_trajectory needs a model that generates the cell '
-                     f'({spec.config.task!r} does not)')
-  sampler = sampler.resolve(spec)
+                     f'({model.config.task!r} does not)')
+  sampler = sampler.resolve(model)
   T = sampler.num_steps
   every = _trajectory_stride(T, num_frames)
   template = batch_lib.to_device(
       sampling.template_from_compositions([list(composition)]))
-  sample = jax.jit(samplers.get_sampler(spec, sampler, trajectory_every=every))
+  sample = jax.jit(samplers.get_sampler(model, sampler, trajectory_every=every))
   _, traj, _ = sample(rng, params, template)
   chunks = next(iter(traj.values())).shape[0]
   picks = np.unique(np.linspace(0, chunks - 1, num_frames).round().astype(int))
   frames, labels = [], []
   for k in picks:
-    state = spec.finalize(template, {name: x[k] for name, x in traj.items()})
+    state = model.finalize(template, {name: x[k] for name, x in traj.items()})
     frames.append(batch_lib.batch_to_atoms(jax.device_get(state))[0])
     labels.append(f'step {(k + 1) * every} of {T} ({sampler.name})')
   return frames, labels
