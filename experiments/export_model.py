@@ -27,10 +27,7 @@ cli.checkpoint_choice('which')
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  target = FLAGS.out if FLAGS.out.endswith('.jcm') else FLAGS.out + '.jcm'
-  if os.path.exists(target) and not FLAGS.overwrite:
-    cli.fail(f'--out: {target} exists; --overwrite replaces it')
-  path, meta = generate.export_run(FLAGS.run, FLAGS.out, FLAGS.which)
+  path, meta = generate.export_run(FLAGS.run, FLAGS.out, FLAGS.which, FLAGS.overwrite)
   size = os.path.getsize(path) / 1e6
   print(f'{path}: step {meta["step"]} ({meta["which"]}), '
         f'{sum(math.prod(p["shape"]) for p in meta["params"]):,} '

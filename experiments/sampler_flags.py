@@ -13,7 +13,8 @@ from jaxcrystal.generative import samplers
 
 FLAGS = flags.FLAGS
 _SAMPLER = config_flags.define_component(
-    'sampler', samplers.SAMPLERS, "sampler (default: the run's; pc and ddim run "
+    'sampler', samplers.SAMPLERS, "the sampler ('' = the run's; in training, the "
+    "model's default; pc and ddim run "
     'score models, euler, heun and midpoint flow models)')
 flags.DEFINE_integer('sample_steps', None, "Sampler time steps (default: the run's; "
                      'fewer than a score model\'s T run on a strided grid).')

@@ -88,31 +88,24 @@ def _caller_module() -> str:
   return sys._getframe(2).f_globals.get('__name__', '__main__')
 
 
-def define_fields(cls, prefix: str = '', skip: tuple = (),
-                  flag_values=flags.FLAGS, module: str | None = None) -> tuple[str, ...]:
+def define_fields(cls, prefix: str = '', flag_values=flags.FLAGS,
+                  module: str | None = None) -> None:
   """One flag per scalar field of dataclass `cls` (`{prefix}{field}`), its
-  default the field's; returns the flag names."""
+  default the field's, its help the field's docstring line."""
   module = module or _caller_module()
   helps = field_help(cls)
-  names = []
   for name, kind, default in scalar_fields(cls):
-    if name in skip:
-      continue
     if name not in helps:
       raise ValueError(f'{cls.__name__}.{name} has no line in its docstring\'s '
                        'Attributes: section (it becomes the flag\'s help)')
     _DEFINE[kind](prefix + name, default, helps[name], flag_values=flag_values,
                   module_name=module)
-    names.append(prefix + name)
-  return tuple(names)
 
 
-def read_fields(cls, prefix: str = '', base=None, flag_values=flags.FLAGS,
-                skip: tuple = ()):
+def read_fields(cls, prefix: str = '', base=None, flag_values=flags.FLAGS):
   """`base` (default: `cls()`) with the flags of `define_fields` in place."""
   base = cls() if base is None else base
-  values = {name: flag_values[prefix + name].value
-            for name, _, _ in scalar_fields(cls) if name not in skip}
+  values = {name: flag_values[prefix + name].value for name, _, _ in scalar_fields(cls)}
   return dataclasses.replace(base, **values)
 
 
@@ -132,13 +125,18 @@ class ComponentFlags:
     return {f: flag_values[f'{self.slot}.{f}'].value for f in self.fields
             if flag_values[f'{self.slot}.{f}'].value is not None}
 
+  def named(self, flag_values=flags.FLAGS) -> list[str]:
+    """The slot's flags set on the command line, as `--name`."""
+    return [f'--{self.choice_flag}'] * bool(self.choice(flag_values)) + [
+        f'--{self.slot}.{f}' for f in self.given(flag_values)]
+
 
 def define_component(slot: str, registry, what: str, choice_flag: str | None = None,
                      flag_values=flags.FLAGS, module: str | None = None) -> ComponentFlags:
-  """`--{choice_flag}` (default `--{slot}`): a name from `registry` ('' =
-  the task's), and `--{slot}.{field}` for every settings field of every
-  registered component; each help names the components that have it, with
-  their defaults."""
+  """`--{choice_flag}` (default `--{slot}`): a name from `registry` or ''
+  (`what` says what '' means), and `--{slot}.{field}` for every settings
+  field of every registered component; each help names the components that
+  have it, with their defaults."""
   module = module or _caller_module()
   by_field: dict[str, list] = {}
   for name, entry in sorted(registry.items()):
@@ -147,7 +145,7 @@ def define_component(slot: str, registry, what: str, choice_flag: str | None = N
       by_field.setdefault(field, []).append(
           (name, kind, getattr(entry.defaults, field), helps.get(field, '')))
   flags.DEFINE_string(choice_flag or slot, '',
-                      f"{what}: one of {sorted(registry)} ('' = the task's).",
+                      f"{what}; one of {sorted(registry)}.",
                       flag_values=flag_values, module_name=module)
   for field, owners in sorted(by_field.items()):
     kinds = {kind for _, kind, _, _ in owners}
@@ -165,12 +163,10 @@ def define_component(slot: str, registry, what: str, choice_flag: str | None = N
 def apply_component(flags_: ComponentFlags, apply, flag_values=flags.FLAGS):
   """`apply(name or None, **given)` with the slot's flags; a config error
   is re-raised naming the flags."""
-  given = flags_.given(flag_values)
   try:
-    return apply(flags_.choice(flag_values) or None, **given)
+    return apply(flags_.choice(flag_values) or None, **flags_.given(flag_values))
   except errors.ConfigError as err:
-    named = ', '.join([f'--{flags_.choice_flag}'] * bool(flags_.choice(flag_values)) +
-                      [f'--{flags_.slot}.{f}' for f in given]) or flags_.slot
+    named = ', '.join(flags_.named(flag_values)) or flags_.slot
     raise errors.ConfigError(f'{named}: {err}') from None
 
 
@@ -186,9 +182,11 @@ def define_train_config(sampling=lambda: train.TrainConfig().sampling,
   define_fields(model_lib.ModelConfig, **kw)
   define_fields(state_lib.OptimConfig, 'optim.', **kw)
   define_fields(losses.LossWeights, 'loss_weights.', **kw)
-  network = define_component('network', networks.NETWORKS, 'network', **kw)
+  network = define_component('network', networks.NETWORKS,
+                             "the network ('' = the task's)", **kw)
   variables = sorted({v for task in tasks.TASKS.values() for v in task.names})
-  per_variable = {v: define_component(v, processes.PROCESSES, f'process of {v!r}',
+  per_variable = {v: define_component(v, processes.PROCESSES,
+                                      f"the process of {v!r} ('' = the task's)",
                                       f'{v}.process', **kw) for v in variables}
   flags.register_validator('task', lambda v: v in tasks.TASKS,
                            message=f'--task must be one of {sorted(tasks.TASKS)}',
@@ -198,9 +196,7 @@ def define_train_config(sampling=lambda: train.TrainConfig().sampling,
     model = read_fields(model_lib.ModelConfig, flag_values=flag_values)
     names = tasks.get_task(model.task).names
     for variable in sorted(set(variables) - set(names)):
-      slot = per_variable[variable]
-      named = [f'--{slot.choice_flag}'] * bool(slot.choice(flag_values)) + [
-          f'--{variable}.{f}' for f in slot.given(flag_values)]
+      named = per_variable[variable].named(flag_values)
       if named:
         raise errors.ConfigError(f'{", ".join(named)}: task {model.task!r} has no '
                                  f'variable {variable!r}; it has {list(names)}')

@@ -200,9 +200,7 @@ def batch_from_atoms(structures: Sequence[ase.Atoms], budget: Budget | None = No
       graph_mask=graph_mask,
       n_atoms=n_atoms,
       max_atoms_per_graph=budget.max_atoms_per_graph,
-      **_conditions({name: np.array([_number(s.info.get(name)) for s in structures],
-                                    np.float32) for name in properties},
-                    budget.max_graphs))
+      **_conditions(_property_values(structures, properties), budget.max_graphs))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,8 +236,7 @@ class PackedStructures:
         species=np.concatenate([s.numbers for s in structures]).astype(np.int32),
         lattice=np.array([s.cell[:] for s in structures], dtype).reshape(-1, 3, 3),
         n_atoms=n_atoms, offsets=np.cumsum(n_atoms, dtype=np.int64) - n_atoms,
-        properties={name: np.array([_number(s.info.get(name)) for s in structures],
-                                   np.float32) for name in properties})
+        properties=_property_values(structures, properties))
 
   def __len__(self) -> int:
     return len(self.n_atoms)
@@ -297,6 +294,12 @@ def _conditions(values: dict, num_graphs: int) -> dict:
     mask[name] = np.zeros(num_graphs, bool)
     mask[name][:len(v)] = known
   return dict(conditions=conditions, condition_mask=mask)
+
+
+def _property_values(structures: Sequence[ase.Atoms], properties) -> dict:
+  """{name: [S] float32} of each structure's `info[name]` (NaN: none)."""
+  return {name: np.array([_number(s.info.get(name)) for s in structures], np.float32)
+          for name in properties}
 
 
 def _number(value) -> float:

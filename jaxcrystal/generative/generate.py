@@ -72,7 +72,7 @@ def recorded_data(workdir: str | Path) -> dict:
   file = model_file.resolve(workdir)
   try:
     if file is not None:
-      record = model_file.read(file)[0]['config'].get('data')
+      record = model_file.read_meta(file)['config'].get('data')
     else:
       record = json.loads((Path(workdir) / 'config.json').read_text()).get('data')
   except (OSError, ValueError, AttributeError):
@@ -308,16 +308,21 @@ def compositions_for_request(config: train.TrainConfig, *, formula: str = '',
   return [np.ones(int(n), int) for n in counts], None, None, None  # types generated
 
 
-def export_run(workdir: str | Path, out: str | Path, which: str = 'best') -> tuple[Path, dict]:
+def export_run(workdir: str | Path, out: str | Path, which: str = 'best',
+               overwrite: bool = False) -> tuple[Path, dict]:
   """Write a run's (EMA) parameters of checkpoint `which` with its resolved
   config, data record and sampler defaults as one model file
-  (`model_file.py`); `out` gets the `.jcm` suffix if it has none. Runs that
-  did not record their atoms-per-crystal histogram (before it was recorded)
-  get it from their training file, which must then be readable.
+  (`model_file.py`); `out` gets the `.jcm` suffix if it has none, and an
+  existing file is replaced only with `overwrite`. Runs that did not record
+  their atoms-per-crystal histogram (before it was recorded) get it from
+  their training file, which must then be readable.
   Returns (path written, meta)."""
-  model, params, config, step = load_run(workdir, which)
   if model_file.resolve(workdir) is not None:
     raise errors.UserError(f'{workdir}: already a model file; export takes a run directory')
+  out = model_file.with_suffix(out)
+  if out.exists() and not overwrite:
+    raise errors.OutputExistsError(f'--out: {out} exists; --overwrite replaces it')
+  _, params, config, step = load_run(workdir, which)
   record = dict(recorded_data(workdir))
   if not record.get('atom_counts'):
     try:
@@ -329,9 +334,6 @@ def export_run(workdir: str | Path, out: str | Path, which: str = 'best') -> tup
       ) from None
     record.update(atom_counts=train.atom_count_histogram(structures),
                   largest_structure=max(len(s) for s in structures))
-  out = Path(out)
-  if out.suffix != model_file.SUFFIX:
-    out = out.with_name(out.name + model_file.SUFFIX)
   meta = model_file.write(out, params, dict(config.to_dict(), data=record), step, which,
                           extra=dict(exported_from=Path(workdir).name))
   return out, meta

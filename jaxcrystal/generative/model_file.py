@@ -40,6 +40,12 @@ class ModelFileError(errors.UserError, ValueError):
   """A model file that cannot be used: damaged, truncated, edited or foreign."""
 
 
+def with_suffix(path: str | Path) -> Path:
+  """`path` ending in `.jcm` (added if it has another ending or none)."""
+  path = Path(path)
+  return path if path.suffix == SUFFIX else path.with_name(path.name + SUFFIX)
+
+
 def resolve(path: str | Path) -> Path | None:
   """The model file `path` names (`pretrained/NAME` finds
   `pretrained/NAME.jcm`), or None if it names none (a run directory)."""
@@ -48,8 +54,8 @@ def resolve(path: str | Path) -> Path | None:
     return path
   if not path.name:  # '', '.', '/': a folder at most
     return None
-  with_suffix = path.with_name(path.name + SUFFIX)
-  return with_suffix if with_suffix.is_file() else None
+  named = with_suffix(path)
+  return named if named.is_file() else None
 
 
 def _digest(arrays: list[np.ndarray]) -> str:
@@ -81,39 +87,57 @@ def write(path: str | Path, params, config_dict: dict, step: int, which: str,
   return meta
 
 
+def _fail(path: Path, what: str):
+  raise ModelFileError(f'{path}: {what}')
+
+
+def _meta(z, path: Path) -> dict:
+  """The checked meta record of an open model file."""
+  if 'meta' not in z.files:
+    _fail(path, f'not a jaxcrystal model file (no meta record; holds {sorted(z.files)[:5]})')
+  meta = json.loads(str(z['meta']))
+  if not isinstance(meta, dict) or meta.get('format') != FORMAT:
+    _fail(path, f'not a jaxcrystal model file (format {meta.get("format")!r})'
+          if isinstance(meta, dict) else 'not a jaxcrystal model file')
+  if meta.get('version') != VERSION:
+    _fail(path, f'model file version {meta.get("version")!r}; this jaxcrystal reads '
+          f'version {VERSION} (update jaxcrystal, or export the run again)')
+  return meta
+
+
+def _open(path: Path, read_params: bool) -> tuple[dict, list[np.ndarray]]:
+  if not zipfile.is_zipfile(path):
+    _fail(path, 'not a jaxcrystal model file (not a zip archive: truncated, or '
+          'another kind of file)')
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      meta = _meta(z, path)
+      arrays = [z[f'p{i}'] for i in range(len(meta['params']))] if read_params else []
+  except ModelFileError:
+    raise
+  except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, TypeError) as err:
+    _fail(path, f'damaged or truncated ({checkpoints.first_line(err)})')
+  return meta, arrays
+
+
+def read_meta(path: str | Path) -> dict:
+  """The meta record of a model file (format and version checked; the
+  parameters are neither read nor hashed: `read` does that)."""
+  return _open(Path(path), read_params=False)[0]
+
+
 def read(path: str | Path) -> tuple[dict, list[np.ndarray]]:
   """(meta, parameter arrays in meta['params'] order) of a model file,
   checked; `ModelFileError` naming the file and the fault otherwise."""
   path = Path(path)
-  def fail(what):
-    raise ModelFileError(f'{path}: {what}')
-  if not zipfile.is_zipfile(path):
-    fail('not a jaxcrystal model file (not a zip archive: truncated, or another '
-         'kind of file)')
-  try:
-    with np.load(path, allow_pickle=False) as z:
-      if 'meta' not in z.files:
-        fail(f'not a jaxcrystal model file (no meta record; holds {sorted(z.files)[:5]})')
-      meta = json.loads(str(z['meta']))
-      if not isinstance(meta, dict) or meta.get('format') != FORMAT:
-        fail(f'not a jaxcrystal model file (format {meta.get("format")!r})'
-             if isinstance(meta, dict) else 'not a jaxcrystal model file')
-      if meta.get('version') != VERSION:
-        fail(f'model file version {meta.get("version")!r}; this jaxcrystal reads '
-             f'version {VERSION} (update jaxcrystal, or export the run again)')
-      specs = meta['params']
-      arrays = [z[f'p{i}'] for i in range(len(specs))]
-  except ModelFileError:
-    raise
-  except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, TypeError) as err:
-    fail(f'damaged or truncated ({checkpoints.first_line(err)})')
-  for spec, a in zip(specs, arrays):
+  meta, arrays = _open(path, read_params=True)
+  for spec, a in zip(meta['params'], arrays):
     if list(a.shape) != spec['shape'] or a.dtype.str != spec['dtype']:
-      fail(f"parameter {spec['path']} is {a.dtype.str}{list(a.shape)}, the record "
-           f"says {spec['dtype']}{spec['shape']}")
+      _fail(path, f"parameter {spec['path']} is {a.dtype.str}{list(a.shape)}, the "
+            f"record says {spec['dtype']}{spec['shape']}")
   if _digest(arrays) != meta.get('params_sha256'):
-    fail('the parameters do not match their recorded sha256 (the file was edited '
-         'or damaged)')
+    _fail(path, 'the parameters do not match their recorded sha256 (the file was '
+          'edited or damaged)')
   return meta, arrays
 
 

@@ -41,8 +41,8 @@ from jaxcrystal.generative import settings as settings_lib
 def _check_variables(name: str, variables, known) -> tuple[str, ...]:
   unknown = [v for v in variables if v not in known]
   if unknown:
-    raise errors.ConfigError(f'network {name!r} has no output for variable(s) {unknown}; '
-                     f'it predicts {sorted(known)}')
+    raise errors.ConfigError(f'network {name!r} has no output for variable(s) '
+                             f'{unknown}; it predicts {sorted(known)}')
   return tuple(variables)
 
 

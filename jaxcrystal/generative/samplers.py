@@ -54,14 +54,16 @@ class SamplerConfig:
   def sampler_settings(self, model: model_lib.Model) -> settings_lib.Settings:
     """The resolved sampler's settings: its defaults with `settings` in
     place, checked (`errors.ConfigError` naming the sampler and field)."""
-    c = self.resolve(model)
-    return settings_lib.read(SAMPLERS[c.name].defaults, dict(c.settings),
-                             f'sampler {c.name!r}')
+    return self._resolved(model)[1]
 
   def resolve(self, model: model_lib.Model) -> 'SamplerConfig':
     """This config with the name and step count filled in for `model`;
     raises `errors.UserError` if the sampler cannot run that model or
     does not have one of `settings`."""
+    return self._resolved(model)[0]
+
+  def _resolved(self, model: model_lib.Model
+                ) -> tuple['SamplerConfig', settings_lib.Settings]:
     kind = model_kind(model)
     name = self.name or DEFAULTS[kind]
     entry = SAMPLERS.entry(name)
@@ -75,8 +77,8 @@ class SamplerConfig:
       raise errors.UserError(
           f'sampler steps (--sample_steps) must be in 1..{model.time.num_steps} for '
           f'this model, got {steps}')
-    settings_lib.read(entry.defaults, dict(self.settings), f'sampler {name!r}')
-    return dataclasses.replace(self, name=name, num_steps=steps)
+    settings = settings_lib.read(entry.defaults, dict(self.settings), f'sampler {name!r}')
+    return dataclasses.replace(self, name=name, num_steps=steps), settings
 
   def for_calls(self, model: model_lib.Model, calls: int) -> 'SamplerConfig':
     """This sampler with the most steps whose network calls per structure
@@ -96,8 +98,8 @@ class SamplerConfig:
 
   def calls_per_structure(self, model: model_lib.Model) -> int:
     """Network calls each structure costs (a batch costs the same)."""
-    c = self.resolve(model)
-    return SAMPLERS[c.name].calls(c.num_steps, self.sampler_settings(model))
+    c, settings = self._resolved(model)
+    return SAMPLERS[c.name].calls(c.num_steps, settings)
 
   def to_dict(self) -> dict:
     return dict(name=self.name, num_steps=self.num_steps, settings=dict(self.settings))
@@ -167,9 +169,7 @@ DEFAULTS = {'score': 'pc', 'flow': 'euler'}
 
 def register_sampler(name: str, factory: Callable, kind: str, calls: Callable,
                      defaults: settings_lib.Settings = settings_lib.NONE) -> None:
-  if name in SAMPLERS:
-    raise ValueError(f'sampler {name!r} is already registered')
-  SAMPLERS[name] = SamplerEntry(factory, defaults, kind, calls)
+  SAMPLERS.add(name, SamplerEntry(factory, defaults, kind, calls))
 
 
 register_sampler(
@@ -196,6 +196,6 @@ def get_sampler(model: model_lib.Model, config: SamplerConfig = SamplerConfig(),
                 trajectory_every: int = 0):
   """`sample(rng, params, template) -> (batch, trajectory, overflow)` of the
   configured sampler (see the module docstring)."""
-  resolved = config.resolve(model)
-  return SAMPLERS[resolved.name].build(model, resolved.num_steps,
-                                       config.sampler_settings(model), trajectory_every)
+  resolved, settings = config._resolved(model)
+  return SAMPLERS[resolved.name].build(model, resolved.num_steps, settings,
+                                       trajectory_every)

@@ -102,9 +102,14 @@ class Registry(dict):
     self.kind = kind
 
   def register(self, name: str, build: Callable, defaults: Settings = NONE) -> None:
+    self.add(name, Entry(build, defaults))
+
+  def add(self, name: str, entry: Entry) -> None:
+    """Add an entry (a subclass of `Entry` where the kind needs more, e.g.
+    the samplers' model kind and call count)."""
     if name in self:
       raise ValueError(f'{self.kind} {name!r} is already registered')
-    self[name] = Entry(build, defaults)
+    self[name] = entry
 
   def entry(self, name: str) -> Entry:
     """The entry of `name`; `errors.ConfigError` listing the others if none."""
