@@ -60,7 +60,7 @@ flags.DEFINE_list('reference', [], "With --plot: 'label=percent' lines, e.g. "
 flags.DEFINE_bool('progress', True, 'Show progress bars.')
 flags.register_validator('calls', lambda v: all(c.isdigit() and int(c) >= 1 for c in v),
                          message='--calls must be positive integers')
-flags.register_validator('which', lambda v: v in ('best', 'latest') or v.isdigit(),
+flags.register_validator('which', lambda v: v in ('best', 'best_quality', 'latest') or v.isdigit(),
                          message="--which must be 'best', 'latest' or a step")
 cli.trained_model('checkpoint')
 cli.existing_file('test_csv', optional=True)

@@ -23,7 +23,7 @@ from jaxcrystal.generative import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('checkpoint', None, 'Training workdir.')
-flags.DEFINE_enum('which', 'best', ['best', 'latest'], 'Which checkpoint.')
+flags.DEFINE_enum('which', 'best', ['best', 'best_quality', 'latest'], 'Which checkpoint (best_quality: the sample-quality monitor\'s best).')
 flags.DEFINE_string('data', '', 'Structures (CDVAE CSV or any ASE file); '
                     "default: the run's --val_data.")
 flags.DEFINE_list('timesteps', ['1', '3', '10', '30', '100', '200', '400', '600',

@@ -30,7 +30,7 @@ FLAGS = flags.FLAGS
 sampler_flags.refuse_num_steps()
 flags.DEFINE_string('checkpoint', None, 'Training workdir or model file '
                     '(pretrained/NAME) to sample from.')
-flags.DEFINE_string('which', 'best', "Which checkpoint: 'best', 'latest' or a "
+flags.DEFINE_string('which', 'best', "Which checkpoint: 'best', 'best_quality', 'latest' or a "
                     "periodic checkpoint's step.")
 flags.DEFINE_integer('num_samples', 100, 'Samples (for --formula or de novo).')
 flags.DEFINE_string('formula', '', 'One composition, e.g. BaTiO3 or C8.')

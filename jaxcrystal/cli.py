@@ -117,8 +117,8 @@ def at_most(maximum: int, *names: str) -> None:
 def checkpoint_choice(name: str) -> None:
   """'best', 'latest' or a checkpoint's step (digits)."""
   flags.register_validator(
-      name, lambda v: v in ('best', 'latest') or str(v).isdigit(),
-      message=f"--{name} must be 'best', 'latest' or a checkpoint's step")
+      name, lambda v: v in ('best', 'best_quality', 'latest') or str(v).isdigit(),
+      message=f"--{name} must be 'best', 'best_quality', 'latest' or a checkpoint's step")
 
 
 def positive(*names: str) -> None:

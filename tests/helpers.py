@@ -40,7 +40,7 @@ def write_cdvae_csv(path, rows):
 
 
 def quadratic_run(workdir, lr, steps=6, resume=False, config=None, size=3,
-                  target=lambda step: 2.0, **run_kwargs):
+                  target=lambda step: 2.0, loop_kwargs=None, **run_kwargs):
   """A `size`-parameter model fitted by the real loop to `target(step)`
   (fast: no network); returns (summary, logged messages)."""
   optimizer = optax.sgd(lr)
@@ -52,7 +52,7 @@ def quadratic_run(workdir, lr, steps=6, resume=False, config=None, size=3,
     return loss, {'loss': loss}
   step = jax.jit(state_lib.make_train_step(loss_with_aux, optimizer, 0.9))
   loop = loop_lib.LoopConfig(train_steps=steps, log_every=1, checkpoint_every=2,
-                             progress=False, curve_keys=('loss',))
+                             progress=False, curve_keys=('loss',), **(loop_kwargs or {}))
   messages = []
   _, summary = loop_lib.run(workdir, loop, state, step, lambda k: jnp.full(size, target(k)),
                             config_dict=config or {'lr': lr, 'train_steps': steps},

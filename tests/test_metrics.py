@@ -126,6 +126,12 @@ def test_dng_metrics_on_known_sets(builtin):
     a.set_cell(a.cell[:] * 1.1, scale_atoms=True)
   assert metrics.dng_metrics(expanded, builtin, progress=False)[
       'wdist_density'] > 0.5
+  # atoms per crystal: the same set scores 0; doubling every crystal
+  # shifts the count distribution by its mean
+  assert without['wdist_num_atoms'] == 0.0
+  doubled = [a.repeat((2, 1, 1)) for a in builtin]
+  got = metrics.dng_metrics(doubled, builtin, unique_novel=False, progress=False)
+  assert got['wdist_num_atoms'] == pytest.approx(np.mean([len(a) for a in builtin]))
 
 
 def test_markdown_table_layout():

@@ -494,7 +494,7 @@ for name in sorted(os.listdir("experiments/flags")):
   if not name.endswith(".flags") or name.startswith(("graph_", "healing")):
     continue
   FLAGS(["x", "--flagfile=experiments/flags/" + name, "--workdir=/tmp/none",
-         "--train_data=builtin", "--val_data="])
+         "--train_data=builtin", "--val_data=README.md"])  # any file: nothing is read
   resolved[name] = train_flags.read_config().to_dict()
   for flag in FLAGS:
     FLAGS[flag].unparse()
@@ -515,6 +515,11 @@ def test_every_training_flag_file_composes_into_a_valid_config():
   assert (flow_cpu['max_atoms'], flow_cpu['optim']['schedule'],
           flow_cpu['train_steps'], flow_cpu['sampling']['settings']['anneal_slope']) == \
       (20, 'cosine', 16000, 5.0)
+  masked = resolved['perov5_dng_masked_cpu.flags']
+  assert [p['process'] for p in masked['model']['processes']] == \
+      ['lattice_flow', 'frac_torus_flow', 'types_masked']
+  assert (masked['monitor_every'], masked['loss_weights']['types'],
+          masked['train_steps']) == (1000, 1.0, 8000)
   big = resolved['carbon24_dng.flags']
   assert big['model']['network']['settings']['hidden'] == 512
   assert (big['max_atoms'], big['optim']['schedule'], big['loss_weights']['types']) == \

@@ -17,7 +17,9 @@ De novo generation (DNG), CDVAE's `GenEval`:
   * COV-R / COV-P from CrystalNN site fingerprints (averaged over sites) and
     Magpie composition fingerprints scaled by CDVAE's constants,
   * Wasserstein distances of density and of the number of elements between the
-    valid generated structures and the reference set,
+    valid generated structures and the reference set, and of the number of
+    atoms per crystal between all generated structures and the reference set
+    (how well the sampled atom counts follow the data),
   * uniqueness and novelty (against a training set) by `StructureMatcher`.
 
 All functions take `ase.Atoms` and run on the host; the slow parts (matching,
@@ -259,6 +261,12 @@ def fingerprints(atoms: ase.Atoms):
   return np.asarray(sites, float).mean(0), comp
 
 
+def fingerprints_of(structures: Sequence[ase.Atoms], *, workers: int = 1,
+                    progress: bool = True, desc: str = 'fingerprints') -> list:
+  """`fingerprints()` of each structure, over `workers` processes, in order."""
+  return _pool_map(fingerprints, list(structures), workers, desc, progress)
+
+
 def _scale_composition(fps: np.ndarray) -> np.ndarray:
   means, stds = magpie_scaler()
   out = (fps - means) / stds
@@ -345,16 +353,20 @@ def dng_metrics(generated: Sequence[ase.Atoms], reference: Sequence[ase.Atoms],
                 cov_cutoffs: tuple[float, float] = COV_CUTOFFS['perov_5'],
                 num_eval_samples: int | None = None, seed: int = 0,
                 unique_novel: bool = True, workers: int = 1,
-                progress: bool = True) -> dict:
+                progress: bool = True,
+                reference_fingerprints: Sequence | None = None) -> dict:
   """De novo metrics of CDVAE/DiffCSP.
 
   Validity is over all generated structures. Density and #elements EMDs use
   the valid ones (a random subset of `num_eval_samples` if given, as CDVAE's
-  1000). COV uses all generated structures, with failures counted in the
+  1000); the atoms-per-crystal EMD (`wdist_num_atoms`) uses all generated
+  structures, since the atom counts are drawn before any structure is. COV uses all generated structures, with failures counted in the
   COV-P denominator. Uniqueness and novelty are over the valid ones; with
   `unique_novel=False` they are left out (they are not in the papers' tables,
   and on a one-element set such as Carbon-24 every structure shares a formula,
   so StructureMatcher would compare all pairs and every training structure).
+  `reference_fingerprints`: `fingerprints()` of `reference`, if already
+  computed (a training monitor scores against the same set many times).
   """
   if not generated or not reference:
     raise ValueError('dng_metrics needs generated and reference structures')
@@ -368,7 +380,9 @@ def dng_metrics(generated: Sequence[ase.Atoms], reference: Sequence[ase.Atoms],
     valid_structs = [valid_structs[i] for i in sorted(pick)]
   out = dict(num_generated=len(generated), num_reference=len(reference),
              struct_validity=float(struct_ok.mean()),
-             comp_validity=float(comp_ok.mean()), validity=float(valid.mean()))
+             comp_validity=float(comp_ok.mean()), validity=float(valid.mean()),
+             wdist_num_atoms=float(wasserstein_distance(
+                 [len(a) for a in generated], [len(a) for a in reference])))
   if valid_structs:
     out['wdist_density'] = float(wasserstein_distance(
         [validation.density_g_cm3(a) for a in valid_structs],
@@ -380,8 +394,10 @@ def dng_metrics(generated: Sequence[ase.Atoms], reference: Sequence[ase.Atoms],
                 for i, a in enumerate(generated)]
   gen_fps = _pool_map(_fingerprints_or_none, gen_usable, workers,
                       'fingerprints (generated)', progress)
-  ref_fps = _pool_map(fingerprints, list(reference), workers,
-                      'fingerprints (reference)', progress)
+  ref_fps = reference_fingerprints
+  if ref_fps is None:
+    ref_fps = fingerprints_of(reference, workers=workers, progress=progress,
+                              desc='fingerprints (reference)')
   out.update(coverage(gen_fps, ref_fps, *cov_cutoffs,
                       num_generated=len(generated)))
   if unique_novel:
@@ -405,6 +421,7 @@ DNG_COLUMNS = (('struct_validity', 'Validity struc. (%)', 100.0),
                ('cov_precision', 'COV-P (%)', 100.0),
                ('wdist_density', 'd_rho', 1.0),
                ('wdist_num_elements', 'd_elem', 1.0),
+               ('wdist_num_atoms', 'd_N', 1.0),
                ('uniqueness', 'Unique (%)', 100.0),
                ('novelty', 'Novel (%)', 100.0))
 

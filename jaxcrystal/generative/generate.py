@@ -128,7 +128,8 @@ def sample_structures(model: model_lib.Model, params,
                       batch_size: int = 256, seed: int = 0,
                       lattices: Sequence[np.ndarray] | None = None,
                       conditions: dict | None = None,
-                      progress: bool = True) -> tuple[list[ase.Atoms], dict]:
+                      progress: bool = True,
+                      compiled: dict | None = None) -> tuple[list[ase.Atoms], dict]:
   """Sample one structure per composition (atomic numbers; for de novo, only
   the count matters) with the configured sampler (`samplers.py`; a run's
   stored defaults are `config.sampling`). Compositions are grouped by size
@@ -143,7 +144,10 @@ def sample_structures(model: model_lib.Model, params,
   with `network_calls_per_structure`. Raises `neighbors.GraphOverflowError`
   if the model's graph lost edges in any batch, `errors.UserError` if the
   sampler cannot run this model. `conditions`: {property: one value per
-  composition} for a conditioned model (see `conditions.py`)."""
+  composition} for a conditioned model (see `conditions.py`). `compiled`: a
+  dict kept by a caller that samples again with the same model and sampler
+  (e.g. a training monitor): the compiled samplers by budget, filled here
+  and reused, so later calls compile nothing."""
   if not len(compositions):
     raise ValueError('no compositions to sample')
   classes: dict[int, list[int]] = {}
@@ -158,7 +162,7 @@ def sample_structures(model: model_lib.Model, params,
   resolved = sampler.resolve(model)
   sample_fn = jax.jit(samplers.get_sampler(model, resolved))
   out: list = [None] * len(compositions)
-  compiled = {}
+  compiled = {} if compiled is None else compiled
   timing = {'compile_s': 0.0, 'sample_s': 0.0, 'host_batching_s': 0.0,
             'sampler': resolved.to_dict(), 'batches': len(plan),
             'size_classes': len(classes),

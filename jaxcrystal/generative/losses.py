@@ -4,7 +4,8 @@
 score_sde: the factory closes over the static parts and returns a pure
 function. It loops over the model's variables: each process noises its
 variable and gives the target, the network predicts every variable at once,
-and each term is a mean squared error over real rows (crystals or atoms).
+and each term is the process's loss over real rows (crystals or atoms): a mean
+squared error, or a cross-entropy for jump processes (`discrete.py`).
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import dataclasses
 
 import chex
 import jax
-import jax.numpy as jnp
 
 from jaxcrystal import errors
 from jaxcrystal.data import batch as batch_lib
@@ -41,13 +41,6 @@ class LossWeights:
 
 # PRNG layout of the loss: split(rng, 4) = [times, lattice, coords, types].
 LOSS_SLOTS = (1, 2, 3)
-
-
-def masked_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
-  """Mean over rows where `mask` [M] is True of per-row mean squared errors."""
-  sq = (pred - target)**2
-  per_row = jnp.mean(sq.reshape(sq.shape[0], -1), axis=-1)
-  return jnp.sum(per_row * mask) / jnp.maximum(jnp.sum(mask), 1)
 
 
 def row_mask(batch: batch_lib.CrystalBatch, per: str) -> jax.Array:
@@ -89,7 +82,7 @@ def get_loss_at_times_fn(model: model_lib.Model, weights: LossWeights = LossWeig
     out, overflow = model.apply(params, model.write(batch, xs), t, xs)
     aux, loss = {}, None
     for name, process in model.processes.items():
-      aux[name] = masked_mse(out[name], targets[name], row_mask(batch, process.per))
+      aux[name] = process.loss(out[name], targets[name], row_mask(batch, process.per))
       term = getattr(weights, name, 1.0) * aux[name]
       loss = term if loss is None else loss + term
     aux['loss'] = loss

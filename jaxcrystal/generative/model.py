@@ -15,6 +15,7 @@ import jax
 from jaxcrystal import errors
 from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.generative import conditions as conditions_lib
+from jaxcrystal.generative import discrete  # noqa: F401  (registers the jump processes)
 from jaxcrystal.generative import flow  # noqa: F401  (registers the flow processes)
 from jaxcrystal.generative import networks
 from jaxcrystal.generative import processes as processes_lib

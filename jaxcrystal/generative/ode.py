@@ -12,6 +12,10 @@ Network calls: euler 1 per step; midpoint 2 per step; heun 2 per step
 except the last, an Euler step (as in Karras et al. 2022): its second
 evaluation would be at t = 0, where the velocity of a sharp data point is
 0 / 0.
+
+Jump processes (`discrete.py`, e.g. masked types) take their own random
+reverse step from t to t_prev with the step's first network output, after
+the integrator has moved the other variables (they stay put in between).
 """
 from __future__ import annotations
 
@@ -43,23 +47,28 @@ def get_ode_sampler(model: model_lib.Model, method: str = 'euler',
   if anneal_slope < 0:
     raise ValueError(f'anneal_slope must be >= 0, got {anneal_slope}')
   grid = model.time.reverse_grid(num_steps)
+  flowing = {n: p for n, p in model.processes.items() if p.kind != 'jump'}
+  jumping = {n: p for n, p in model.processes.items() if p.kind == 'jump'}
 
-  def velocities(params, template, xs, t):
+  def velocities(params, template, xs, t, keep=None):
     out, lost = sampling.network_outputs(model, params, template, xs, t)
+    if keep is not None:
+      keep.update(out)
     factor = 1.0 + anneal_slope * (1.0 - t)
     us = {n: p.velocity(out[n], template) * (factor if p.anneal else 1.0)
-          for n, p in model.processes.items()}
+          for n, p in flowing.items()}
     return us, lost
 
   def advance(template, xs, us, dt):
-    return {n: p.advance(xs[n], us[n], dt, template)
+    return {n: (p.advance(xs[n], us[n], dt, template) if n in flowing else xs[n])
             for n, p in model.processes.items()}
 
   def step(params, template, state: sampling.SamplerState, tt):
     t, t_prev = tt
     h = t - t_prev
     xs = state.xs
-    u1, lost = velocities(params, template, xs, t)
+    out = {}
+    u1, lost = velocities(params, template, xs, t, out)
     if method == 'euler':
       new = advance(template, xs, u1, h)
     elif method == 'heun':
@@ -75,6 +84,9 @@ def get_ode_sampler(model: model_lib.Model, method: str = 'euler',
                              t - 0.5 * h)
       new = advance(template, xs, u2, h)
       lost = jnp.maximum(lost, lost2)
-    return state.replace(xs=new, overflow=jnp.maximum(state.overflow, lost))
+    rng, key = sampling.jump_keys(model, state.rng)
+    for n, p in jumping.items():
+      new[n] = p.jump(key(p.stream), xs[n], out[n], t, t_prev, template)
+    return state.replace(rng=rng, xs=new, overflow=jnp.maximum(state.overflow, lost))
 
   return sampling.make_sample(model, step, grid, trajectory_every)

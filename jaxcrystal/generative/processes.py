@@ -15,8 +15,10 @@ loop over the table and never ask which task they serve:
                      the task's time grid uses) and the network's target.
   write(batch, x)    the batch the network sees with x in place (padding kept).
   finalize(batch, x) the finished sample (default: nothing more to do).
-  kind               'score' (`ScoreProcess`, these) or 'flow'
-                     (`flow.FlowProcess`): which samplers can run it.
+  loss(out, target, mask)  the variable's loss term (default: masked MSE).
+  kind               'score' (`ScoreProcess`, these), 'flow'
+                     (`flow.FlowProcess`) or 'jump' (`discrete.JumpProcess`,
+                     categorical; fits either): which samplers can run it.
 
 A process gives the samplers quantities, not update rules: a score
 process its noise `family`, `schedule`, chart and `score` (`ScoreProcess`),
@@ -34,6 +36,8 @@ Registered processes:
                        target: minimum-image displacement / sigma. Its state is
                        the fractional position in that cell.
   types_ddpm           one-hot atom types [N, K]; target: the noise.
+  (elsewhere: the flow processes in `flow.py`, the masked types of
+  `discrete.py`, `types_masked`.)
 
 Each process owns its settings (`settings.py`): a frozen dataclass with its
 defaults and its own `validate`, registered with it. A model config names a
@@ -77,6 +81,13 @@ def rows(t, batch: batch_lib.CrystalBatch, per: str) -> jax.Array:
   return jnp.full((n,), t, jnp.asarray(t).dtype)
 
 
+def masked_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean over rows where `mask` [M] is True of per-row mean squared errors."""
+  sq = (pred - target)**2
+  per_row = jnp.mean(sq.reshape(sq.shape[0], -1), axis=-1)
+  return jnp.sum(per_row * mask) / jnp.maximum(jnp.sum(mask), 1)
+
+
 class Process:
   """Defaults shared by processes (see the module docstring)."""
   per = 'atom'
@@ -86,6 +97,11 @@ class Process:
 
   def finalize(self, batch: batch_lib.CrystalBatch, x) -> batch_lib.CrystalBatch:
     return batch
+
+  def loss(self, out: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+    """This variable's loss term: the network's output against the target of
+    `noise`, over rows where `mask` [M] is True (default: mean squared error)."""
+    return masked_mse(out, target, mask)
 
 
 class ScoreProcess(Process):

@@ -185,8 +185,9 @@ for _method, _calls in ode.CALLS.items():
 
 
 def model_kind(model: model_lib.Model) -> str:
-  """'score' or 'flow': what every process of the model is."""
-  kinds = {p.kind for p in model.processes.values()}
+  """'score' or 'flow': what every process of the model is, jump processes
+  (`discrete.py`, which every sampler runs) aside."""
+  kinds = {p.kind for p in model.processes.values() if p.kind != 'jump'}
   if len(kinds) != 1:
     raise ValueError(f'task {model.config.task!r} mixes process kinds {sorted(kinds)}')
   return kinds.pop()

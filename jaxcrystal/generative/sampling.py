@@ -57,6 +57,16 @@ def network_outputs(model: model_lib.Model, params, template, xs: dict, t):
   return model.apply(params, model.write(template, xs), times, xs)
 
 
+def jump_keys(model: model_lib.Model, rng: jax.Array):
+  """Keys of a step's jump processes (`discrete.py`) for samplers whose step
+  draws nothing else: (next rng, key(stream)). With no jump process the rng
+  is returned as is, so those samplers keep their key layout."""
+  if not any(p.kind == 'jump' for p in model.processes.values()):
+    return rng, None
+  rng, sub = jax.random.split(rng)
+  return rng, lambda stream: jax.random.fold_in(sub, stream)
+
+
 def initial_state(model: model_lib.Model, rng, template) -> SamplerState:
   """Every variable drawn from its prior (the first release's key layout)."""
   keys, key = model_lib.stream_keys(rng, 4, PRIOR_SLOTS)

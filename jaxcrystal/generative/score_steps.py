@@ -15,7 +15,8 @@ places the result: wrapping, padding kept) and, for 've', `score`:
         (`schedule`: `schedules.SigmaSchedule`).
 
 `t`, `t_prev` are scalar integer steps (the discrete grid); rows of a
-variable all share them.
+variable all share them. A jump process (`discrete.py`, categorical) has no
+noise family: `predict` takes its `jump`; it has no corrector.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ def check(model) -> None:
   """Every process of `model` has what these steps read: a score process
   of a known family, with `score` if 've'. Raises ValueError naming it."""
   for name, p in model.processes.items():
+    if getattr(p, 'kind', '') == 'jump':
+      continue
     if getattr(p, 'kind', '') != 'score' or p.family not in FAMILIES:
       raise ValueError(f'score samplers run score processes (family one of '
                        f'{FAMILIES}); {name!r} is {type(p).__name__}')
@@ -45,7 +48,9 @@ def predict(p, rng, x, out, t, t_prev, template, strided: bool = False):
   """The ancestral (predictor) step from t to t_prev. `strided`: the grid
   skips steps, so DDPM's one-step posterior becomes DDIM's with eta = 1
   (on the full grid the two agree; the full grid keeps DDPM's form, bit for
-  bit what it always was)."""
+  bit what it always was). A jump process takes its own reverse step."""
+  if p.kind == 'jump':
+    return p.jump(rng, x, out, t, t_prev, template)
   if p.family == 'vp':
     if strided:
       return updates.ddim_step(rng, x, out, _rows(p, t, template),
@@ -69,7 +74,7 @@ def correct(p, rng, x, out, t, is_last, template, step_lr: float):
 
 def corrects(p) -> bool:
   """Whether `correct` changes this process's state."""
-  return p.family == 've'
+  return getattr(p, 'family', '') == 've'
 
 
 def deterministic(p, x, out, t, t_prev, template):

@@ -14,6 +14,10 @@ types are generated).
   cartesian  positions in a fixed, given cell (VE noise under the minimum
              image), with the E(3)-equivariant `CartesianEGNN`.
 
+Any variable's process can be swapped per run (`ModelConfig.with_process`,
+`--VAR.process=NAME`), e.g. masked (absorbing D3PM) types in either family:
+`--task=dng_flow --types.process=types_masked` (`discrete.py`).
+
 A new task is `register_task(name, Task(...))`.
 """
 from __future__ import annotations

@@ -57,6 +57,12 @@ class TrainConfig:
     cache_dir: cache of parsed datasets ('' = none).
     log_every: training metrics every N steps.
     progress: show a progress bar.
+    monitor_every: sample-quality checks every N steps against val_data
+      (`monitor.py`; 0: none); the best is kept in best_quality/.
+    monitor_samples: structures sampled at each check.
+    monitor_sample_steps: sampler steps of the checks (0: the run's sampler's).
+    monitor_patience: stop after this many checks without a better quality
+      (0: never stop early).
   """
   model: model_lib.ModelConfig = model_lib.ModelConfig()
   optim: state_lib.OptimConfig = state_lib.OptimConfig()
@@ -77,6 +83,10 @@ class TrainConfig:
   cache_dir: str = ''
   log_every: int = 20
   progress: bool = True
+  monitor_every: int = 0
+  monitor_samples: int = 256
+  monitor_sample_steps: int = 0
+  monitor_patience: int = 0
 
   def validate(self) -> None:
     """Raises `errors.ConfigError` naming the first bad field."""
@@ -84,6 +94,16 @@ class TrainConfig:
                   'checkpoint_every', 'keep_checkpoints', 'max_atoms', 'log_every'):
       if getattr(self, field) < 1:
         raise errors.ConfigError(f'train: {field} must be >= 1, got {getattr(self, field)}')
+    for field in ('monitor_every', 'monitor_sample_steps', 'monitor_patience'):
+      if getattr(self, field) < 0:
+        raise errors.ConfigError(f'train: {field} must be >= 0, got {getattr(self, field)}')
+    if self.monitor_samples < 1:
+      raise errors.ConfigError(f'train: monitor_samples must be >= 1, got {self.monitor_samples}')
+    if self.monitor_every and not self.val_data:
+      raise errors.ConfigError('train: monitor_every needs val_data (the samples are '
+                               'scored against the validation crystals)')
+    if self.monitor_patience and not self.monitor_every:
+      raise errors.ConfigError('train: monitor_patience needs monitor_every')
     self.model.validate()
     self.optim.validate()
     self.loss_weights.validate()
@@ -262,6 +282,7 @@ class Training:
   replicate: Callable        # state -> device state
   train_structures: list
   reports: list
+  val_structures: list = dataclasses.field(default_factory=list)
   _val_batches: list | None = dataclasses.field(default=None, repr=False)
 
   def batch_for_step(self, seed: int, step: int):
@@ -292,7 +313,7 @@ def build_training(config: TrainConfig, log: Callable = print) -> Training:
   train_set = data_lib.BucketedDataset(train_structures, config.batch_size,
                                        edges, mesh.size, properties)
   check_conditions(train_set, config.train_data, log)
-  val_set = None
+  val_set, val_structures = None, []
   if config.val_data:
     val_structures, val_report = load_structures(config.val_data, config)
     log(describe_load(config.val_data, val_structures, val_report))
@@ -315,7 +336,7 @@ def build_training(config: TrainConfig, log: Callable = print) -> Training:
       eval_step=jax.jit(state_lib.make_eval_step(loss_fn)), state=state,
       place=lambda b: sharding.shard_batch(b, mesh),
       replicate=lambda s: sharding.replicate(s, mesh),
-      train_structures=train_structures, reports=reports)
+      train_structures=train_structures, reports=reports, val_structures=val_structures)
 
 
 def train_and_evaluate(config: TrainConfig, workdir: str | Path,
@@ -327,7 +348,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path,
   afresh in a used workdir with `overwrite`.
 
   Writes `config.json`, `metrics.jsonl`, `training_curve.png`, periodic
-  checkpoints (last `keep_checkpoints`), the best-by-validation one,
+  checkpoints (last `keep_checkpoints`), the best-by-validation one, with
+  `monitor_every` the best-by-sample-quality one and `quality_curve.png`,
   `skipped_rows.json` (what each data file left out) and `files`.
   Returns the loop's summary dict (with `first_step_s`, the time from this
   call to the end of the first training step: reading, init and compile).
@@ -341,15 +363,24 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path,
     evaluate_fn = lambda params, step: evaluate(
         t.eval_step, params, t.val_batches(), config.seed,
         f'validation at step {step}')
+  monitor_fn = None
+  if config.monitor_every:
+    from jaxcrystal.generative import monitor  # it samples through generate, which imports this
+    monitor_fn = monitor.make_quality_monitor(
+        t.model, dataclasses.replace(config.sampling, num_steps=config.monitor_sample_steps)
+        if config.monitor_sample_steps else config.sampling,
+        t.val_structures, [len(s) for s in t.train_structures],
+        num_samples=config.monitor_samples, seed=config.seed)
   loop = loop_lib.LoopConfig(
       train_steps=config.train_steps, log_every=config.log_every,
       eval_every=config.eval_every, checkpoint_every=config.checkpoint_every,
+      monitor_every=config.monitor_every, monitor_patience=config.monitor_patience,
       keep_checkpoints=config.keep_checkpoints, progress=config.progress,
       may_change_on_resume=loop_lib.LoopConfig.may_change_on_resume + ('sampling',))
   _, summary = loop_lib.run(
       workdir, loop, t.replicate(t.state), t.train_step,
       lambda step: t.batch_for_step(config.seed, step),
-      evaluate=evaluate_fn, resume=resume, started=started,
+      evaluate=evaluate_fn, monitor=monitor_fn, resume=resume, started=started,
       config_dict=dict(config.to_dict(), data=data_record(config, t.train_structures)),
       overwrite=overwrite, replicate=t.replicate, log=log, inputs=inputs,
       read_config=current_layout,

@@ -97,6 +97,28 @@ def plot_training_curve(records: Sequence[dict], path,
     return save_figure(fig, path)
 
 
+def plot_monitor_curve(records: Sequence[dict], path,
+                       keys: Sequence[str] | None = None) -> Path | None:
+  """The sample-quality monitor's rates against step (metrics.jsonl rows of
+  split 'monitor'; fractions shown in %). `keys` default: every rate the
+  rows hold among validity, coverage, match rate and the quality score.
+  Returns None if no row is a monitor row."""
+  rows = [r for r in records if r.get('split') == 'monitor']
+  if not rows:
+    return None
+  rates = ('quality', 'struct_validity', 'comp_validity', 'cov_recall',
+           'cov_precision', 'match_rate')
+  keys = [k for k in (keys or rates) if any(isinstance(r.get(k), (int, float)) for r in rows)]
+  curves = {}
+  for key in keys:
+    pts = [(r['step'], 100.0 * r[key]) for r in rows
+           if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    if pts:
+      curves[key] = tuple(zip(*pts))
+  return plot_curve(None, curves, path, xlabel='step', ylabel='%', markers=True,
+                    title='Sample quality during training')
+
+
 def plot_curve(x: Sequence[float] | None, curves: Mapping[str, Sequence[float]],
                path, *, xlabel: str, ylabel: str, title: str = '',
                log_x: bool = False, log_y: bool = False, markers: bool = False,

@@ -1,6 +1,8 @@
-"""Checkpoints with orbax: periodic (last K) and best-by-validation.
+"""Checkpoints with orbax: periodic (last K), best-by-validation and, when a
+run monitors its samples, best-by-quality.
 
-Layout in a workdir: `checkpoints/<step>/` and `best/<step>/`, each holding the
+Layout in a workdir: `checkpoints/<step>/`, `best/<step>/` and
+`best_quality/<step>/` (only with a monitor), each holding the
 train state and a small JSON of extras. Orbax writes to a temporary folder
 and renames it when complete, so a run killed mid-save leaves the previous
 checkpoints intact and the half-written one is ignored.
@@ -37,12 +39,14 @@ def first_line(err: Exception) -> str:
 
 
 def _kept_steps(workdir: str | Path) -> dict[str, list[int]]:
-  """{'best': [step], 'periodic': [steps]} of the checkpoints a run keeps
-  (read from folder names, so damaged ones are listed too)."""
+  """{'best': [step], 'best_quality': [step], 'periodic': [steps]} of the
+  checkpoints a run keeps (read from folder names, so damaged ones are
+  listed too)."""
   workdir = Path(workdir)
   steps = lambda d: sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) \
       if d.is_dir() else []
-  return {'best': steps(workdir / 'best'), 'periodic': steps(workdir / 'checkpoints')}
+  return {'best': steps(workdir / 'best'), 'best_quality': steps(workdir / 'best_quality'),
+          'periodic': steps(workdir / 'checkpoints')}
 
 
 def _others(workdir: Path, which: str, step: int) -> str:
@@ -50,8 +54,9 @@ def _others(workdir: Path, which: str, step: int) -> str:
   kept = _kept_steps(workdir)
   options = [f'--which={s}' for s in kept['periodic'] if str(s) != str(which)
              and not (which == 'latest' and s == step)]
-  if which != 'best' and kept['best']:
-    options.insert(0, f'--which=best (step {kept["best"][-1]})')
+  for name in ('best_quality', 'best'):
+    if which != name and kept[name]:
+      options.insert(0, f'--which={name} (step {kept[name][-1]})')
   return ('other checkpoints: ' + ', '.join(options) if options
           else 'the run keeps no other checkpoint')
 
@@ -67,8 +72,10 @@ class CheckpointManager:
 
   def __init__(self, workdir: str | Path, keep: int = 3):
     workdir = Path(workdir)
+    self.workdir = workdir
     self.periodic = _manager(workdir / 'checkpoints', keep)
     self.best = _manager(workdir / 'best', 1)
+    self._best_quality = None  # made at the first save: most runs have none
 
   def latest_step(self) -> int | None:
     return self.periodic.latest_step()
@@ -83,9 +90,17 @@ class CheckpointManager:
   def save_best(self, step: int, state, extra: dict | None = None) -> None:
     self._save(self.best, step, state, extra or {})
 
+  def save_best_quality(self, step: int, state, extra: dict | None = None) -> None:
+    """The best checkpoint by the sample-quality monitor (`best_quality/`)."""
+    if self._best_quality is None:
+      self._best_quality = _manager(self.workdir / 'best_quality', 1)
+    self._save(self._best_quality, step, state, extra or {})
+
   def wait(self) -> None:
     self.periodic.wait_until_finished()
     self.best.wait_until_finished()
+    if self._best_quality is not None:
+      self._best_quality.wait_until_finished()
 
   def restore_latest(self, like) -> tuple[Any, dict]:
     return restore(self.periodic, self.periodic.latest_step(), like)
@@ -118,7 +133,8 @@ def restore(manager: ocp.CheckpointManager, step: int, like) -> tuple[Any, dict]
 
 def restore_params(workdir: str | Path, which: str = 'best', use_ema: bool = True,
                    like=None) -> tuple[Any, int]:
-  """Parameters of a run's best (or 'latest', or the periodic checkpoint of a
+  """Parameters of a run's best (or 'best_quality': the sample-quality
+  monitor's best; 'latest'; or the periodic checkpoint of a
   step given as digits, e.g. '4000') checkpoint, without building an
   optimizer: the saved tree is read as it is and its (EMA) parameters taken.
 
@@ -142,6 +158,14 @@ def restore_params(workdir: str | Path, which: str = 'best', use_ema: bool = Tru
   elif which == 'best':
     manager = _manager(workdir / 'best', 1)
     step = manager.latest_step()
+  elif which == 'best_quality':
+    if not (workdir / 'best_quality').is_dir():
+      raise errors.NotARunError(f'{workdir}: no best_quality checkpoint (the run '
+                                'did not monitor its samples: --monitor_every)')
+    manager = _manager(workdir / 'best_quality', 1)
+    step = manager.latest_step()
+    if step is None:
+      raise errors.NotARunError(f'{workdir}: no best_quality checkpoint yet')
   if step is None:
     manager = _manager(workdir / 'checkpoints', 1000)
     step = manager.latest_step()

@@ -6,7 +6,8 @@ asked to resume (or to overwrite), exact resume from the latest orbax
 checkpoint (the batch of step s is a pure function of s) with the stored
 configuration checked against the new one, `config.json`, strict-JSON
 `metrics.jsonl`, a progress bar, evaluation of the EMA parameters with a best-by-validation checkpoint,
-periodic checkpoints, a check of every step that no graph lost edges and
+an optional monitor of the EMA parameters (e.g. the quality of samples) with
+a best-by-quality checkpoint and an optional early stop, periodic checkpoints, a check of every step that no graph lost edges and
 that the parameters stayed finite (read in one transfer at log, evaluation
 and checkpoint steps, so that the host runs ahead of the device; batches are
 prepared ahead in a thread), the training curve and `train_summary.json`.
@@ -41,12 +42,16 @@ from jaxcrystal.training import state as state_lib
 class LoopConfig:
   """How long to train and how often to log, evaluate and checkpoint.
 
-  `eval_every` and `checkpoint_every` of 0 mean: only at the last step.
+  `eval_every` and `checkpoint_every` of 0 mean: only at the last step;
+  `monitor_every` of 0: never. `monitor_patience` P > 0 stops the run when
+  P monitor checks in a row did not improve on the best quality.
   """
   train_steps: int
   log_every: int = 20
   eval_every: int = 0
   checkpoint_every: int = 0
+  monitor_every: int = 0
+  monitor_patience: int = 0
   keep_checkpoints: int = 3
   progress: bool = True
   desc: str = 'train'
@@ -63,7 +68,8 @@ class LoopConfig:
   # change; every other difference from the stored config.json is refused.
   may_change_on_resume: tuple[str, ...] = (
       'train_steps', 'progress', 'cache_dir', 'keep_checkpoints', 'eval_every',
-      'checkpoint_every', 'log_every')
+      'checkpoint_every', 'log_every', 'monitor_every', 'monitor_samples',
+      'monitor_sample_steps', 'monitor_patience')
 
 
 @contextlib.contextmanager
@@ -249,8 +255,8 @@ def config_changes(workdir: Path, config_dict: dict, may_change: tuple[str, ...]
 
 
 # What a run writes at the top of its workdir (besides `files`).
-RUN_ENTRIES = ('config.json', 'metrics.jsonl', 'checkpoints', 'best',
-               'training_curve.png', 'train_summary.json', 'resume_log.jsonl',
+RUN_ENTRIES = ('config.json', 'metrics.jsonl', 'checkpoints', 'best', 'best_quality',
+               'training_curve.png', 'quality_curve.png', 'train_summary.json', 'resume_log.jsonl',
                'skipped_rows.json')
 
 
@@ -308,6 +314,7 @@ def check_workdir(workdir: str | Path, resume: bool, overwrite: bool,
 def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
         train_step: Callable, batch_for_step: Callable[[int], object], *,
         evaluate: Callable[[object, int], dict] | None = None,
+        monitor: Callable[[object, int], dict] | None = None,
         config_dict: dict | None = None, resume: bool = False,
         overwrite: bool = False, files: dict[str, str] | None = None,
         replicate: Callable = lambda s: s, log: Callable = print,
@@ -322,6 +329,11 @@ def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
     batch_for_step: step (0-based) -> the placed batch of that step.
     evaluate: `(ema_params, step) -> {name: mean}` with 'loss'; a lower loss
       saves the best checkpoint.
+    monitor: `(ema_params, step) -> {name: value}` with 'quality' (higher is
+      better), run every `loop.monitor_every` steps and logged with split
+      'monitor'; a higher quality saves the `best_quality` checkpoint, and
+      `loop.monitor_patience` checks without one stop the run (the step it
+      stopped at is checkpointed; the summary says so).
     config_dict: written to `config.json`; on resume compared with the
       stored one (only `loop.may_change_on_resume` fields may differ; the
       changes are appended to `resume_log.jsonl`), which `read_config`
@@ -358,15 +370,24 @@ def run(workdir: str | Path, loop: LoopConfig, state: state_lib.TrainState,
   lock = outputs.lock_folder(workdir, '--workdir', str(workdir))
   try:
     return _run_locked(workdir, loop, state, train_step, batch_for_step,
-                       evaluate, config_dict, resume, overwrite, inputs, files,
+                       evaluate, monitor, config_dict, resume, overwrite, inputs, files,
                        replicate, log,
                        time.perf_counter() if started is None else started, read_config)
   finally:
     lock.release()
 
 
+def write_record(f, record: dict) -> int:
+  """One strict-JSON line of `record` into the open metrics file, flushed;
+  returns how many non-finite values were written as null."""
+  line, count = io_lib.json_line(record)
+  f.write(line)
+  f.flush()
+  return count
+
+
 def _run_locked(workdir, loop, state, train_step, batch_for_step, evaluate,
-                config_dict, resume, overwrite, inputs, files, replicate, log,
+                monitor, config_dict, resume, overwrite, inputs, files, replicate, log,
                 started, read_config):
   check_workdir(workdir, resume, overwrite, inputs)  # again, now that it is ours
   if overwrite and not resume:
@@ -378,6 +399,7 @@ def _run_locked(workdir, loop, state, train_step, batch_for_step, evaluate,
   manager = checkpoints.CheckpointManager(workdir, loop.keep_checkpoints)
   metrics_path = workdir / 'metrics.jsonl'
   best_val = float('inf')
+  best_quality, since_best = -float('inf'), 0
   if resume and (workdir / 'config.json').is_file() and config_dict is not None:
     changes = config_changes(workdir, config_dict, loop.may_change_on_resume,
                              read_config)
@@ -397,6 +419,8 @@ def _run_locked(workdir, loop, state, train_step, batch_for_step, evaluate,
           'the one before') from None
     state = replicate(state)
     best_val = extra.get('best_val', best_val)
+    best_quality = extra.get('best_quality', best_quality)
+    since_best = extra.get('checks_since_best_quality', since_best)
     log(f'resumed from step {int(state.step)} in {workdir}')
     if changes:
       log('changed on resume: ' + '; '.join(f'{k}: {a!r} -> {b!r}'
@@ -425,6 +449,18 @@ def _run_locked(workdir, loop, state, train_step, batch_for_step, evaluate,
                                            manager.latest_step, workdir)
   unchecked = []  # (step, overflow, update_finite) not read yet
   check_steps = lambda: _check_steps(unchecked)
+  extras = lambda: dict({'best_val': best_val} if np.isfinite(best_val) else {},
+                        **({'best_quality': best_quality,
+                            'checks_since_best_quality': since_best}
+                           if np.isfinite(best_quality) else {}))
+  stopped_early = None
+
+  def save_checked(save, done):
+    """A checkpoint of the current state, never of a diverged or non-finite one."""
+    check_divergence(done)
+    _check_state(state, done)
+    save(done, state, extras())
+
   with open(metrics_path, 'a') as mf, prefetch(batch_for_step, start, total,
                                               loop.prefetch) as batches:
     for step, batch in zip(range(start, total), batches):
@@ -444,38 +480,46 @@ def _run_locked(workdir, loop, state, train_step, batch_for_step, evaluate,
         last = {k: float(v) for k, v in metrics.items()}
         record = dict(step=done, split='train', steps_per_s=rate,
                       skipped=int(state.skipped), **last)
-        line, count = io_lib.json_line(record)
-        non_finite_logged += count
-        mf.write(line)
-        mf.flush()
+        non_finite_logged += write_record(mf, record)
         check_divergence(done)
         bar.set_postfix(loss=f"{last['loss']:.4f}", it_s=f'{rate:.1f}')
       if evaluate is not None and _due(done, loop.eval_every, total):
         check_steps()
         val = evaluate(state.ema_params, done)
-        line, count = io_lib.json_line(dict(step=done, split='val', **val))
-        non_finite_logged += count
-        mf.write(line)
-        mf.flush()
+        non_finite_logged += write_record(mf, dict(step=done, split='val', **val))
         if val['loss'] < best_val:
           best_val = val['loss']
-          check_divergence(done)
-          _check_state(state, done)
-          manager.save_best(done, state, {'best_val': best_val})
-      if _due(done, loop.checkpoint_every, total):
+          save_checked(manager.save_best, done)
+      if monitor is not None and loop.monitor_every and _due(done, loop.monitor_every, total):
+        check_steps()
+        quality = monitor(state.ema_params, done)
+        non_finite_logged += write_record(mf, dict(step=done, split='monitor', **quality))
+        if quality['quality'] > best_quality:
+          best_quality, since_best = quality['quality'], 0
+          save_checked(manager.save_best_quality, done)
+        else:
+          since_best += 1
+        if loop.monitor_patience and since_best >= loop.monitor_patience:
+          stopped_early = done
+          log(f'stopping early at step {done}: the sample quality did not improve '
+              f'on {best_quality:.4f} in {since_best} checks (--monitor_patience)')
+      if _due(done, loop.checkpoint_every, total) or stopped_early:
         check_steps()  # never checkpoint an update made on a lossy graph
-        check_divergence(done)
-        _check_state(state, done)
-        manager.save(done, state, {'best_val': best_val})
+        save_checked(manager.save, done)
       bar.update(1)
+      if stopped_early:
+        break
   bar.close()
   check_steps()
   manager.wait()
-  plots.plot_training_curve(checkpoints.read_metrics(metrics_path, log),
-                            workdir / 'training_curve.png', keys=loop.curve_keys)
+  records = checkpoints.read_metrics(metrics_path, log)
+  plots.plot_training_curve(records, workdir / 'training_curve.png', keys=loop.curve_keys)
+  plots.plot_monitor_curve(records, workdir / 'quality_curve.png')
   summary = dict(final_step=int(state.step), skipped_steps=int(state.skipped),
                  first_step_s=first_step_s,
                  best_val_loss=best_val if np.isfinite(best_val) else None,
+                 best_quality=best_quality if np.isfinite(best_quality) else None,
+                 stopped_early_at=stopped_early,
                  last_train=last, train_seconds=time.perf_counter() - t0,
                  workdir=str(workdir), non_finite_values_logged=non_finite_logged)
   nulls = io_lib.write_json_atomic(workdir / 'train_summary.json', summary)
