@@ -515,11 +515,13 @@ def test_every_training_flag_file_composes_into_a_valid_config():
   assert (flow_cpu['max_atoms'], flow_cpu['optim']['schedule'],
           flow_cpu['train_steps'], flow_cpu['sampling']['settings']['anneal_slope']) == \
       (20, 'cosine', 16000, 5.0)
-  masked = resolved['perov5_dng_masked_cpu.flags']
+  masked = resolved['perov5_dng_flow_masked_cpu.flags']
   assert [p['process'] for p in masked['model']['processes']] == \
       ['lattice_flow', 'frac_torus_flow', 'types_masked']
   assert (masked['monitor_every'], masked['loss_weights']['types'],
           masked['train_steps']) == (1000, 1.0, 8000)
+  assert [p['process'] for p in resolved['perov5_dng_masked_cpu.flags']['model'][
+      'processes']] == ['lattice_ddpm', 'frac_wrapped_normal', 'types_masked']
   big = resolved['carbon24_dng.flags']
   assert big['model']['network']['settings']['hidden'] == 512
   assert (big['max_atoms'], big['optim']['schedule'], big['loss_weights']['types']) == \
