@@ -17,7 +17,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('run', None, 'Training workdir to export.')
 flags.DEFINE_string('out', None, 'Model file to write (.jcm added if missing).')
 flags.DEFINE_string('which', 'best', "Which checkpoint: 'best' (by validation loss), "
-                    "'latest' or a periodic checkpoint's step.")
+                    "'best_quality' (by the sample-quality monitor), 'latest' or a "
+                    "periodic checkpoint's step.")
 flags.DEFINE_bool('overwrite', False, 'Replace an existing model file.')
 flags.mark_flags_as_required(['run', 'out'])
 cli.existing_dir('run', 'a training workdir')
