@@ -102,9 +102,15 @@ def test_models_without_jump_processes_keep_their_keys(keys):
   """A jump-free flow model's sampler never splits the state's key, so
   seeds give the structures they gave before jump processes existed."""
   model = model_lib.build(model_lib.ModelConfig(task='dng_flow', num_steps=50)
+                          .with_process('types', 'types_flow')
                           .with_network(**TINY_NETWORK))
   rng = next(keys)
   from jaxcrystal.generative import sampling
   assert sampling.jump_keys(model, rng)[0] is rng
   assert samplers.model_kind(_model('dng_flow')) == 'flow'
+  # masked types are dng_flow's default; a run stored with no processes
+  # (before issue 31) had flow types and keeps them
+  assert model_lib.ModelConfig(task='dng_flow').process_table()[2][1] == 'types_masked'
+  legacy = model_lib.ModelConfig.from_dict({'task': 'dng_flow', 'num_steps': 50})
+  assert legacy.process_table()[2][1] == 'types_flow'
   assert samplers.model_kind(_model('dng')) == 'score'

@@ -515,7 +515,7 @@ def test_every_training_flag_file_composes_into_a_valid_config():
   assert (flow_cpu['max_atoms'], flow_cpu['optim']['schedule'],
           flow_cpu['train_steps'], flow_cpu['sampling']['settings']['anneal_slope']) == \
       (20, 'cosine', 16000, 5.0)
-  masked = resolved['perov5_dng_flow_masked_cpu.flags']
+  masked = resolved['perov5_dng_flow_cpu.flags']
   assert [p['process'] for p in masked['model']['processes']] == \
       ['lattice_flow', 'frac_torus_flow', 'types_masked']
   assert (masked['monitor_every'], masked['loss_weights']['types'],

@@ -147,7 +147,7 @@ class ModelConfig:
       if stored_processes is None:
         table = [(variable, name, _legacy_settings(defaults, _LEGACY_FIELDS.get(name, {}),
                                                    legacy, f'process {name!r} ({variable})'))
-                 for variable, name, defaults in config.process_table()]
+                 for variable, name, defaults in _legacy_table(config)]
       else:
         table = [(p['variable'], p['process'], settings_lib.read(
             processes_lib.entry(p['process']).defaults, p.get('settings', {}),
@@ -327,6 +327,20 @@ _LEGACY_PROCESS_KEYS = ('beta_schedule', 'sigma_begin', 'sigma_end', 'cart_sigma
                         'cart_sigma_end')
 _LEGACY_NETWORK_KEYS = ('hidden', 'num_layers', 'num_freqs', 'time_dim', 'distance_basis',
                         'edge_score_head', 'num_basis')
+
+
+# Presets that changed after runs stored their processes by task alone:
+# {(task, variable): the process such a run was trained with}.
+_LEGACY_PRESETS = {('dng_flow', 'types'): 'types_flow'}
+
+
+def _legacy_table(config: ModelConfig):
+  """`config.process_table()` with the presets of the time a run stored no
+  processes (`_LEGACY_PRESETS`)."""
+  return [(v, _LEGACY_PRESETS.get((config.task, v), n),
+           processes_lib.entry(_LEGACY_PRESETS[(config.task, v)]).defaults
+           if (config.task, v) in _LEGACY_PRESETS else s)
+          for v, n, s in config.process_table()]
 
 
 def _legacy_settings(defaults, fields: dict, legacy: dict, where: str):
