@@ -1,7 +1,8 @@
 """The models shipped in pretrained/ (listed in pretrained/manifest.json):
 each file is the one the manifest describes, loads, and samples 8 physical
-structures in CI time (finite, positive volume, at least 7 of 8 with no
-pair under 0.5 A; a CSP model keeps the requested composition)."""
+structures in CI time (finite, positive volume, no pair under 0.5 A in as
+many of the 8 as the model's val rate makes near certain, 7 unless the
+manifest says otherwise; a CSP model keeps the requested composition)."""
 import json
 from pathlib import Path
 
@@ -35,8 +36,7 @@ def test_a_shipped_model_samples_physical_structures(entry):
     compositions, _, _, _ = generate.compositions_for_request(
         config, num_samples=8, seed=0, atom_counts=counts)
   else:
-    compositions = [readers.parse_formula(f) for f in entry['test_formulas']] * 2
-    compositions = compositions[:8]
+    compositions = ([readers.parse_formula(f) for f in entry['test_formulas']] * 8)[:8]
   samples, _ = generate.sample_structures(model, params, compositions, seed=0,
                                           progress=False)
   assert len(samples) == 8
@@ -48,6 +48,9 @@ def test_a_shipped_model_samples_physical_structures(entry):
     closest.append(distances.min() if distances.size else np.inf)
     if not model.task.generates_types:
       assert sorted(sample.numbers) == sorted(numbers)
-  # About 98 % of Perov-5 samples are structurally valid on val; another
-  # CPU's rounding can change which 8 come out, so one of 8 may overlap.
-  assert sum(d >= 0.5 for d in closest) >= 7, (entry['name'], closest)
+  # Another CPU's rounding can change which 8 come out, so the bar is what
+  # the model's val rate of structures without overlaps makes near certain
+  # (the manifest's `min_without_overlap_of_8`, with its reason): 7 for
+  # the Perov-5 CSP model (about 98 % on val).
+  need = entry.get('min_without_overlap_of_8', 7)
+  assert sum(d >= 0.5 for d in closest) >= need, (entry['name'], closest)
