@@ -514,7 +514,7 @@ CLI_CASES = {
                                r"of 70 atoms, more than this model's budget of 64 "
                                r"\(set by its training data\); --max_atoms=70"),
     'bad_which': (['--formula=Al4', '--which=newest'], r"^error: flag --which=newest: "
-                  r"--which must be 'best', 'latest' or a checkpoint's step$"),
+                  r"--which must be 'best', 'best_quality', 'latest' or a checkpoint's step$"),
     'missing_checkpoint': (['--checkpoint=/nonexistent'], r'^error: flag '
                            r'--checkpoint=/nonexistent: --checkpoint must be a '
                            r'training workdir or a model file \(\.jcm\)$'),

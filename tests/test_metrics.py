@@ -129,9 +129,10 @@ def test_dng_metrics_on_known_sets(builtin):
   # atoms per crystal: the same set scores 0; doubling every crystal
   # shifts the count distribution by its mean
   assert without['wdist_num_atoms'] == 0.0
-  doubled = [a.repeat((2, 1, 1)) for a in builtin]
-  got = metrics.dng_metrics(doubled, builtin, unique_novel=False, progress=False)
-  assert got['wdist_num_atoms'] == pytest.approx(np.mean([len(a) for a in builtin]))
+  few = builtin[:3]
+  doubled = [a.repeat((2, 1, 1)) for a in few]
+  got = metrics.dng_metrics(doubled, few, unique_novel=False, progress=False)
+  assert got['wdist_num_atoms'] == pytest.approx(np.mean([len(a) for a in few]))
 
 
 def test_markdown_table_layout():
