@@ -50,14 +50,13 @@ def get_ode_sampler(model: model_lib.Model, method: str = 'euler',
   flowing = {n: p for n, p in model.processes.items() if p.kind != 'jump'}
   jumping = {n: p for n, p in model.processes.items() if p.kind == 'jump'}
 
-  def velocities(params, template, xs, t, keep=None):
+  def velocities(params, template, xs, t):
+    """(velocities of the flowing variables, overflow, the network's output)."""
     out, lost = sampling.network_outputs(model, params, template, xs, t)
-    if keep is not None:
-      keep.update(out)
     factor = 1.0 + anneal_slope * (1.0 - t)
     us = {n: p.velocity(out[n], template) * (factor if p.anneal else 1.0)
           for n, p in flowing.items()}
-    return us, lost
+    return us, lost, out
 
   def advance(template, xs, us, dt):
     return {n: (p.advance(xs[n], us[n], dt, template) if n in flowing else xs[n])
@@ -67,20 +66,19 @@ def get_ode_sampler(model: model_lib.Model, method: str = 'euler',
     t, t_prev = tt
     h = t - t_prev
     xs = state.xs
-    out = {}
-    u1, lost = velocities(params, template, xs, t, out)
+    u1, lost, out = velocities(params, template, xs, t)
     if method == 'euler':
       new = advance(template, xs, u1, h)
     elif method == 'heun':
       def second_order(_):
-        u2, lost2 = velocities(params, template, advance(template, xs, u1, h), t_prev)
+        u2, lost2, _ = velocities(params, template, advance(template, xs, u1, h), t_prev)
         return (advance(template, xs, jax.tree.map(lambda a, b: 0.5 * (a + b), u1, u2),
                         h), jnp.maximum(lost, lost2))
       new, lost = jax.lax.cond(model.time.is_last(t_prev),
                                lambda _: (advance(template, xs, u1, h), lost),
                                second_order, None)
     else:  # midpoint
-      u2, lost2 = velocities(params, template, advance(template, xs, u1, 0.5 * h),
+      u2, lost2, _ = velocities(params, template, advance(template, xs, u1, 0.5 * h),
                              t - 0.5 * h)
       new = advance(template, xs, u2, h)
       lost = jnp.maximum(lost, lost2)
