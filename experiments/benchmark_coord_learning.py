@@ -7,7 +7,9 @@ Each variant is trained from scratch for --steps Adam steps at noise levels
 t in {1..--max_t} only, and its coordinate loss is recorded (1: nothing
 learned). Variants: `base` (the CPU flag files' CSPNet, cells as in the
 file), `niggli` (Niggli-reduced cells, as DiffCSP), `niggli_edge` (plus the
-distance basis and the edge-vector score head). Writes coord_learning.json,
+distance basis and the edge-vector score head); `*_clean_lattice` give the
+network the clean lattice (only the atoms noised): how much of the atoms'
+loss the lattice's noise hides. Writes coord_learning.json,
 coord_learning.md and coord_learning.png.
 """
 import os
@@ -24,10 +26,14 @@ from jaxcrystal.data import io as io_lib
 from jaxcrystal.data import readers
 from jaxcrystal.plotting import plots
 
+EDGE = dict(distance_basis=32, edge_score_head=True)
+# name: (Niggli cells, network overrides, variables given clean)
 VARIANTS = {
-    'base': (False, dict()),
-    'niggli': (True, dict()),
-    'niggli_edge': (True, dict(distance_basis=32, edge_score_head=True)),
+    'base': (False, dict(), ()),
+    'niggli': (True, dict(), ()),
+    'niggli_edge': (True, EDGE, ()),
+    'niggli_clean_lattice': (True, dict(), ('lattice',)),
+    'niggli_edge_clean_lattice': (True, EDGE, ('lattice',)),
 }
 
 FLAGS = flags.FLAGS
@@ -50,14 +56,15 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   curves, rows = {}, []
   for name in FLAGS.variants:
-    niggli, overrides = VARIANTS[name]
+    niggli, overrides, clean = VARIANTS[name]
     structures, _ = readers.read_structures(FLAGS.data, skip_bad=True, niggli=niggli,
                                           max_atoms=FLAGS.max_atoms, progress=False)
     config = model_lib.ModelConfig(task='csp').with_network(
         hidden=128, num_layers=4, num_freqs=128, time_dim=128, **overrides)
     start = time.perf_counter()
     curve = benchmarks.coord_learning_curve(structures, config, FLAGS.steps,
-                                            FLAGS.max_t, FLAGS.batch_size)
+                                            FLAGS.max_t, FLAGS.batch_size,
+                                            clean=clean)
     seconds = time.perf_counter() - start
     curves[name] = curve
     rows.append(dict(variant=name, last50=float(curve[-50:].mean()),

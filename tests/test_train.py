@@ -96,6 +96,21 @@ def test_loss_at_times_is_the_training_loss_at_its_times():
   assert float(low) > 0 and float(high) > 0 and abs(float(low) - float(high)) > 1e-3
 
 
+def test_loss_at_times_can_hand_a_variable_over_clean():
+  spec, _, state, _, batch = _state_and_step('csp')
+  rng = jax.random.PRNGKey(3)
+  t = jnp.full((batch.num_graph_slots,), spec.config.num_steps)  # noisiest lattice
+  noised = jax.jit(losses.get_loss_at_times_fn(spec))
+  clean = jax.jit(losses.get_loss_at_times_fn(spec, clean=('lattice',)))
+  loss, aux = clean(rng, state.params, batch, t)
+  _, noised_aux = noised(rng, state.params, batch, t)
+  assert 'lattice' not in aux and float(loss) == pytest.approx(float(aux['coords']))
+  # same coordinate noise (same keys), other network input: the coords term moves
+  assert abs(float(aux['coords']) - float(noised_aux['coords'])) > 1e-4
+  with pytest.raises(ValueError, match='unknown variables'):
+    losses.get_loss_at_times_fn(spec, clean=('cell',))
+
+
 def test_loss_by_noise_level_reads_one_for_an_ignorant_model():
   spec, _, state, _, _ = _state_and_step('csp')
   dataset = data_lib.BucketedDataset(datasets.builtin_structures(), 8)

@@ -63,14 +63,23 @@ def get_loss_fn(model: model_lib.Model, weights: LossWeights = LossWeights()):
   return loss_fn
 
 
-def get_loss_at_times_fn(model: model_lib.Model, weights: LossWeights = LossWeights()):
+def get_loss_at_times_fn(model: model_lib.Model, weights: LossWeights = LossWeights(),
+                         clean: tuple[str, ...] = ()):
   """The loss of `get_loss_fn` at given times.
 
   Returns `loss_at_times(rng, params, batch, t) -> (loss, aux)` with `t: [G]`
   on the model's time grid; with the t that `get_loss_fn` draws from the
   same rng it gives the same result. Used to see at which noise levels a
   model fails (`loss_by_noise_level`).
+
+  `clean`: names of variables handed to the network clean (not noised): a
+  diagnostic of how much one variable's noise hides another's (their own
+  terms are then meaningless and left out of the loss).
   """
+  unknown = set(clean) - set(model.processes)
+  if unknown:
+    raise ValueError(f'clean: unknown variables {sorted(unknown)}; the model has '
+                     f'{sorted(model.processes)}')
   def loss_at_times(rng, params, batch: batch_lib.CrystalBatch, t: jax.Array):
     batch.validate_shapes()
     chex.assert_shape(t, (batch.num_graph_slots,))
@@ -79,9 +88,13 @@ def get_loss_at_times_fn(model: model_lib.Model, weights: LossWeights = LossWeig
     for name, process in model.processes.items():
       rows = t if process.per == 'graph' else t[batch.graph_index]
       xs[name], targets[name] = process.noise(key(process.stream), batch, rows)
+      if name in clean:
+        xs[name] = process.clean(batch)
     out, overflow = model.apply(params, model.write(batch, xs), t, xs)
     aux, loss = {}, None
     for name, process in model.processes.items():
+      if name in clean:
+        continue
       aux[name] = process.loss(out[name], targets[name], row_mask(batch, process.per))
       term = getattr(weights, name, 1.0) * aux[name]
       loss = term if loss is None else loss + term

@@ -162,13 +162,16 @@ def benchmark_healing_step(model, params, config, repeats_per_side, repeats: int
 
 def coord_learning_curve(structures, config, steps: int, max_t: int,
                          batch_size: int = 64, learning_rate: float = 1e-3,
-                         num_buckets: int = 4, seed: int = 0) -> np.ndarray:
+                         num_buckets: int = 4, seed: int = 0,
+                         clean: tuple[str, ...] = ()) -> np.ndarray:
   """Per-step coordinate loss of a fresh model trained (Adam, the training
   kit's guarded step) only at small noise, t in {1..max_t}: how quickly a
   variant (`config`, a `model.ModelConfig`; cells as given in `structures`)
   learns local geometry, the part that decides whether samples have sane
   bonds. Trained by the library's loop in a temporary folder. Returns
-  `[steps]` normalised-score MSEs (1: nothing learned)."""
+  `[steps]` normalised-score MSEs (1: nothing learned). `clean`: variables
+  given to the network clean (`losses.get_loss_at_times_fn`), e.g.
+  ('lattice',) to see how much the lattice's noise hides the atoms'."""
   import optax
   from jaxcrystal.data import pipeline as data_lib
   from jaxcrystal.generative import losses
@@ -181,7 +184,7 @@ def coord_learning_curve(structures, config, steps: int, max_t: int,
   model = model_lib.build(config)
   edges = data_lib.default_bucket_edges([len(s) for s in structures], num_buckets)
   dataset = data_lib.BucketedDataset(structures, batch_size, edges)
-  loss_at_times = losses.get_loss_at_times_fn(model)
+  loss_at_times = losses.get_loss_at_times_fn(model, clean=clean)
 
   def loss_fn(rng, params, batch):
     rng_t, rng = jax.random.split(rng)
