@@ -9,7 +9,9 @@ learned). Variants: `base` (the CPU flag files' CSPNet, cells as in the
 file), `niggli` (Niggli-reduced cells, as DiffCSP), `niggli_edge` (plus the
 distance basis and the edge-vector score head); `*_clean_lattice` give the
 network the clean lattice (only the atoms noised): how much of the atoms'
-loss the lattice's noise hides. Writes coord_learning.json,
+loss the lattice's noise hides; `niggli_edge_late_lattice` reads the
+lattice's schedule at (t/T)^2 (`--lattice.time_power=2`), so its noise at
+small t is that of t^2/T. Writes coord_learning.json,
 coord_learning.md and coord_learning.png.
 """
 import os
@@ -27,13 +29,15 @@ from jaxcrystal.data import readers
 from jaxcrystal.plotting import plots
 
 EDGE = dict(distance_basis=32, edge_score_head=True)
-# name: (Niggli cells, network overrides, variables given clean)
+LATE_LATTICE = dict(time_power=2.0)
+# name: (Niggli cells, network overrides, variables given clean, lattice settings)
 VARIANTS = {
-    'base': (False, dict(), ()),
-    'niggli': (True, dict(), ()),
-    'niggli_edge': (True, EDGE, ()),
-    'niggli_clean_lattice': (True, dict(), ('lattice',)),
-    'niggli_edge_clean_lattice': (True, EDGE, ('lattice',)),
+    'base': (False, dict(), (), dict()),
+    'niggli': (True, dict(), (), dict()),
+    'niggli_edge': (True, EDGE, (), dict()),
+    'niggli_clean_lattice': (True, dict(), ('lattice',), dict()),
+    'niggli_edge_clean_lattice': (True, EDGE, ('lattice',), dict()),
+    'niggli_edge_late_lattice': (True, EDGE, (), LATE_LATTICE),
 }
 
 FLAGS = flags.FLAGS
@@ -56,11 +60,13 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   curves, rows = {}, []
   for name in FLAGS.variants:
-    niggli, overrides, clean = VARIANTS[name]
+    niggli, overrides, clean, lattice = VARIANTS[name]
     structures, _ = readers.read_structures(FLAGS.data, skip_bad=True, niggli=niggli,
                                           max_atoms=FLAGS.max_atoms, progress=False)
     config = model_lib.ModelConfig(task='csp').with_network(
         hidden=128, num_layers=4, num_freqs=128, time_dim=128, **overrides)
+    if lattice:
+      config = config.with_process('lattice', **lattice)
     start = time.perf_counter()
     curve = benchmarks.coord_learning_curve(structures, config, FLAGS.steps,
                                             FLAGS.max_t, FLAGS.batch_size,

@@ -80,6 +80,9 @@ def test_dotted_flags_reach_the_component_they_name():
   assert table['coords'] == ('frac_wrapped_normal', processes.SigmaSettings(0.005, 0.4))
   assert table['types'][1] == processes.DDPMSettings('linear')
   assert table['lattice'][1] == processes.DDPMSettings('cosine')  # only types changed
+  _, read = _flags('--lattice.time_power=2')
+  lattice = model_lib.build(read().model).processes['lattice']
+  assert lattice.schedule.time_power == 2.0
   assert config.model.network_choice() == ('cspnet', networks.CSPNetSettings(hidden=32))
   assert (config.optim.plateau_factor, config.loss_weights.types, config.batch_size) == \
       (0.5, 20.0, 8)
@@ -96,6 +99,8 @@ def test_dotted_flags_reach_the_component_they_name():
     (['--types.beta_schedule=linear'], r"^--types\.beta_schedule: task 'csp' has no "
                                        r"variable 'types'"),
     (['--coords.process=nope'], r"^--coords\.process: unknown process 'nope'"),
+    (['--lattice.time_power=9'], r"^--lattice\.time_power: process 'lattice_ddpm' "
+                                 r'\(lattice\): time_power must be in \[0\.25, 8\]'),
     (['--optim.ema_decay=1.0'], r'^optim: ema_decay must be in \[0, 1\), got 1\.0'),
     (['--loss_weights.coords=-1'], r'^loss_weights: coords must be >= 0'),
     (['--train_steps=0'], r'^train: train_steps must be >= 1'),

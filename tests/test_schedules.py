@@ -67,3 +67,21 @@ def test_score_norm_of_many_sigmas_equals_each_alone():
   together = wrapped_normal.score_norm(sigmas)
   alone = np.concatenate([wrapped_normal.score_norm(sigmas[i:i + 1]) for i in range(37)])
   np.testing.assert_array_equal(together, alone)
+
+
+def test_time_power_keeps_the_variable_cleaner_early_and_reaches_the_prior():
+  plain = schedules.make_beta_schedule('cosine', 1000)
+  late = schedules.make_beta_schedule('cosine', 1000, time_power=2.0)
+  ab, ab_late = np.asarray(plain.alpha_bars), np.asarray(late.alpha_bars)
+  # step t of the warped schedule is step T (t/T)^2 of the plain one
+  np.testing.assert_allclose(ab_late[100], ab[10], rtol=1e-5)
+  np.testing.assert_allclose(ab_late[500], ab[250], rtol=1e-5)
+  assert np.all(ab_late[1:-1] > ab[1:-1]) and ab_late[-1] < 0.01
+  # the continuous closed form follows the warp too
+  t = np.linspace(0, 1, 1001)
+  np.testing.assert_allclose(np.asarray(late.alpha_bar_continuous(jnp.asarray(t)))[1:-1],
+                             ab_late[1:-1], atol=1e-4)
+  with pytest.raises(ValueError, match='time_power'):
+    schedules.make_beta_schedule('linear', 1000, time_power=2.0)
+  with pytest.raises(ValueError, match='time_power'):
+    schedules.make_beta_schedule('cosine', 1000, time_power=0.0)

@@ -44,7 +44,7 @@ defaults and its own `validate`, registered with it. A model config names a
 process and its settings per variable (`ModelConfig.processes`), so adding a
 setting to a process touches this file only:
 
-  DDPMSettings    lattice_ddpm, types_ddpm: beta_schedule.
+  DDPMSettings    lattice_ddpm, types_ddpm: beta_schedule, time_power.
   SigmaSettings   frac_wrapped_normal (fractional units, 0.005 to 0.5) and
                   cart_minimum_image (Angstrom, 0.01 to 1.0): sigma_begin,
                   sigma_end.
@@ -341,13 +341,20 @@ class DDPMSettings(settings_lib.Settings):
 
   Attributes:
     beta_schedule: noise schedule, 'linear', 'cosine' or 'sigmoid'.
+    time_power: read the schedule at (t/T)^time_power; above 1 the variable
+      stays cleaner at small t (cosine and sigmoid only).
   """
   beta_schedule: str = 'cosine'
+  time_power: float = 1.0
 
   def validate(self):
     if self.beta_schedule not in schedules.ALPHA_BAR_FNS:
       raise ValueError(f'beta_schedule must be one of {sorted(schedules.ALPHA_BAR_FNS)}, '
                        f'got {self.beta_schedule!r}')
+    if not 0.25 <= self.time_power <= 8:
+      raise ValueError(f'time_power must be in [0.25, 8], got {self.time_power}')
+    if self.beta_schedule == 'linear' and self.time_power != 1:
+      raise ValueError("time_power needs beta_schedule 'cosine' or 'sigmoid'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -386,11 +393,13 @@ def get_process(name: str, settings: settings_lib.Settings, num_steps: int):
 
 
 register_process('lattice_ddpm', lambda s, steps: LatticeDDPM(
-    schedules.make_beta_schedule(s.beta_schedule, steps)), DDPMSettings())
+    schedules.make_beta_schedule(s.beta_schedule, steps, time_power=s.time_power)),
+    DDPMSettings())
 register_process('frac_wrapped_normal', lambda s, steps: FracWrappedNormal(
     schedules.make_sigma_schedule(steps, s.sigma_begin, s.sigma_end)), SigmaSettings())
 register_process('cart_minimum_image', lambda s, steps: CartesianMinimumImage(
     schedules.make_sigma_schedule(steps, s.sigma_begin, s.sigma_end, wrapped=False)),
     SigmaSettings(sigma_begin=0.01, sigma_end=1.0))
 register_process('types_ddpm', lambda s, steps: TypesDDPM(
-    schedules.make_beta_schedule(s.beta_schedule, steps)), DDPMSettings())
+    schedules.make_beta_schedule(s.beta_schedule, steps, time_power=s.time_power)),
+    DDPMSettings())
