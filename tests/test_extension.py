@@ -179,17 +179,17 @@ def two_stage_sampler(model, num_steps, settings, trajectory_every):
     out, lost = sampling.network_outputs(model, params, template, xs, t)
     return {n: p.velocity(out[n], template) for n, p in model.processes.items()}, lost
 
-  def advance(template, xs, us, dt):
-    return {n: p.advance(xs[n], us[n], dt, template) for n, p in model.processes.items()}
+  def advance(template, xs, us, t, t_to):
+    return {n: p.advance(xs[n], us[n], t, t_to, template) for n, p in model.processes.items()}
 
   def step(params, template, state, tt):
     t, t_prev = tt
     h = t - t_prev
     u1, lost1 = velocities(params, template, state.xs, t)
-    u2, lost2 = velocities(params, template, advance(template, state.xs, u1, alpha * h),
+    u2, lost2 = velocities(params, template, advance(template, state.xs, u1, t, t - alpha * h),
                            t - alpha * h)
     u = jax.tree.map(lambda a, b: (1 - w) * a + w * b, u1, u2)
-    return state.replace(xs=advance(template, state.xs, u, h),
+    return state.replace(xs=advance(template, state.xs, u, t, t_prev),
                          overflow=jnp.maximum(state.overflow, jnp.maximum(lost1, lost2)))
   return sampling.make_sample(model, step, grid, trajectory_every)
 

@@ -47,7 +47,7 @@ def test_torus_path_ends_target_and_image_invariance(keys):
   # one Euler step of the exact velocity from any t lands on the data
   for t in (1.0, 0.63, 0.2):
     ft, u = proc.noise(rng, batch, jnp.full(batch.num_atom_slots, t))
-    back = proc.advance(ft, proc.velocity(u, batch), t, batch)
+    back = proc.advance(ft, proc.velocity(u, batch), t, 0.0, batch)
     _periodic_close(np.asarray(back)[mask], np.asarray(batch.frac)[mask], 2e-5)
   # the target is mean-free per crystal and at most half a cell per axis
   means = flow.crystal_mean(u, batch)
@@ -74,8 +74,17 @@ def test_lattice_and_type_paths_are_straight(keys):
   t = jnp.array([1.0, 0.5, 0.25, 0.0, 0.7])[:batch.num_graph_slots]
   t = jnp.resize(t, (batch.num_graph_slots,))
   lt, u = lat.noise(rng, batch, t)
-  np.testing.assert_allclose(lat.advance(lt, u, t[:, None, None], batch), batch.lattice,
+  np.testing.assert_allclose(lat.advance(lt, u, t[:, None, None], 0.0, batch), batch.lattice,
                              atol=1e-5)
+  # with time_power p the lattice sits at s = t^p on the same straight path
+  late = flow.LatticeFlow(time_power=2.0)
+  lt2, u2 = late.noise(rng, batch, t)
+  s = np.asarray(t)[:, None, None]**2
+  np.testing.assert_allclose(lt2, (1 - s) * np.asarray(batch.lattice)
+                             + s * (np.asarray(batch.lattice) - np.asarray(u2)), atol=1e-5)
+  np.testing.assert_allclose(u2, u, atol=1e-6)  # same prior draw, same target
+  np.testing.assert_allclose(late.advance(lt2, u2, t[:, None, None], 0.0, batch),
+                             batch.lattice, atol=1e-5)
   # at t = 1 the state is the N(0, 1) prior draw itself
   l1, _ = lat.noise(rng, batch, jnp.ones(batch.num_graph_slots))
   np.testing.assert_allclose(np.asarray(l1), np.asarray(batch.lattice) - np.asarray(u),
@@ -104,7 +113,8 @@ class OracleVelocity:
   def apply(self, params, batch, times, graph, noisy):
     data = _ORACLE['batch']
     t = jnp.maximum(times, 1e-6)
-    lattice = (data.lattice - noisy['lattice']) / t[:, None, None]
+    s = t**_ORACLE.get('lattice_power', 1.0)  # where the lattice is on its path
+    lattice = (data.lattice - noisy['lattice']) / s[:, None, None]
     d = flow.shortest_displacement(data.frac - noisy['coords'])
     d = d - flow.crystal_mean(d, data)
     coords = d / t[data.graph_index][:, None] / flow.UNIFORM_DISPLACEMENT_STD
@@ -118,14 +128,18 @@ if 'oracle_velocity' not in networks.NETWORKS:
       'oracle_velocity', time='continuous'))
 
 
-@pytest.mark.parametrize('method,steps', [('euler', 1), ('euler', 7), ('heun', 3),
-                                          ('midpoint', 4)])
-def test_ode_samplers_reach_the_data_under_the_exact_velocity(method, steps):
+@pytest.mark.parametrize('method,steps,power', [
+    ('euler', 1, 1.0), ('euler', 7, 1.0), ('heun', 3, 1.0), ('midpoint', 4, 1.0),
+    ('euler', 7, 2.0), ('heun', 3, 2.0), ('midpoint', 4, 2.0)])
+def test_ode_samplers_reach_the_data_under_the_exact_velocity(method, steps, power):
   """A one-crystal data set: its exact velocity carries every prior draw to
-  the crystal (up to a shift) with any integrator and step count."""
+  the crystal (up to a shift) with any integrator and step count, also when
+  the lattice runs on its own clock (time_power)."""
   batch = _batch(3)
-  _ORACLE['batch'] = batch
-  model = model_lib.build(model_lib.ModelConfig(task='oracle_csp_flow', num_steps=10))
+  _ORACLE.update(batch=batch, lattice_power=power)
+  model = model_lib.build(model_lib.ModelConfig(task='oracle_csp_flow', num_steps=10)
+                          .with_process('lattice', time_power=power))
+  assert model.processes['lattice'].time_power == power
   sample = jax.jit(samplers.get_sampler(
       model, samplers.SamplerConfig(name=method, num_steps=steps)))
   out, _, _ = sample(jax.random.PRNGKey(0), {}, batch)

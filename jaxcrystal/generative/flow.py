@@ -6,8 +6,11 @@ network's input on the path between them, and regresses the velocity that
 carries x_t toward the data, u = d x_t / d(-t) (so the sampler moves
 x <- x + (t - t_prev) u while t falls from 1 to 0):
 
-  lattice_flow     lattice [G, 3, 3] (Angstrom): L_t = (1 - t) L_0 + t L_1,
-                   L_1 ~ N(0, I); target u = L_0 - L_1.
+  lattice_flow     lattice [G, 3, 3] (Angstrom): L_t = (1 - s) L_0 + s L_1
+                   with s = t^time_power (1 by default: s = t),
+                   L_1 ~ N(0, I); target u = L_0 - L_1 (the velocity in s).
+                   A time_power above 1 keeps the lattice nearly clean while
+                   the atoms' last displacement is removed (issue 33).
   frac_torus_flow  fractional coordinates [N, 3] on the flat torus: the
                    geodesic F_t = wrap(F_0 + t d) with d the shortest periodic
                    displacement from F_0 to a uniform F_1, minus its mean over
@@ -26,6 +29,7 @@ Registered in `processes.PROCESSES` like every process.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import chex
@@ -35,6 +39,7 @@ import jax.numpy as jnp
 
 from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.generative import processes
+from jaxcrystal.generative import settings as settings_lib
 
 # Standard deviation of a uniform displacement on [-1/2, 1/2).
 UNIFORM_DISPLACEMENT_STD = math.sqrt(1.0 / 12.0)
@@ -65,7 +70,8 @@ class FlowProcess(processes.Process):
   """Defaults of flow processes.
 
   velocity(out, template) -> u   the network's output as a velocity.
-  advance(x, u, dt, template)    x moved by dt along u (dt = t - t_prev > 0).
+  advance(x, u, t, t_to, template)  x moved along u from time t to t_to < t
+                                  (by t - t_to on a path straight in t).
   anneal                          whether the sampler's anti-annealing
                                   (FlowMM) scales this variable's velocity.
   """
@@ -75,21 +81,30 @@ class FlowProcess(processes.Process):
   def velocity(self, out, template):
     return out
 
-  def advance(self, x, u, dt, template):
-    return x + dt * u
+  def advance(self, x, u, t, t_to, template):
+    return x + (t - t_to) * u
 
 
 @flax.struct.dataclass
 class LatticeFlow(processes.LatticeVariable, FlowProcess):
-  """Straight path from a standard normal lattice to the data lattice."""
+  """Straight path (in s = t^time_power) from a standard normal lattice to
+  the data lattice."""
+  time_power: float = flax.struct.field(pytree_node=False, default=1.0)
+
+  def path_time(self, t):
+    """s(t) = t^time_power: where on the straight path the lattice is at t."""
+    return t if self.time_power == 1.0 else t**self.time_power
 
   def interpolate(self, rng: jax.Array, lattice: jax.Array, t: jax.Array):
     """`lattice: [G, 3, 3]` Angstrom, `t: [G]` in [0, 1] -> (L_t, u) [G, 3, 3]."""
     chex.assert_rank(lattice, 3)
     chex.assert_shape(t, lattice.shape[:1])
     prior = jax.random.normal(rng, lattice.shape, lattice.dtype)
-    tt = _along(t, lattice)
-    return (1.0 - tt) * lattice + tt * prior, lattice - prior
+    ss = _along(self.path_time(t), lattice)
+    return (1.0 - ss) * lattice + ss * prior, lattice - prior
+
+  def advance(self, x, u, t, t_to, template):
+    return x + (self.path_time(t) - self.path_time(t_to)) * u
 
   def noise(self, rng, batch, t):
     return self.interpolate(rng, batch.lattice, t)
@@ -129,8 +144,8 @@ class FracTorusFlow(FlowProcess):
   def velocity(self, out, template):
     return out * UNIFORM_DISPLACEMENT_STD
 
-  def advance(self, x, u, dt, template):
-    return processes._place_frac(template, x + dt * u)
+  def advance(self, x, u, t, t_to, template):
+    return processes._place_frac(template, x + (t - t_to) * u)
 
 
 @flax.struct.dataclass
@@ -146,6 +161,22 @@ class TypesFlow(processes.TypesVariable, FlowProcess):
     return (1.0 - tt) * x0 + tt * prior, x0 - prior
 
 
-processes.register_process('lattice_flow', lambda s, steps: LatticeFlow())
+@dataclasses.dataclass(frozen=True)
+class LatticeFlowSettings(settings_lib.Settings):
+  """The lattice flow's settings.
+
+  Attributes:
+    time_power: the lattice sits at s = t^time_power on its straight path;
+      above 1 it stays nearly clean at small t while the atoms move.
+  """
+  time_power: float = 1.0
+
+  def validate(self):
+    if not 0.25 <= self.time_power <= 8:
+      raise ValueError(f'time_power must be in [0.25, 8], got {self.time_power}')
+
+
+processes.register_process('lattice_flow', lambda s, steps: LatticeFlow(
+    time_power=float(s.time_power)), LatticeFlowSettings())
 processes.register_process('frac_torus_flow', lambda s, steps: FracTorusFlow())
 processes.register_process('types_flow', lambda s, steps: TypesFlow())

@@ -2,8 +2,9 @@
 one `lax.scan` over equal steps from t = 1 (prior) to 0 (data).
 
 The network's output for each variable becomes a velocity
-(`process.velocity`) and moves the state by dt = t - t_prev
-(`process.advance`, which wraps coordinates on the torus). Anti-annealing
+(`process.velocity`) and moves the state from t to t_prev
+(`process.advance`, which wraps coordinates on the torus and follows a
+process's own clock, e.g. a lattice at t^time_power). Anti-annealing
 (FlowMM's inference trick) multiplies the velocity of the processes marked
 `anneal` (coordinates) by 1 + slope (1 - t): late steps move further toward
 the data, which sharpens positions when few steps are taken.
@@ -58,8 +59,8 @@ def get_ode_sampler(model: model_lib.Model, method: str = 'euler',
           for n, p in flowing.items()}
     return us, lost, out
 
-  def advance(template, xs, us, dt):
-    return {n: (p.advance(xs[n], us[n], dt, template) if n in flowing else xs[n])
+  def advance(template, xs, us, t, t_to):
+    return {n: (p.advance(xs[n], us[n], t, t_to, template) if n in flowing else xs[n])
             for n, p in model.processes.items()}
 
   def step(params, template, state: sampling.SamplerState, tt):
@@ -68,19 +69,20 @@ def get_ode_sampler(model: model_lib.Model, method: str = 'euler',
     xs = state.xs
     u1, lost, out = velocities(params, template, xs, t)
     if method == 'euler':
-      new = advance(template, xs, u1, h)
+      new = advance(template, xs, u1, t, t_prev)
     elif method == 'heun':
       def second_order(_):
-        u2, lost2, _ = velocities(params, template, advance(template, xs, u1, h), t_prev)
+        u2, lost2, _ = velocities(params, template, advance(template, xs, u1, t, t_prev),
+                                  t_prev)
         return (advance(template, xs, jax.tree.map(lambda a, b: 0.5 * (a + b), u1, u2),
-                        h), jnp.maximum(lost, lost2))
+                        t, t_prev), jnp.maximum(lost, lost2))
       new, lost = jax.lax.cond(model.time.is_last(t_prev),
-                               lambda _: (advance(template, xs, u1, h), lost),
+                               lambda _: (advance(template, xs, u1, t, t_prev), lost),
                                second_order, None)
     else:  # midpoint
-      u2, lost2, _ = velocities(params, template, advance(template, xs, u1, 0.5 * h),
+      u2, lost2, _ = velocities(params, template, advance(template, xs, u1, t, t - 0.5 * h),
                              t - 0.5 * h)
-      new = advance(template, xs, u2, h)
+      new = advance(template, xs, u2, t, t_prev)
       lost = jnp.maximum(lost, lost2)
     rng, key = sampling.jump_keys(model, state.rng)
     for n, p in jumping.items():
