@@ -109,6 +109,8 @@ def test_loss_at_times_can_hand_a_variable_over_clean():
   assert abs(float(aux['coords']) - float(noised_aux['coords'])) > 1e-4
   with pytest.raises(ValueError, match='unknown variables'):
     losses.get_loss_at_times_fn(spec, clean=('cell',))
+  with pytest.raises(ValueError, match='must stay noised'):
+    losses.get_loss_at_times_fn(spec, clean=('lattice', 'coords'))
 
 
 def test_loss_by_noise_level_reads_one_for_an_ignorant_model():

@@ -80,6 +80,8 @@ def get_loss_at_times_fn(model: model_lib.Model, weights: LossWeights = LossWeig
   if unknown:
     raise ValueError(f'clean: unknown variables {sorted(unknown)}; the model has '
                      f'{sorted(model.processes)}')
+  if set(clean) >= set(model.processes):
+    raise ValueError('clean: at least one variable must stay noised')
   def loss_at_times(rng, params, batch: batch_lib.CrystalBatch, t: jax.Array):
     batch.validate_shapes()
     chex.assert_shape(t, (batch.num_graph_slots,))
