@@ -14,7 +14,6 @@ from jaxcrystal.generative import flow
 from jaxcrystal.generative import losses
 from jaxcrystal.generative import model as model_lib
 from jaxcrystal.generative import networks
-from jaxcrystal.generative import processes
 from jaxcrystal.generative import samplers
 from jaxcrystal.generative import sampling
 from jaxcrystal.generative import schedules
