@@ -11,7 +11,7 @@ distance basis and the edge-vector score head); `*_clean_lattice` give the
 network the clean lattice (only the atoms noised): how much of the atoms'
 loss the lattice's noise hides; `niggli_edge_late_lattice` reads the
 lattice's schedule at (t/T)^2 (`--lattice.time_power=2`), so its noise at
-small t is that of t^2/T. Writes coord_learning.json,
+small t is that of t^2/T (`niggli_edge_later_lattice`: p = 3). Writes coord_learning.json,
 coord_learning.md and coord_learning.png.
 """
 import os
@@ -38,6 +38,7 @@ VARIANTS = {
     'niggli_clean_lattice': (True, dict(), ('lattice',), dict()),
     'niggli_edge_clean_lattice': (True, EDGE, ('lattice',), dict()),
     'niggli_edge_late_lattice': (True, EDGE, (), LATE_LATTICE),
+    'niggli_edge_later_lattice': (True, EDGE, (), dict(time_power=3.0)),
 }
 
 FLAGS = flags.FLAGS
