@@ -39,6 +39,7 @@ import jax.numpy as jnp
 
 from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.generative import processes
+from jaxcrystal.generative import schedules
 from jaxcrystal.generative import settings as settings_lib
 
 # Standard deviation of a uniform displacement on [-1/2, 1/2).
@@ -172,8 +173,7 @@ class LatticeFlowSettings(settings_lib.Settings):
   time_power: float = 1.0
 
   def validate(self):
-    if not 0.25 <= self.time_power <= 8:
-      raise ValueError(f'time_power must be in [0.25, 8], got {self.time_power}')
+    schedules.check_time_power(self.time_power)
 
 
 processes.register_process('lattice_flow', lambda s, steps: LatticeFlow(

@@ -351,8 +351,7 @@ class DDPMSettings(settings_lib.Settings):
     if self.beta_schedule not in schedules.ALPHA_BAR_FNS:
       raise ValueError(f'beta_schedule must be one of {sorted(schedules.ALPHA_BAR_FNS)}, '
                        f'got {self.beta_schedule!r}')
-    if not 0.25 <= self.time_power <= 8:
-      raise ValueError(f'time_power must be in [0.25, 8], got {self.time_power}')
+    schedules.check_time_power(self.time_power)
     if self.beta_schedule == 'linear' and self.time_power != 1:
       raise ValueError("time_power needs beta_schedule 'cosine' or 'sigmoid'")
 

@@ -85,6 +85,18 @@ class BetaSchedule:
     return ALPHA_BAR_FNS[self.name](t**self.time_power)
 
 
+TIME_POWER_RANGE = (0.25, 8.0)
+
+
+def check_time_power(time_power: float) -> None:
+  """ValueError unless `time_power` (a process's clock t -> t^p, the
+  `time_power` setting of DDPM and lattice-flow processes) is in
+  `TIME_POWER_RANGE`."""
+  lo, hi = TIME_POWER_RANGE
+  if not lo <= time_power <= hi:
+    raise ValueError(f'time_power must be in [{lo:g}, {hi:g}], got {time_power}')
+
+
 def make_beta_schedule(name: str, num_steps: int = 1000,
                        max_beta: float = 0.999, time_power: float = 1.0) -> BetaSchedule:
   """Build a discrete schedule by name: 'linear', 'cosine' or 'sigmoid'.
@@ -96,8 +108,7 @@ def make_beta_schedule(name: str, num_steps: int = 1000,
   while the atoms' last, small noise is removed (issue 33: the lattice's
   noise hid the atoms' from the network).
   """
-  if not (time_power > 0 and math.isfinite(time_power)):
-    raise ValueError(f'time_power must be a positive number, got {time_power}')
+  check_time_power(time_power)
   if name == 'linear' and time_power != 1.0:
     raise ValueError("time_power applies to the 'cosine' and 'sigmoid' schedules, "
                      "not 'linear'")
