@@ -92,11 +92,17 @@ def test_coverage_of_a_set_against_itself_is_complete(builtin):
   assert struct_fp.shape == (61,) and comp_fp.shape == (132,)
   assert np.any(struct_fp != 0) and np.any(fps[0][0] != fps[14][0])  # fcc vs diamond
   cov = metrics.coverage(fps, fps, *metrics.COV_CUTOFFS['perov_5'])
-  assert cov == {'cov_recall': 1.0, 'cov_precision': 1.0}
+  assert cov == {'cov_recall': 1.0, 'cov_precision': 1.0,
+                 'struct_dist_recall': 0.0, 'struct_dist_precision': 0.0}
   # Generating only aluminium covers a third of the reference and all of itself.
   al = fps[:7]
   cov = metrics.coverage(al, fps, *metrics.COV_CUTOFFS['perov_5'])
   assert cov['cov_recall'] == pytest.approx(7 / 21) and cov['cov_precision'] == 1.0
+  # The other two thirds lie away from every aluminium fingerprint: the
+  # median reference crystal's nearest sample is the brute-force one.
+  nearest = [min(np.linalg.norm(r[0] - g[0]) for g in al) for r in fps]
+  assert cov['struct_dist_recall'] == pytest.approx(np.median(nearest))
+  assert cov['struct_dist_recall'] > 0 and cov['struct_dist_precision'] == 0.0
   # Failed fingerprints count against precision.
   cov = metrics.coverage(al + [(None, None)], fps, *metrics.COV_CUTOFFS['perov_5'])
   assert cov['cov_precision'] == pytest.approx(7 / 8)
