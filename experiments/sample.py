@@ -4,6 +4,8 @@
   python experiments/sample.py --checkpoint RUN --compositions_from FILE --samples_per_composition 20 --out DIR
   python experiments/sample.py --checkpoint RUN_DNG --num_samples 1000 --out DIR   (de novo)
   python experiments/sample.py --checkpoint RUN --sampler ddim --sample_steps 50 ...   (fewer calls)
+  python experiments/sample.py --checkpoint RUN_COND --condition heat_ref=-0.5 --guidance 2 ...
+      (a model trained with --condition heat_ref --condition_dropout 0.1)
 
 The sampler (--sampler, --sample_steps, --sampler.step_lr, ...) defaults to the settings
 stored with the run; summary.json records what ran and its network calls.
@@ -46,6 +48,12 @@ flags.DEFINE_integer('batch_size', 256, 'Structures per sampling batch.')
 flags.DEFINE_integer('max_atoms', 0, 'Largest structure to sample (atoms); 0: the '
                      'largest the run was trained on.')
 flags.DEFINE_integer('seed', 0, 'Sampling seed.')
+flags.DEFINE_multi_string('condition', [], 'NAME=VALUE: a property the model is '
+                          'conditioned on, asked of every sample (repeatable; '
+                          'conditions not given are unknown).')
+flags.DEFINE_float('guidance', 0.0, 'Classifier-free guidance weight w: each '
+                   'prediction is cond + w (cond - uncond); needs a model trained '
+                   'with --condition_dropout. 0: the conditional model alone.')
 flags.DEFINE_string('out', None, 'Output folder (new or empty).')
 flags.DEFINE_bool('overwrite', False, 'Replace what --out holds.')
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
@@ -58,6 +66,8 @@ cli.at_most(10_000_000, 'num_samples', 'samples_per_composition')
 cli.at_most(100_000, 'batch_size', 'max_atoms')
 cli.checkpoint_choice('which')
 cli.formula('formula')
+cli.conditions('condition')
+flags.register_validator('guidance', lambda v: v >= 0, message='--guidance must be >= 0')
 
 
 def _output() -> dict:
@@ -84,16 +94,20 @@ def main(argv):
       f'--formula {FLAGS.formula}' if FLAGS.formula else
       f'--compositions_from {FLAGS.compositions_from}' if FLAGS.compositions_from
       else 'de novo atom counts')
+  requested = cli.parse_conditions(FLAGS.condition)
+  conditions = generate.request_conditions(config.model, requested, len(compositions))
+  model = model.with_guidance(FLAGS.guidance)
   sampling_started = time.perf_counter()
   samples, timing = generate.sample_structures(
       model, params, compositions, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
       sampler=sampler_flags.sampler_config(config.sampling), lattices=lattices,
-      progress=FLAGS.progress)
+      conditions=conditions, guidance=FLAGS.guidance, progress=FLAGS.progress)
   generate.set_source_rows(samples, rows)
   with outputs.output_folder(FLAGS.out, **_output()) as out:
     summary = generate.write_samples(out, samples, {
         'checkpoint': FLAGS.checkpoint, 'checkpoint_step': step,
         'compositions_from': FLAGS.compositions_from or None,
+        'conditions': requested,
         'rows_skipped': len(report.skipped) if report is not None else 0,
         'setup_s': sampling_started - started,
         **timing}, made_for=FLAGS.compositions_from or None)

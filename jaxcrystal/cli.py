@@ -161,3 +161,31 @@ def formula(name: str) -> None:
         raise flags.ValidationError(f'--{name}: {err}') from None
     return True
   flags.register_validator(name, check)
+
+
+def parse_conditions(specs: list[str], flag: str = 'condition') -> dict[str, float]:
+  """{property: value} of `--condition NAME=VALUE` flags (repeatable); a
+  malformed one raises `flags.ValidationError` naming it."""
+  import math
+  out = {}
+  for spec in specs or []:
+    name, sep, value = spec.partition('=')
+    try:
+      number = float(value)
+    except ValueError:
+      number = math.nan
+    if not name or not sep or not math.isfinite(number):
+      raise flags.ValidationError(f'--{flag}={spec}: give NAME=VALUE with a finite '
+                                  'number, e.g. heat_ref=-0.5')
+    if name in out:
+      raise flags.ValidationError(f'--{flag}: {name} is given twice')
+    out[name] = number
+  return out
+
+
+def conditions(name: str) -> None:
+  """`--name NAME=VALUE` flags (`parse_conditions`) are checked at parse time."""
+  def check(value):
+    parse_conditions(value, name)
+    return True
+  flags.register_validator(name, check)

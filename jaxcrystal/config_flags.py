@@ -14,6 +14,8 @@ those classes is a flag with no other edit:
   --network.hidden=256             a setting of the chosen network
   --coords.process=NAME            a variable's process ('' = the task's)
   --coords.sigma_end=0.4           a setting of that variable's process
+  --condition=heat_ref             condition on a data column (repeatable;
+  --condition=num_elements:categorical   NAME[:ENCODER], scalar by default)
 
 Help texts come from each class's docstring ("Attributes:" lines), so the
 field, its help and its flag live in one place. Component flags exist for
@@ -30,6 +32,8 @@ import typing
 from absl import flags
 
 from jaxcrystal import errors
+from jaxcrystal.data import batch as batch_lib
+from jaxcrystal.generative import conditions
 from jaxcrystal.generative import losses
 from jaxcrystal.generative import model as model_lib
 from jaxcrystal.generative import networks
@@ -188,6 +192,13 @@ def define_train_config(sampling=lambda: train.TrainConfig().sampling,
   per_variable = {v: define_component(v, processes.PROCESSES,
                                       f"the process of {v!r} ('' = the task's)",
                                       f'{v}.process', **kw) for v in variables}
+  flags.DEFINE_multi_string(
+      'condition', [], 'Condition the model on a per-crystal property: '
+      'NAME[:ENCODER] (repeatable), NAME a numeric column of the data files or '
+      f'one computed from the structure ({", ".join(sorted(batch_lib.DERIVED_PROPERTIES))}), '
+      f'ENCODER one of {sorted(conditions.CONDITIONS)} (default scalar: '
+      'standardised with the training data\'s mean and std).',
+      flag_values=flag_values, module_name=module)
   flags.register_validator('task', lambda v: v in tasks.TASKS,
                            message=f'--task must be one of {sorted(tasks.TASKS)}',
                            flag_values=flag_values)
@@ -204,6 +215,12 @@ def define_train_config(sampling=lambda: train.TrainConfig().sampling,
       model = apply_component(per_variable[variable], lambda choice, **given: model
                               .with_process(variable, choice, **given), flag_values)
     model = apply_component(network, model.with_network, flag_values)
+    for spec in flag_values['condition'].value:
+      name, _, encoder = spec.partition(':')
+      if not name or encoder and encoder not in conditions.CONDITIONS:
+        raise errors.ConfigError(f'--condition={spec}: give NAME or NAME:ENCODER, '
+                                 f'ENCODER one of {sorted(conditions.CONDITIONS)}')
+      model = model.with_condition(name, encoder or 'scalar')
     config = read_fields(train.TrainConfig, flag_values=flag_values, base=train.TrainConfig(
         model=model,
         optim=read_fields(state_lib.OptimConfig, 'optim.', flag_values=flag_values),

@@ -515,6 +515,16 @@ CLI_CASES = {
                                r"\(set by its training data\); --max_atoms=70"),
     'bad_which': (['--formula=Al4', '--which=newest'], r"^error: flag --which=newest: "
                   r"--which must be 'best', 'best_quality', 'latest' or a checkpoint's step$"),
+    'malformed_condition': (['--condition=heat_ref'], r'^error: flag '
+                            r'--condition=\[.heat_ref.\]: --condition=heat_ref: give '
+                            r'NAME=VALUE with a finite number'),
+    'condition_of_an_unconditioned_model': (
+        ['--formula=Al4', '--condition=heat_ref=-0.5'],
+        r'^error: --condition heat_ref: the model is not conditioned on it; it was '
+        r'trained without conditions$'),
+    'guidance_of_an_unconditioned_model': (
+        ['--formula=Al4', '--guidance=2'], r'^error: guidance needs a conditioned '
+        r'model; this one was trained without conditions$'),
     'missing_checkpoint': (['--checkpoint=/nonexistent'], r'^error: flag '
                            r'--checkpoint=/nonexistent: --checkpoint must be a '
                            r'training workdir or a model file \(\.jcm\)$'),

@@ -104,8 +104,22 @@ def test_dotted_flags_reach_the_component_they_name():
     (['--optim.ema_decay=1.0'], r'^optim: ema_decay must be in \[0, 1\), got 1\.0'),
     (['--loss_weights.coords=-1'], r'^loss_weights: coords must be >= 0'),
     (['--train_steps=0'], r'^train: train_steps must be >= 1'),
+    (['--condition=heat_ref:nope'], r"^--condition=heat_ref:nope: give NAME or "
+                                    r"NAME:ENCODER, ENCODER one of \['categorical'"),
+    (['--condition_dropout=0.1'], r'^model: condition_dropout needs conditions'),
+    (['--condition=heat_ref', '--condition_dropout=1'],
+     r'^model: condition_dropout must be in \[0, 1\), got 1\.0'),
 ])
 def test_a_bad_setting_is_one_line_naming_it(args, message):
   _, read = _flags(*args)
   with pytest.raises(errors.ConfigError, match=message):
     read()
+
+
+def test_condition_flags_build_the_conditions():
+  _, read = _flags('--condition=heat_ref', '--condition=num_elements:categorical',
+                   '--condition_dropout=0.1')
+  model = read().model
+  assert model.properties == ('heat_ref', 'num_elements')
+  assert [c[1] for c in model.conditions] == ['scalar', 'categorical']
+  assert model.condition_dropout == 0.1

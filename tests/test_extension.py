@@ -377,13 +377,15 @@ def test_a_registered_condition_steers_training_and_sampling(tmp_path):
   """Two Al cells (a = 3.6 and 4.6 A), each with its edge as a property
   column: a model conditioned on it through the toy encoder (registered
   here, with its own threshold) trains through the real loop and samples
-  the cell it is asked for; the same model asked nothing samples both."""
+  the cell it is asked for, guided too; trained with condition dropout, the
+  same model told nothing (unknown) samples both."""
   small = bulk('Al', 'fcc', a=3.6, cubic=True)
   large = bulk('Al', 'fcc', a=4.6, cubic=True)
   small.info['edge'], large.info['edge'] = 3.6, 4.6
   data = tmp_path / 'al.extxyz'
   io_lib.write_extxyz(data, [small, large] * 8)
-  model_config = model_lib.ModelConfig(task='toy_cell_flow', num_steps=20) \
+  model_config = model_lib.ModelConfig(task='toy_cell_flow', num_steps=20,
+                                       condition_dropout=0.25) \
       .with_condition('edge', 'toy_threshold', threshold=4.0)
   config = train.TrainConfig(
       model=model_config,
@@ -398,12 +400,22 @@ def test_a_registered_condition_steers_training_and_sampling(tmp_path):
   assert stored['conditions'] == [dict(property='edge', encoder='toy_threshold',
                                        settings=dict(threshold=4.0))]
   model, params, _, _ = generate.load_run(tmp_path / 'run')
-  for edge in (3.6, 4.6):
+  def edges_of(edge, guidance):
     samples, _ = generate.sample_structures(model, params, [small.numbers] * 8,
                                             conditions={'edge': [edge] * 8},
-                                            progress=False)
-    for sample in samples:
-      np.testing.assert_allclose(np.abs(np.diag(sample.cell[:])), edge, atol=0.25)
+                                            guidance=guidance, progress=False)
+    return np.array([np.abs(np.diag(s.cell[:])) for s in samples])
+  for edge, away in ((3.6, -1), (4.6, 1)):
+    conditional = edges_of(edge, 0.0)
+    np.testing.assert_allclose(conditional, edge, atol=0.25)
+    # Guidance extrapolates from the unconditional mixture past the
+    # conditional cell: away from the other one.
+    assert away * (edges_of(edge, 2.0).mean() - conditional.mean()) > 0.2
+  told_nothing = generate.request_conditions(model.config, {}, 16)
+  samples, _ = generate.sample_structures(model, params, [small.numbers] * 16,
+                                          conditions=told_nothing, progress=False)
+  edges = np.array([np.abs(np.diag(s.cell[:])).mean() for s in samples])
+  assert (edges < 4.1).any() and (edges > 4.1).any(), edges
   with pytest.raises(ValueError, match="conditioned on 'edge', which the batch "
                      "does not carry"):
     generate.sample_structures(model, params, [small.numbers], progress=False)
@@ -426,5 +438,5 @@ def test_conditions_that_cannot_be_met_are_one_line(tmp_path):
                      "conditions"):
     model_lib.build(egnn)
   with pytest.raises(errors.ConfigError, match=r"condition 'band_gap' \(scalar\): "
-                     "std must be > 0"):
-    egnn.with_condition('band_gap', 'scalar', std=0.0)
+                     "std must be >= 0"):
+    egnn.with_condition('band_gap', 'scalar', std=-1.0)

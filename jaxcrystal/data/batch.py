@@ -200,7 +200,7 @@ def batch_from_atoms(structures: Sequence[ase.Atoms], budget: Budget | None = No
       graph_mask=graph_mask,
       n_atoms=n_atoms,
       max_atoms_per_graph=budget.max_atoms_per_graph,
-      **_conditions(_property_values(structures, properties), budget.max_graphs))
+      **_conditions(property_values(structures, properties), budget.max_graphs))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,7 +236,7 @@ class PackedStructures:
         species=np.concatenate([s.numbers for s in structures]).astype(np.int32),
         lattice=np.array([s.cell[:] for s in structures], dtype).reshape(-1, 3, 3),
         n_atoms=n_atoms, offsets=np.cumsum(n_atoms, dtype=np.int64) - n_atoms,
-        properties=_property_values(structures, properties))
+        properties=property_values(structures, properties))
 
   def __len__(self) -> int:
     return len(self.n_atoms)
@@ -296,9 +296,23 @@ def _conditions(values: dict, num_graphs: int) -> dict:
   return dict(conditions=conditions, condition_mask=mask)
 
 
-def _property_values(structures: Sequence[ase.Atoms], properties) -> dict:
-  """{name: [S] float32} of each structure's `info[name]` (NaN: none)."""
-  return {name: np.array([_number(s.info.get(name)) for s in structures], np.float32)
+# Properties every crystal has, computed from its structure where its data
+# row has no column of that name: {name: atoms -> number}.
+DERIVED_PROPERTIES = {
+    'num_elements': lambda atoms: len(set(atoms.numbers.tolist())),
+    'num_atoms': len,
+}
+
+
+def property_values(structures: Sequence[ase.Atoms], properties) -> dict:
+  """{name: [S] float32} of each structure's `info[name]` (NaN: none), or
+  for a name of `DERIVED_PROPERTIES` that a structure's info lacks, the
+  value computed from the structure."""
+  def value(atoms, name):
+    if name not in atoms.info and name in DERIVED_PROPERTIES:
+      return float(DERIVED_PROPERTIES[name](atoms))
+    return _number(atoms.info.get(name))
+  return {name: np.array([value(s, name) for s in structures], np.float32)
           for name in properties}
 
 

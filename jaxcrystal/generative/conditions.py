@@ -15,8 +15,9 @@ exactly what it was.
 
 Registered encoders, each with its own settings:
   scalar       a real value (e.g. band gap in eV): standardised with the
-               settings' `mean` and `std`, then `num_freqs` sine/cosine
-               Fourier features and a dense layer.
+               settings' `mean` and `std` (measured on the training data
+               when a run starts, unless given), then `num_freqs`
+               sine/cosine Fourier features and a dense layer.
   categorical  an integer class in [0, num_classes) (e.g. a space group
                number minus one): an embedding table.
   multi_hot    a set of classes stored as one integer, the sum of 2^k over
@@ -24,6 +25,16 @@ Registered encoders, each with its own settings:
                e.g. which of a list of elements a crystal holds): a dense
                layer of the bits.
 An unknown (masked) value gets a learned null vector instead.
+
+Settings fit the data: a run calls `settings.fit(values)` with the training
+crystals' values of the property (NaN: unknown) before it builds the
+network, and stores what it returns (`ModelConfig.fit_conditions`): the
+scalar's mean, standard deviation and range, a check that classes are
+integers in range.
+
+Classifier-free guidance: a model trained with `condition_dropout` p > 0
+(`losses.drop_conditions`) also learned the unconditional prediction, so a
+sampler can extrapolate from it (`Model.with_guidance`).
 
 A new encoder: a flax module `(dim, settings)` with
 `__call__(values [G], mask [G]) -> [G, dim]`, a settings dataclass, and
@@ -36,32 +47,86 @@ from typing import Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
+from jaxcrystal import errors
 from jaxcrystal.generative import settings as settings_lib
 
 
+class ConditionSettings(settings_lib.Settings):
+  """Base of an encoder's settings: `fit` adapts them to the training data."""
+
+  def fit(self, values: np.ndarray) -> 'ConditionSettings':
+    """These settings for the training crystals' `values` `[S]` (NaN:
+    unknown; at least one is known). Raises ValueError saying what in the
+    values cannot be encoded."""
+    return self
+
+
 @dataclasses.dataclass(frozen=True)
-class ScalarSettings(settings_lib.Settings):
-  """A real property: `(value - mean) / std` is what the features see."""
+class ScalarSettings(ConditionSettings):
+  """A real property: `(value - mean) / std` is what the features see.
+
+  Attributes:
+    mean: subtracted from the value (with std 0: measured on the training data).
+    std: divides the value; 0: mean, std and range measured on the
+      training data when a run starts.
+    num_freqs: sine/cosine Fourier features of the standardised value.
+    low: the training data's smallest value (sampling warns outside
+      [low, high]; low == high: unknown).
+    high: the training data's largest value.
+  """
   mean: float = 0.0
-  std: float = 1.0
+  std: float = 0.0
   num_freqs: int = 8
+  low: float = 0.0
+  high: float = 0.0
 
   def validate(self):
-    if not self.std > 0:
-      raise ValueError(f'std must be > 0, got {self.std}')
+    if not self.std >= 0:
+      raise ValueError(f'std must be >= 0 (0: measured on the training data), got '
+                       f'{self.std}')
     if self.num_freqs < 1:
       raise ValueError(f'num_freqs must be >= 1, got {self.num_freqs}')
+    if self.low > self.high:
+      raise ValueError(f'low ({self.low}) must not exceed high ({self.high})')
+
+  def fit(self, values):
+    known = np.asarray(values, np.float64)
+    known = known[np.isfinite(known)]
+    out = self
+    if self.std == 0:
+      spread = float(known.std())
+      out = dataclasses.replace(out, mean=float(known.mean()),
+                                std=spread if spread > 0 else 1.0)
+    if self.low == self.high:
+      out = dataclasses.replace(out, low=float(known.min()), high=float(known.max()))
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassesSettings(settings_lib.Settings):
+class ClassesSettings(ConditionSettings):
   """A categorical or multi-hot property over `num_classes` classes."""
   num_classes: int = 2
 
   def validate(self):
     if self.num_classes < 1:
       raise ValueError(f'num_classes must be >= 1, got {self.num_classes}')
+
+  def fit(self, values):
+    known = np.asarray(values, np.float64)
+    known = known[np.isfinite(known)]
+    bad = known[(known != np.round(known)) | (known < 0)
+                | (known >= self.upper_bound())]
+    if bad.size:
+      raise ValueError(f'{bad.size} values are not {self.what()} (first: {bad[0]:g})')
+    return self
+
+  def upper_bound(self) -> int:
+    return self.num_classes
+
+  def what(self) -> str:
+    return f'integers in [0, {self.num_classes})'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +138,12 @@ class MultiHotSettings(ClassesSettings):
     super().validate()
     if self.num_classes > 24:
       raise ValueError(f'num_classes must be <= 24, got {self.num_classes}')
+
+  def upper_bound(self) -> int:
+    return 2 ** self.num_classes
+
+  def what(self) -> str:
+    return f'sets of {self.num_classes} classes (integers in [0, 2^{self.num_classes}))'
 
 
 class _NullWhereUnknown(nn.Module):
@@ -92,6 +163,11 @@ class ScalarEncoder(nn.Module):
   @nn.compact
   def __call__(self, values, mask):
     s = self.settings
+    if s.std == 0:
+      raise errors.ConfigError(
+          'a scalar condition with std 0 has not been fitted: a training run '
+          'measures mean and std on its data (ModelConfig.fit_conditions); a '
+          'model built by hand gives them')
     x = jnp.where(mask, (values - s.mean) / s.std, 0.0)[:, None]
     freqs = jnp.pi * 2.0 ** jnp.arange(s.num_freqs, dtype=x.dtype)[None, :] / 8.0
     features = jnp.concatenate([x, jnp.sin(freqs * x), jnp.cos(freqs * x)], -1)

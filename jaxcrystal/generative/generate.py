@@ -8,7 +8,7 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import ase
 import jax
@@ -128,6 +128,7 @@ def sample_structures(model: model_lib.Model, params,
                       batch_size: int = 256, seed: int = 0,
                       lattices: Sequence[np.ndarray] | None = None,
                       conditions: dict | None = None,
+                      guidance: float = 0.0,
                       progress: bool = True,
                       compiled: dict | None = None) -> tuple[list[ase.Atoms], dict]:
   """Sample one structure per composition (atomic numbers; for de novo, only
@@ -144,7 +145,9 @@ def sample_structures(model: model_lib.Model, params,
   with `network_calls_per_structure`. Raises `neighbors.GraphOverflowError`
   if the model's graph lost edges in any batch, `errors.UserError` if the
   sampler cannot run this model. `conditions`: {property: one value per
-  composition} for a conditioned model (see `conditions.py`). `compiled`: a
+  composition} for a conditioned model (see `conditions.py`); `guidance`:
+  the classifier-free guidance weight w (`Model.with_guidance`: two network
+  calls per step when w > 0). `compiled`: a
   dict kept by a caller that samples again with the same model and sampler
   (e.g. a training monitor): the compiled samplers by budget, filled here
   and reused, so later calls compile nothing."""
@@ -159,6 +162,7 @@ def sample_structures(model: model_lib.Model, params,
     size = min(batch_size, len(members))
     budget = batch_lib.Budget(size + 1, int(np.ceil((size * max_n + 1) / 8) * 8), max_n)
     plan += [(chunk, budget) for chunk in sampling.split_into_batches(members, size)]
+  model = model.with_guidance(guidance)
   resolved = sampler.resolve(model)
   sample_fn = jax.jit(samplers.get_sampler(model, resolved))
   out: list = [None] * len(compositions)
@@ -166,7 +170,9 @@ def sample_structures(model: model_lib.Model, params,
   timing = {'compile_s': 0.0, 'sample_s': 0.0, 'host_batching_s': 0.0,
             'sampler': resolved.to_dict(), 'batches': len(plan),
             'size_classes': len(classes),
-            'network_calls_per_structure': resolved.calls_per_structure(model)}
+            'guidance': model.guidance,
+            'network_calls_per_structure': resolved.calls_per_structure(model)
+            * (2 if model.guidance else 1)}
   for k, (chunk, budget) in enumerate(tqdm(plan, desc='sampling', disable=not progress)):
     t0 = time.perf_counter()
     comps = [compositions[i] for i in chunk]
@@ -177,11 +183,12 @@ def sample_structures(model: model_lib.Model, params,
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), k)
     timing['host_batching_s'] += time.perf_counter() - t0
     t0 = time.perf_counter()
-    if budget not in compiled:
-      compiled[budget] = sample_fn.lower(rng, params, template).compile()
+    key = (budget, model.guidance)
+    if key not in compiled:
+      compiled[key] = sample_fn.lower(rng, params, template).compile()
       timing['compile_s'] += time.perf_counter() - t0
       t0 = time.perf_counter()
-    result, _, overflow = compiled[budget](rng, params, template)
+    result, _, overflow = compiled[key](rng, params, template)
     result = jax.block_until_ready(result)
     neighbors.check_overflow(overflow, f'sampling batch {k}')
     timing['sample_s'] += time.perf_counter() - t0
@@ -190,6 +197,37 @@ def sample_structures(model: model_lib.Model, params,
       out[i] = atoms
     timing['host_batching_s'] += time.perf_counter() - t0
   return out, timing
+
+
+def request_conditions(config: model_lib.ModelConfig, requested: dict[str, float],
+                       num: int, warn: Callable[[str], None] = print) -> dict:
+  """{property: [num] values} of every condition of a model for one request
+  (`requested` {property: value}, e.g. from `sample.py --condition`).
+  Properties not requested are unknown (NaN), which a model trained with
+  `condition_dropout` takes as "any". A value outside a scalar condition's
+  training range is `warn`ed with the range. Raises `errors.UserError`
+  naming the property for a property the model was not trained on, or a
+  conditioned model asked nothing that never learned "unknown"."""
+  known = config.properties
+  unknown = sorted(set(requested) - set(known))
+  if unknown:
+    raise errors.UserError(
+        f'--condition {unknown[0]}: the model is not conditioned on it; '
+        + (f'its conditions are {list(known)}' if known else 'it was trained '
+           'without conditions'))
+  if known and len(requested) < len(known) and not config.condition_dropout:
+    missing = [p for p in known if p not in requested]
+    raise errors.UserError(
+        f'the model is conditioned on {list(known)} and was trained without '
+        f'--condition_dropout, so it needs a value of each: give --condition '
+        f'{missing[0]}=VALUE')
+  for prop, encoder, settings in config.conditions:
+    low, high = getattr(settings, 'low', 0.0), getattr(settings, 'high', 0.0)
+    value = requested.get(prop)
+    if value is not None and low < high and not low <= value <= high:
+      warn(f'warning: --condition {prop}={value:g} lies outside the training '
+           f'data\'s range [{low:g}, {high:g}]; the model extrapolates')
+  return {prop: [float(requested.get(prop, np.nan))] * num for prop in known}
 
 
 def set_source_rows(structures: Sequence[ase.Atoms], rows: Sequence[int] | None

@@ -43,6 +43,28 @@ class LossWeights:
 LOSS_SLOTS = (1, 2, 3)
 
 
+# The condition dropout's key: fold_in(rng, DROPOUT_STREAM), outside the
+# split above, so a model without dropout draws what it always drew.
+DROPOUT_STREAM = 1001
+
+
+def drop_conditions(rng: jax.Array, batch: batch_lib.CrystalBatch,
+                    rate: float) -> batch_lib.CrystalBatch:
+  """`batch` with conditions made unknown for classifier-free guidance:
+  each crystal loses all of them with probability `rate`, and each
+  remaining one independently with probability `rate` again (so partial
+  requests are trained too). Values stay; only `condition_mask` changes."""
+  names = sorted(batch.condition_mask)
+  if not names:
+    return batch
+  g = batch.num_graph_slots
+  u = jax.random.uniform(rng, (len(names) + 1, g))
+  keep_all = u[0] >= rate
+  mask = {name: batch.condition_mask[name] & keep_all & (u[k + 1] >= rate)
+          for k, name in enumerate(names)}
+  return batch.replace(condition_mask=mask)
+
+
 def row_mask(batch: batch_lib.CrystalBatch, per: str) -> jax.Array:
   return batch.graph_mask if per == 'graph' else batch.atom_mask
 
@@ -55,9 +77,12 @@ def get_loss_fn(model: model_lib.Model, weights: LossWeights = LossWeights()):
   overflow counts by reason, `[len(neighbors.OVERFLOW_REASONS)]` int32).
   """
   loss_at_times = get_loss_at_times_fn(model, weights)
+  dropout = model.config.condition_dropout
 
   def loss_fn(rng, params, batch: batch_lib.CrystalBatch):
     t = model.time.sample(jax.random.split(rng, 4)[0], batch.num_graph_slots)
+    if dropout:
+      batch = drop_conditions(jax.random.fold_in(rng, DROPOUT_STREAM), batch, dropout)
     return loss_at_times(rng, params, batch, t)
 
   return loss_fn

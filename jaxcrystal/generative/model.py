@@ -11,6 +11,8 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from jaxcrystal import errors
 from jaxcrystal.data import batch as batch_lib
@@ -49,6 +51,10 @@ class ModelConfig:
     max_image: image range searched by radius graphs.
     edge_capacity_per_atom: radius graphs: edge slots per atom slot of a
       crystal.
+    condition_dropout: training: each crystal loses all its conditions with
+      this probability, and each remaining one with it again, so the model
+      also learns the unconditional prediction that classifier-free
+      guidance needs (0: never).
   """
   task: str = 'csp'
   num_steps: int = 1000
@@ -59,6 +65,7 @@ class ModelConfig:
   cutoff: float = 6.0
   max_image: int = 2
   edge_capacity_per_atom: int = 64
+  condition_dropout: float = 0.0
 
   def process_table(self) -> tuple[tuple[str, str, settings_lib.Settings], ...]:
     """((variable, process name, settings), ...) for every variable of the
@@ -111,6 +118,25 @@ class ModelConfig:
                             f'condition {prop!r} ({encoder})')
     others = tuple(c for c in self.conditions if c[0] != prop)
     return dataclasses.replace(self, conditions=others + ((prop, encoder, new),))
+
+  def fit_conditions(self, values: dict, source: str) -> 'ModelConfig':
+    """This config with each condition's settings fitted to the training
+    data (`conditions.ConditionSettings.fit`: e.g. a scalar's mean, std and
+    range). `values`: {property: [S] values of the training crystals, NaN
+    unknown}. A value the encoder cannot take raises `errors.DataError`
+    naming `source` and the property."""
+    fitted = []
+    for prop, encoder, settings in self.conditions:
+      fit = getattr(settings, 'fit', None)
+      if fit is not None:
+        try:
+          settings = settings_lib.checked(fit(np.asarray(values[prop])),
+                                          f'condition {prop!r} ({encoder})')
+        except ValueError as err:
+          raise errors.DataError(f'{source}: condition {prop!r} ({encoder}): '
+                                 f'{err}') from None
+      fitted.append((prop, encoder, settings))
+    return dataclasses.replace(self, conditions=tuple(fitted))
 
   @property
   def properties(self) -> tuple[str, ...]:
@@ -212,6 +238,12 @@ class ModelConfig:
                                f'{self.max_image} and {self.cutoff}')
     if task.graph is not None and self.graph != task.graph:
       raise errors.ConfigError(f"model: task {self.task!r} needs graph={task.graph!r}")
+    if not 0 <= self.condition_dropout < 1:
+      raise errors.ConfigError(f'model: condition_dropout must be in [0, 1), got '
+                               f'{self.condition_dropout}')
+    if self.condition_dropout and not self.conditions:
+      raise errors.ConfigError('model: condition_dropout needs conditions (--condition '
+                               'NAME); this model has none')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,6 +262,27 @@ class Model:
   processes: dict[str, Any]
   network: Any
   time: Any
+  guidance: float = 0.0
+
+  def with_guidance(self, weight: float) -> 'Model':
+    """This model with classifier-free guidance of `weight` w >= 0: each
+    network output becomes `cond + w * (cond - uncond)`, uncond the
+    prediction with every condition unknown (two network calls per step;
+    w = 0: the conditional prediction alone, one call). Raises
+    `errors.ConfigError` if the model cannot be guided: no conditions, or
+    trained without `condition_dropout` (it never learned `uncond`)."""
+    weight = float(weight)
+    if not (np.isfinite(weight) and weight >= 0):
+      raise errors.ConfigError(f'guidance must be a finite number >= 0, got {weight}')
+    if weight and not self.config.conditions:
+      raise errors.ConfigError('guidance needs a conditioned model; this one was '
+                               'trained without conditions')
+    if weight and not self.config.condition_dropout:
+      raise errors.ConfigError(
+          'guidance needs a model trained with --condition_dropout > 0 (it learns '
+          f'the unconditional prediction); this one, conditioned on '
+          f'{list(self.config.properties)}, was trained without it')
+    return dataclasses.replace(self, guidance=weight)
 
   def graph(self, batch: batch_lib.CrystalBatch) -> neighbors.NeighborList:
     """The network's graph of `batch` (built under jit; static capacity).
@@ -286,7 +339,13 @@ class Model:
     is told) at times `t: [G]`, and the graph's overflow counts
     `[len(neighbors.OVERFLOW_REASONS)]`."""
     graph = self.graph(batch)
-    out = self.network.apply(params, batch, self.time.fraction(t), graph, xs)
+    fraction = self.time.fraction(t)
+    out = self.network.apply(params, batch, fraction, graph, xs)
+    if self.guidance:
+      unknown = {k: jnp.zeros_like(m) for k, m in batch.condition_mask.items()}
+      uncond = self.network.apply(params, batch.replace(condition_mask=unknown),
+                                  fraction, graph, xs)
+      out = jax.tree.map(lambda c, u: c + self.guidance * (c - u), out, uncond)
     return out, graph.overflow
 
   def init_params(self, rng: jax.Array, batch: batch_lib.CrystalBatch):

@@ -255,6 +255,19 @@ def describe_load(path: str, structures, report) -> str:
   return report.summary() if report is not None else f'{path}: {len(structures)} structures'
 
 
+def fit_conditions(config: TrainConfig, train_structures) -> TrainConfig:
+  """`config` with its model's condition settings fitted to the training
+  crystals (`ModelConfig.fit_conditions`); unchanged without conditions. A
+  property no crystal has is left for `check_conditions` to name."""
+  model = config.model
+  if not model.conditions:
+    return config
+  values = batch_lib.property_values(train_structures, model.properties)
+  if not all(np.isfinite(v).any() for v in values.values()):
+    return config
+  return dataclasses.replace(config, model=model.fit_conditions(values, config.train_data))
+
+
 def check_conditions(dataset: data_lib.BucketedDataset, source: str,
                      log: Callable) -> None:
   """Say how many crystals of `source` have each conditioned property; a
@@ -270,8 +283,10 @@ def check_conditions(dataset: data_lib.BucketedDataset, source: str,
 
 @dataclasses.dataclass
 class Training:
-  """What a run is built from (`build_training`): the model, datasets, the
-  jitted steps, the initial state and how batches and states are placed."""
+  """What a run is built from (`build_training`): its config (conditions
+  fitted to the data), the model, datasets, the jitted steps, the initial
+  state and how batches and states are placed."""
+  config: TrainConfig
   model: model_lib.Model
   train_set: data_lib.BucketedDataset
   val_set: data_lib.BucketedDataset | None
@@ -302,9 +317,10 @@ class Training:
 def build_training(config: TrainConfig, log: Callable = print) -> Training:
   """Read the data, build the model, the datasets, the jitted train and
   eval steps and the initial state of `config`."""
-  model = model_lib.build(config.model)
   train_structures, report = load_structures(config.train_data, config)
   log(describe_load(config.train_data, train_structures, report))
+  config = fit_conditions(config, train_structures)
+  model = model_lib.build(config.model)
   reports = [report]
   mesh = sharding.make_mesh()
   edges = data_lib.default_bucket_edges([len(s) for s in train_structures],
@@ -332,7 +348,7 @@ def build_training(config: TrainConfig, log: Callable = print) -> Training:
   state = create_train_state(jax.random.PRNGKey(config.seed), model,
                              train_set.batch_for_step(config.seed, 0), optimizer)
   return Training(
-      model=model, train_set=train_set, val_set=val_set, train_step=train_step,
+      config=config, model=model, train_set=train_set, val_set=val_set, train_step=train_step,
       eval_step=jax.jit(state_lib.make_eval_step(loss_fn)), state=state,
       place=lambda b: sharding.shard_batch(b, mesh),
       replicate=lambda s: sharding.replicate(s, mesh),
@@ -358,6 +374,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path,
   inputs = data_inputs(config)
   loop_lib.check_workdir(workdir, resume, overwrite, inputs)  # before any work
   t = build_training(config, log)
+  config = t.config  # conditions fitted to the training data
   evaluate_fn = None
   if t.val_set is not None:
     evaluate_fn = lambda params, step: evaluate(
