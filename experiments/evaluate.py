@@ -12,6 +12,7 @@ outputs) as K consecutive samples per test row. Writes metrics.json,
 metrics.md (the papers' table layout), figures and skipped_rows.json into
 --out, which must be new or empty (or give --overwrite).
 """
+import json
 import os
 
 from absl import app
@@ -48,12 +49,19 @@ flags.DEFINE_integer('seed', 0, 'Seed of the EMD subsample and of --subset.')
 flags.DEFINE_integer('subset', 0, 'Evaluate a seeded (--seed) random subset of '
                      'this many samples (0: all); e.g. 1000 rows of a training '
                      'CSV scored as if generated, the ceiling of a reference set.')
+flags.DEFINE_string('predictor', '', 'A train_property.py run: score the samples '
+                    'by its predicted property (mean, std; with --target, the mean '
+                    'absolute difference to it).')
+flags.DEFINE_float('target', None, 'The property value the samples were asked for '
+                   '(default: the --condition of that property recorded in the '
+                   "samples' summary.json, if any).")
 flags.DEFINE_string('out', None, 'Output folder (new or empty).')
 flags.DEFINE_bool('overwrite', False, 'Replace what --out holds.')
 flags.DEFINE_bool('progress', True, 'Show progress bars.')
 flags.mark_flags_as_required(['samples', 'test_csv', 'task', 'out'])
 cli.existing_file('samples', 'test_csv')
 cli.existing_file('train_csv', optional=True)
+cli.existing_dir('predictor', 'a train_property.py run directory')
 cli.at_least(1, 'num_eval_samples', 'workers')
 cli.at_least(0, 'subset')
 
@@ -61,6 +69,24 @@ cli.at_least(0, 'subset')
 def _output() -> dict:
   """How --out is checked and written (`jaxcrystal.data.outputs`)."""
   return dict(overwrite=FLAGS.overwrite, kind='evaluation', inputs=cli.flag_paths('samples', 'test_csv', 'train_csv'))
+
+
+def _property_scores(samples) -> dict:
+  """The --predictor's scores of the samples (`evaluation.property_scores`)."""
+  from jaxcrystal.evaluation import metrics
+  from jaxcrystal.prediction import train as property_train
+  predictor = property_train.load_predictor(FLAGS.predictor)
+  prop = predictor.config.property
+  target = FLAGS.target
+  if target is None:
+    summary = os.path.join(os.path.dirname(FLAGS.samples), 'summary.json')
+    if os.path.isfile(summary):
+      with open(summary) as f:
+        target = (json.load(f).get('conditions') or {}).get(prop)
+  predicted = property_train.predict(predictor, samples, progress=FLAGS.progress)
+  valid = [metrics.structural_validity(s) for s in samples]
+  return dict(evaluation.property_scores(predicted, valid, target),
+              property=prop, predictor=FLAGS.predictor)
 
 
 def main(argv):
@@ -99,6 +125,8 @@ def main(argv):
         num_eval_samples=FLAGS.num_eval_samples, seed=FLAGS.seed,
         unique_novel=FLAGS.unique_novel, workers=FLAGS.workers,
         progress=FLAGS.progress)
+  if FLAGS.predictor:
+    result.update(_property_scores(samples))
   result.update(samples=FLAGS.samples, test_csv=FLAGS.test_csv,
                 samples_subset=FLAGS.subset, subset_seed=FLAGS.seed,
                 rows_skipped=sum(len(r.skipped) for r in reports),

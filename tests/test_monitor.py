@@ -69,15 +69,19 @@ def test_without_a_monitor_there_is_no_best_quality(tmp_path):
 TINY_NETWORK = dict(hidden=16, num_layers=1, num_freqs=4, time_dim=8)
 
 
-@pytest.mark.parametrize('task', ['dng_flow', 'csp_flow'])
+@pytest.mark.parametrize('task', ['dng_flow', 'csp_flow', 'csp_flow+condition'])
 def test_crystal_monitor_scores_samples_and_compiles_once(keys, task):
+  """(A conditioned model is told the reference crystals' values.)"""
   structures = datasets.builtin_structures()
+  task, conditioned = task.split('+')[0], '+' in task
   config = model_lib.ModelConfig(task=task, num_steps=5).with_network(**TINY_NETWORK)
+  if conditioned:
+    config = config.with_condition('num_elements', 'scalar', mean=1.0, std=1.0)
   if task == 'dng_flow':
     config = config.with_process('types', 'types_masked')
   model = model_lib.build(config)
   params = model.init_params(next(keys), batch_lib.to_device(
-      batch_lib.batch_from_atoms(structures[:2])))
+      batch_lib.batch_from_atoms(structures[:2], properties=config.properties)))
   monitor = monitor_lib.make_quality_monitor(
       model, samplers.SamplerConfig('euler', num_steps=5), structures[:8],
       [len(s) for s in structures], num_samples=8, seed=3)

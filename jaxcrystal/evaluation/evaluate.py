@@ -6,6 +6,7 @@ Used by `experiments/evaluate.py` and `experiments/run_benchmark.py`.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -246,6 +247,27 @@ def evaluate_dng(samples: Sequence[ase.Atoms], reference: Sequence[ase.Atoms],
   return dict(task='dng', dataset=dataset, **result)
 
 
+def property_scores(predicted: np.ndarray, valid: np.ndarray,
+                    target: float | None = None) -> dict:
+  """How generated structures score on a predicted property (issue 34):
+  `predicted [S]` (a property predictor's values, NaN where it could not
+  run), `valid [S]` structurally valid samples. Over the valid samples
+  with a prediction: mean, std and median of the prediction and, given the
+  `target` they were asked for, the mean absolute difference to it."""
+  predicted = np.asarray(predicted, float)
+  ok = np.asarray(valid, bool) & np.isfinite(predicted)
+  values = predicted[ok]
+  out = dict(property_count=int(ok.sum()),
+             property_mean=float(values.mean()) if values.size else math.nan,
+             property_std=float(values.std()) if values.size else math.nan,
+             property_median=float(np.median(values)) if values.size else math.nan)
+  if target is not None:
+    out['property_target'] = float(target)
+    out['property_mae_to_target'] = (float(np.mean(np.abs(values - target)))
+                                     if values.size else math.nan)
+  return out
+
+
 def markdown_report(result: dict, dataset: str, label: str = 'jaxcrystal') -> str:
   """The papers' table for `result`, with the published rows beside it."""
   task = result['task']
@@ -265,7 +287,16 @@ def markdown_report(result: dict, dataset: str, label: str = 'jaxcrystal') -> st
   if evaluated is not None and in_file is not None and evaluated < in_file:
     head += (f'\n\nEvaluated on a random subset of {evaluated} of the {in_file} '
              f'test rows (seed {result.get("target_seed", 0)}).')
-  return head + '\n\n' + metrics.markdown_table(rows, columns)
+  text = head + '\n\n' + metrics.markdown_table(rows, columns)
+  if 'property_mean' in result:
+    text += (f"\n\nPredicted {result.get('property', 'property')} of "
+             f"{result['property_count']} structurally valid samples: mean "
+             f"{result['property_mean']:.4g}, std {result['property_std']:.4g}")
+    if 'property_target' in result:
+      text += (f"; asked for {result['property_target']:.4g}, mean absolute "
+               f"difference {result['property_mae_to_target']:.4g}")
+    text += '.'
+  return text
 
 
 def write_report(outdir: str | Path, result: dict, samples: Sequence[ase.Atoms],

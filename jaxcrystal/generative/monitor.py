@@ -13,7 +13,8 @@ improving (`training.loop.run(monitor=...)`, flags `--monitor_*`).
       crystals, with its composition (and cell, for fixed-cell tasks):
       match rate and RMSE (`metrics.csp_match`). Quality: the match rate.
 
-Each check also logs `monitor_s` (the whole check) and `sample_s`. The
+A conditioned model is told the reference crystals' property values (cycled
+for de novo). Each check also logs `monitor_s` (the whole check) and `sample_s`. The
 sampler is compiled at the first check and reused (`compiled`).
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Callable, Sequence
 import ase
 import numpy as np
 
+from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.evaluation import metrics
 from jaxcrystal.generative import generate
 from jaxcrystal.generative import model as model_lib
@@ -66,6 +68,13 @@ def make_quality_monitor(model: model_lib.Model, sampler: samplers.SamplerConfig
     targets = list(reference[:num_samples])
     compositions = [t.numbers for t in targets]
     lattices = None if model.task.generates_lattice else [t.cell[:] for t in targets]
+  # A conditioned model is told the reference crystals' values (cycled for
+  # de novo samples), so its samples aim at the reference's distribution.
+  conditions = None
+  if model.config.conditions:
+    values = batch_lib.property_values(reference, model.config.properties)
+    rows = np.arange(len(compositions)) % len(reference)
+    conditions = {prop: v[rows].tolist() for prop, v in values.items()}
   compiled: dict = {}
   reference_fps: list = []
 
@@ -73,8 +82,8 @@ def make_quality_monitor(model: model_lib.Model, sampler: samplers.SamplerConfig
     t0 = time.perf_counter()
     structures, timing = generate.sample_structures(
         model, params, compositions, sampler=sampler, seed=seed,
-        batch_size=len(compositions), lattices=lattices, progress=False,
-        compiled=compiled)
+        batch_size=len(compositions), lattices=lattices, conditions=conditions,
+        progress=False, compiled=compiled)
     if de_novo:
       if not reference_fps:
         reference_fps.extend(metrics.fingerprints_of(reference, workers=workers,
