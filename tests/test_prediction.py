@@ -13,6 +13,7 @@ from jaxcrystal.data import io as io_lib
 from jaxcrystal.evaluation import evaluate as evaluation
 from jaxcrystal.prediction import regressors
 from jaxcrystal.prediction import train as property_train
+from jaxcrystal.recipes import guidance
 from jaxcrystal.testing import assert_transform_consistent
 from jaxcrystal.testing import random_orthogonal
 from jaxcrystal.training import state as state_lib
@@ -100,3 +101,23 @@ def test_predictor_refusals_are_one_line(tmp_path):
   (tmp_path / 'other' / 'config.json').write_text('{"model": {}}')
   with pytest.raises(errors.NotARunError, match='not that of a property run'):
     property_train.load_predictor(tmp_path / 'other')
+
+
+def test_guidance_sweep_table_and_figure(tmp_path):
+  rng = np.random.default_rng(0)
+  def row(target, weight, centre):
+    predicted = list(rng.normal(centre, 0.3, 50))
+    r = dict(target=target, weight=weight, struct_validity=0.9, comp_validity=0.95,
+             cov_recall=0.8, cov_precision=0.5, property_mean=float(np.mean(predicted)),
+             property_std=float(np.std(predicted)), predicted=predicted)
+    if target is not None:
+      r.update(property_mae_to_target=float(np.mean(np.abs(np.subtract(predicted, target)))),
+               unconditional_mae_to_target=1.0)
+    return r
+  rows = [row(None, 0.0, 1.3)] + [row(t, w, 1.3 + (t - 1.3) * w / 4)
+                                  for t in (0.5, 2.5) for w in (0.0, 2.0, 4.0)]
+  table = guidance.markdown_table(rows, 'heat_ref')
+  assert len(table.splitlines()) == 2 + 7 and '| unconditional | 0 |' in table
+  assert '| 2.5 | 4 | 90.0 | 95.0 | 80.0 | 50.0 |' in table
+  path = guidance.plot_guidance(rows, 'heat_ref', tmp_path / 'g.png', title='t')
+  assert path.stat().st_size > 10_000
