@@ -163,9 +163,10 @@ def formula(name: str) -> None:
   flags.register_validator(name, check)
 
 
-def parse_conditions(specs: list[str], flag: str = 'condition') -> dict[str, float]:
-  """{property: value} of `--condition NAME=VALUE` flags (repeatable); a
-  malformed one raises `flags.ValidationError` naming it."""
+def parse_conditions(specs: list[str], flag: str = 'condition') -> dict:
+  """{property: value} of `--condition NAME=VALUE` flags (repeatable): a
+  float where VALUE is a number, else the text (e.g. a chemical system
+  Li-Fe-O); a malformed one raises `flags.ValidationError` naming it."""
   import math
   out = {}
   for spec in specs or []:
@@ -173,10 +174,12 @@ def parse_conditions(specs: list[str], flag: str = 'condition') -> dict[str, flo
     try:
       number = float(value)
     except ValueError:
-      number = math.nan
-    if not name or not sep or not math.isfinite(number):
+      number = value.strip()
+    if not name or not sep or number == '' or (
+        isinstance(number, float) and not math.isfinite(number)):
       raise flags.ValidationError(f'--{flag}={spec}: give NAME=VALUE with a finite '
-                                  'number, e.g. heat_ref=-0.5')
+                                  'number (heat_ref=-0.5) or a set of elements '
+                                  '(chemical_system=Li-Fe-O)')
     if name in out:
       raise flags.ValidationError(f'--{flag}: {name} is given twice')
     out[name] = number

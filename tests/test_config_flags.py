@@ -118,8 +118,8 @@ def test_a_bad_setting_is_one_line_naming_it(args, message):
 
 def test_condition_flags_build_the_conditions():
   _, read = _flags('--condition=heat_ref', '--condition=num_elements:categorical',
-                   '--condition_dropout=0.1')
+                   '--condition=chemical_system', '--condition_dropout=0.1')
   model = read().model
-  assert model.properties == ('heat_ref', 'num_elements')
-  assert [c[1] for c in model.conditions] == ['scalar', 'categorical']
+  assert model.properties == ('heat_ref', 'num_elements', 'chemical_system')
+  assert [c[1] for c in model.conditions] == ['scalar', 'categorical', 'element_set']
   assert model.condition_dropout == 0.1

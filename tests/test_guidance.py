@@ -13,6 +13,7 @@ from jaxcrystal.generative import conditions
 from jaxcrystal.generative import generate
 from jaxcrystal.generative import losses
 from jaxcrystal.generative import model as model_lib
+from jaxcrystal.generative import sampling
 
 
 def _conditioned_batch(gaps, num_graphs=None):
@@ -138,3 +139,42 @@ def test_guidance_and_requests_that_cannot_work_are_one_line():
     model_lib.ModelConfig(condition_dropout=0.1).validate()
   with pytest.raises(errors.ConfigError, match=r'condition_dropout must be in \[0, 1\)'):
     dropout.__class__(**{**dropout.__dict__, 'condition_dropout': 1.0}).validate()
+
+
+def test_chemical_system_is_a_derived_element_set_condition():
+  structures = [bulk('NaCl', 'rocksalt', a=5.6), bulk('Si', 'diamond', a=5.43)]
+  structures[1].info['chemical_system'] = 'not a vector'  # unknown, not derived
+  values = batch_lib.property_values(structures, ('chemical_system', 'num_elements'))
+  assert values['chemical_system'].shape == (2, batch_lib.NUM_ELEMENTS)
+  assert np.flatnonzero(values['chemical_system'][0]).tolist() == [10, 16]  # Na, Cl
+  assert np.isnan(values['chemical_system'][1]).all()
+  np.testing.assert_array_equal(values['num_elements'], [2, 1])
+  batch = batch_lib.batch_from_atoms(structures, properties=('chemical_system',))
+  assert batch.conditions['chemical_system'].shape == (3, batch_lib.NUM_ELEMENTS)
+  np.testing.assert_array_equal(batch.condition_mask['chemical_system'], [True, False, False])
+  np.testing.assert_array_equal(batch_lib.parse_element_set('Cl-Na'),
+                                values['chemical_system'][0])
+  with pytest.raises(ValueError, match="'Xx' in 'Li-Xx' is not an element"):
+    batch_lib.parse_element_set('Li-Xx')
+  config = (model_lib.ModelConfig(task='dng_flow', condition_dropout=0.1)
+            .with_network(hidden=16, num_layers=1)
+            .with_condition('chemical_system', 'element_set'))
+  got = generate.request_conditions(config, {'chemical_system': 'Li-Fe-O'}, 2)
+  assert np.flatnonzero(got['chemical_system'][1]).tolist() == [2, 7, 25]
+  with pytest.raises(errors.UserError, match=r"^--condition chemical_system=Li-Qq: 'Qq'"):
+    generate.request_conditions(config, {'chemical_system': 'Li-Qq'}, 2)
+  # The network is told the set: another set, another prediction.
+  model = model_lib.build(config)
+  template = sampling.template_from_compositions([[1, 1, 1]] * 2, conditions=got)
+  template = batch_lib.to_device(template)
+  params = model.init_params(jax.random.PRNGKey(0), template)
+  xs = {name: p.clean(template) for name, p in model.processes.items()}
+  t = jnp.full(template.num_graph_slots, 0.5)
+  out, _ = model.apply(params, template, t, xs)
+  other = generate.request_conditions(config, {'chemical_system': 'Cu'}, 2)
+  moved = batch_lib.to_device(sampling.template_from_compositions([[1, 1, 1]] * 2,
+                                                                  conditions=other))
+  out2, _ = model.apply(params, moved, t, xs)
+  assert np.abs(np.asarray(out['lattice']) - np.asarray(out2['lattice'])).max() > 1e-5
+  with pytest.raises(errors.DataError, match='only 0 and 1'):
+    config.fit_conditions({'chemical_system': np.full((2, 100), 0.5)}, 'x.csv')

@@ -9,9 +9,11 @@ one shape per budget, so nothing recompiles as data changes.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Sequence
 
 import ase
+import ase.data
 import chex
 import flax.struct
 import jax
@@ -42,8 +44,9 @@ class CrystalBatch:
     n_atoms: [G] int32 atoms per crystal (0 on padding graphs).
     max_atoms_per_graph: static bound A on atoms in one crystal; sizes the
       dense per-crystal blocks of the fully connected graph.
-    conditions: {property: [G] float32} per-crystal values a conditioned
-      model is told (0 where unknown and on padding); empty by default.
+    conditions: {property: [G] float32, or [G, K] for a vector property
+      such as chemical_system} per-crystal values a conditioned model is
+      told (0 where unknown and on padding); empty by default.
     condition_mask: {property: [G] bool} True where the value is known.
   """
   lattice: jax.Array
@@ -78,7 +81,8 @@ class CrystalBatch:
       raise ValueError(f'conditions {sorted(self.conditions)} and their masks '
                        f'{sorted(self.condition_mask)} name different properties')
     for name in self.conditions:
-      chex.assert_shape([self.conditions[name], self.condition_mask[name]], (g,))
+      chex.assert_shape(self.condition_mask[name], (g,))
+      chex.assert_axis_dimension(self.conditions[name], 0, g)
 
   def atom_offsets(self) -> jax.Array:
     """[G] index of the first atom slot of each crystal."""
@@ -284,36 +288,83 @@ class PackedStructures:
 
 
 def _conditions(values: dict, num_graphs: int) -> dict:
-  """`conditions` and `condition_mask` of a batch from `{name: [k] float32}`
-  (NaN: unknown), padded to `num_graphs` (padding: 0 and unknown)."""
+  """`conditions` and `condition_mask` of a batch from `{name: [k] or [k, K]
+  float32}` (NaN: unknown; a vector is known where all of it is finite),
+  padded to `num_graphs` (padding: 0 and unknown)."""
   conditions, mask = {}, {}
   for name, v in values.items():
-    known = np.isfinite(v)
-    conditions[name] = np.zeros(num_graphs, np.float32)
-    conditions[name][:len(v)] = np.where(known, v, 0.0)
+    known = np.isfinite(v) if v.ndim == 1 else np.isfinite(v).all(-1)
+    conditions[name] = np.zeros((num_graphs,) + v.shape[1:], np.float32)
+    conditions[name][:len(v)] = np.where(np.isfinite(v), v, 0.0)
     mask[name] = np.zeros(num_graphs, bool)
     mask[name][:len(v)] = known
   return dict(conditions=conditions, condition_mask=mask)
 
 
+def element_set(atoms: ase.Atoms) -> np.ndarray:
+  """`[NUM_ELEMENTS]` float32 multi-hot of the elements a crystal holds
+  (index Z - 1): its chemical system."""
+  out = np.zeros(NUM_ELEMENTS, np.float32)
+  out[np.clip(atoms.numbers - 1, 0, NUM_ELEMENTS - 1)] = 1.0
+  return out
+
+
+def parse_element_set(text: str) -> np.ndarray:
+  """`element_set` of a chemical system written 'Li-Fe-O' (or 'Li,Fe,O');
+  ValueError naming a symbol that is not an element the models know."""
+  out = np.zeros(NUM_ELEMENTS, np.float32)
+  symbols = [s for s in re.split(r'[-,\s]+', text.strip()) if s]
+  if not symbols:
+    raise ValueError(f'{text!r} names no element (write e.g. Li-Fe-O)')
+  for symbol in symbols:
+    z = ase.data.atomic_numbers.get(symbol)
+    if z is None or not 1 <= z <= NUM_ELEMENTS:
+      raise ValueError(f'{symbol!r} in {text!r} is not an element of 1..{NUM_ELEMENTS}')
+    out[z - 1] = 1.0
+  return out
+
+
 # Properties every crystal has, computed from its structure where its data
-# row has no column of that name: {name: atoms -> number}.
+# row has no column of that name: {name: atoms -> number or vector}.
 DERIVED_PROPERTIES = {
     'num_elements': lambda atoms: len(set(atoms.numbers.tolist())),
     'num_atoms': len,
+    'chemical_system': element_set,
 }
+# Properties whose value is a vector: {name: its length}; the others are numbers.
+VECTOR_PROPERTIES = {'chemical_system': NUM_ELEMENTS}
 
 
 def property_values(structures: Sequence[ase.Atoms], properties) -> dict:
   """{name: [S] float32} of each structure's `info[name]` (NaN: none), or
   for a name of `DERIVED_PROPERTIES` that a structure's info lacks, the
-  value computed from the structure."""
+  value computed from the structure; `[S, K]` for `VECTOR_PROPERTIES`
+  (a row of NaN: unknown)."""
   def value(atoms, name):
     if name not in atoms.info and name in DERIVED_PROPERTIES:
-      return float(DERIVED_PROPERTIES[name](atoms))
+      return DERIVED_PROPERTIES[name](atoms)
+    if name in VECTOR_PROPERTIES:
+      return _vector(atoms.info.get(name), VECTOR_PROPERTIES[name])
     return _number(atoms.info.get(name))
-  return {name: np.array([value(s, name) for s in structures], np.float32)
-          for name in properties}
+  out = {}
+  for name in properties:
+    values = [value(s, name) for s in structures]
+    width = VECTOR_PROPERTIES.get(name)
+    out[name] = (np.array(values, np.float32).reshape(-1, width) if width
+                 else np.array(values, np.float32))
+  return out
+
+
+def _vector(value, width: int) -> np.ndarray:
+  """A vector property as `[width]` float32; all NaN unless a finite vector
+  of that length."""
+  try:
+    v = np.asarray(value, np.float32)
+  except (TypeError, ValueError):
+    v = None
+  if v is None or v.shape != (width,) or not np.isfinite(v).all():
+    return np.full(width, np.nan, np.float32)
+  return v
 
 
 def _number(value) -> float:

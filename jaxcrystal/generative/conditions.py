@@ -24,6 +24,9 @@ Registered encoders, each with its own settings:
                the classes k present (at most 24 classes, exact in float32;
                e.g. which of a list of elements a crystal holds): a dense
                layer of the bits.
+  element_set  a `[G, K]` multi-hot over the elements (the derived property
+               `chemical_system`: which elements a crystal holds, asked for
+               as `--condition chemical_system=Li-Fe-O`): a dense layer.
 An unknown (masked) value gets a learned null vector instead.
 
 Settings fit the data: a run calls `settings.fit(values)` with the training
@@ -146,6 +149,22 @@ class MultiHotSettings(ClassesSettings):
     return f'sets of {self.num_classes} classes (integers in [0, 2^{self.num_classes}))'
 
 
+@dataclasses.dataclass(frozen=True)
+class ElementSetSettings(ConditionSettings):
+  """A set of elements given as a `[G, K]` multi-hot (a crystal's chemical
+  system, `batch.element_set`); no settings of its own."""
+
+  def fit(self, values):
+    values = np.asarray(values, np.float64)
+    if values.ndim != 2:
+      raise ValueError('an element set is a vector per crystal (e.g. the derived '
+                       'property chemical_system), not a number')
+    known = values[np.isfinite(values).all(-1)]
+    if not np.isin(known, (0.0, 1.0)).all():
+      raise ValueError('element sets must hold only 0 and 1')
+    return self
+
+
 class _NullWhereUnknown(nn.Module):
   """A learned vector for crystals whose value is unknown (`mask` False)."""
   dim: int
@@ -197,6 +216,19 @@ class MultiHotEncoder(nn.Module):
                                        mask)
 
 
+class ElementSetEncoder(nn.Module):
+  dim: int
+  settings: ElementSetSettings
+
+  @nn.compact
+  def __call__(self, values, mask):
+    if values.ndim != 2:
+      raise errors.ConfigError('the element_set encoder takes a vector per crystal '
+                               '(e.g. chemical_system), not a number')
+    x = jnp.where(mask[:, None], values, 0.0)
+    return _NullWhereUnknown(self.dim)(nn.Dense(self.dim)(x), mask)
+
+
 CONDITIONS = settings_lib.Registry('condition encoder')
 entry = CONDITIONS.entry
 
@@ -211,6 +243,7 @@ def register_condition(name: str, module: Callable,
 register_condition('scalar', ScalarEncoder, ScalarSettings())
 register_condition('categorical', CategoricalEncoder, ClassesSettings())
 register_condition('multi_hot', MultiHotEncoder, MultiHotSettings())
+register_condition('element_set', ElementSetEncoder, ElementSetSettings())
 
 
 class ConditionEmbedding(nn.Module):

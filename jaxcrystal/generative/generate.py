@@ -199,10 +199,11 @@ def sample_structures(model: model_lib.Model, params,
   return out, timing
 
 
-def request_conditions(config: model_lib.ModelConfig, requested: dict[str, float],
+def request_conditions(config: model_lib.ModelConfig, requested: dict,
                        num: int, warn: Callable[[str], None] = print) -> dict:
   """{property: [num] values} of every condition of a model for one request
-  (`requested` {property: value}, e.g. from `sample.py --condition`).
+  (`requested` {property: value}, e.g. from `sample.py --condition`: a
+  number, or for chemical_system a text such as 'Li-Fe-O').
   Properties not requested are unknown (NaN), which a model trained with
   `condition_dropout` takes as "any". A value outside a scalar condition's
   training range is `warn`ed with the range. Raises `errors.UserError`
@@ -221,13 +222,25 @@ def request_conditions(config: model_lib.ModelConfig, requested: dict[str, float
         f'the model is conditioned on {list(known)} and was trained without '
         f'--condition_dropout, so it needs a value of each: give --condition '
         f'{missing[0]}=VALUE')
+  out = {}
   for prop, encoder, settings in config.conditions:
+    value = requested.get(prop, np.nan)
+    if prop in batch_lib.VECTOR_PROPERTIES:
+      if prop in requested:
+        try:
+          value = batch_lib.parse_element_set(str(value))
+        except ValueError as err:
+          raise errors.UserError(f'--condition {prop}={requested[prop]}: {err}') from None
+      out[prop] = [value] * num
+      continue
+    if not isinstance(value, (int, float)):
+      raise errors.UserError(f'--condition {prop}={value}: {prop} needs a number')
     low, high = getattr(settings, 'low', 0.0), getattr(settings, 'high', 0.0)
-    value = requested.get(prop)
-    if value is not None and low < high and not low <= value <= high:
+    if prop in requested and low < high and not low <= value <= high:
       warn(f'warning: --condition {prop}={value:g} lies outside the training '
            f'data\'s range [{low:g}, {high:g}]; the model extrapolates')
-  return {prop: [float(requested.get(prop, np.nan))] * num for prop in known}
+    out[prop] = [float(value)] * num
+  return out
 
 
 def set_source_rows(structures: Sequence[ase.Atoms], rows: Sequence[int] | None

@@ -273,7 +273,8 @@ def check_conditions(dataset: data_lib.BucketedDataset, source: str,
   """Say how many crystals of `source` have each conditioned property; a
   property no crystal has stops the run (`errors.DataError`)."""
   for name, values in dataset.packed.properties.items():
-    known = int(np.isfinite(values).sum())
+    finite = np.isfinite(values)
+    known = int((finite if finite.ndim == 1 else finite.all(-1)).sum())
     if not known:
       raise errors.DataError(f'{source}: the model is conditioned on {name!r}, but '
                              'no row has a number in that column')
