@@ -522,9 +522,6 @@ CLI_CASES = {
         ['--formula=Al4', '--condition=heat_ref=-0.5'],
         r'^error: --condition heat_ref: the model is not conditioned on it; it was '
         r'trained without conditions$'),
-    'guidance_of_an_unconditioned_model': (
-        ['--formula=Al4', '--guidance=2'], r'^error: guidance needs a conditioned '
-        r'model; this one was trained without conditions$'),
     'missing_checkpoint': (['--checkpoint=/nonexistent'], r'^error: flag '
                            r'--checkpoint=/nonexistent: --checkpoint must be a '
                            r'training workdir or a model file \(\.jcm\)$'),

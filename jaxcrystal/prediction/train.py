@@ -125,10 +125,17 @@ class PropertyConfig:
 
 @dataclasses.dataclass
 class Predictor:
-  """A trained regressor: `config`, its `module` and EMA `params`."""
+  """A trained regressor: `config`, its `module` and EMA `params`; `apply`
+  (built once) maps (params, batch) to the property in its units."""
   config: PropertyConfig
   module: object
   params: object
+  apply: Callable | None = None
+
+  def __post_init__(self):
+    if self.apply is None:
+      c, module = self.config, self.module
+      self.apply = jax.jit(lambda p, b: module.apply(p, b, _graph(b)) * c.std + c.mean)
 
 
 def _module(config: PropertyConfig):
@@ -255,8 +262,6 @@ def predict(predictor: Predictor, structures: Sequence[ase.Atoms], *,
             batch_size: int = 256, progress: bool = True) -> np.ndarray:
   """`[S]` predicted property of each structure (its units; NaN where a
   structure has no finite cell or coordinates)."""
-  c = predictor.config
-  apply = jax.jit(lambda p, b: predictor.module.apply(p, b, _graph(b)) * c.std + c.mean)
   out = np.full(len(structures), np.nan)
   usable = [i for i, s in enumerate(structures)
             if len(s) and np.isfinite(s.cell[:]).all() and np.isfinite(s.positions).all()
@@ -271,6 +276,6 @@ def predict(predictor: Predictor, structures: Sequence[ase.Atoms], *,
     chunks += [(members[k:k + size], budget) for k in range(0, len(members), size)]
   for chunk, budget in tqdm(chunks, desc='predicting', disable=not progress):
     batch = batch_lib.batch_from_atoms([structures[i] for i in chunk], budget)
-    values = np.asarray(apply(predictor.params, batch_lib.to_device(batch)))
+    values = np.asarray(predictor.apply(predictor.params, batch_lib.to_device(batch)))
     out[chunk] = values[:len(chunk)]
   return out
