@@ -41,6 +41,10 @@ BASES = {
                           '--noprogress'],
     'train_graph_diffusion.py': ['--workdir={out}', '--train_steps=2',
                                  '--num_train=8', '--batch_size=4', '--noprogress'],
+    'train_property.py': ['--workdir={out}', '--property=num_elements',
+                          '--train_data=good.extxyz', '--val_data=good.extxyz',
+                          '--train_steps=2', '--regressor.hidden=8',
+                          '--regressor.num_layers=1', '--noprogress'],
     'generate_structures.py': ['--out={out}', '--num_samples=3', '--workers=1',
                                '--noprogress'],
 }
