@@ -88,10 +88,12 @@ def main(argv):
     compositions, _, _, _ = generate.compositions_for_request(
         config, num_samples=FLAGS.num_samples, seed=FLAGS.seed,
         atom_counts=generate.recorded_atom_counts(FLAGS.checkpoint))
+  # A conditioned model is benchmarked unconditionally (conditions unknown).
+  conditions = generate.request_conditions(config.model, {}, len(compositions))
   start = time.perf_counter()
   samples, timing = generate.sample_structures(
       model, params, compositions, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
-      sampler=sampler_flags.sampler_config(config.sampling),
+      sampler=sampler_flags.sampler_config(config.sampling), conditions=conditions,
       progress=FLAGS.progress)
   sample_wall = time.perf_counter() - start
   generate.set_source_rows(samples, rows)
