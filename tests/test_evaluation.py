@@ -104,9 +104,7 @@ def test_evaluate_cli_csp_end_to_end(tmp_path):
   assert '| jaxcrystal | ' in table and 'DiffCSP (published' in table
   for name in ('batch_analysis.png', 'real_vs_generated.png'):
     assert (tmp_path / 'out' / name).stat().st_size > 10_000
-  missing = subprocess.run(cmd[:2] + ['--samples=/nonexistent.npz'] + cmd[3:],
-                           capture_output=True, text=True, timeout=120)
-  assert missing.returncode != 0 and '--samples must be an existing file' in missing.stderr
+  # (A missing --samples file is one line: tests/test_fuzz_scripts.py.)
 
 
 def test_evaluate_cli_dng_without_uniqueness(tmp_path):
