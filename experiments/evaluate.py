@@ -61,7 +61,8 @@ flags.DEFINE_bool('progress', True, 'Show progress bars.')
 flags.mark_flags_as_required(['samples', 'test_csv', 'task', 'out'])
 cli.existing_file('samples', 'test_csv')
 cli.existing_file('train_csv', optional=True)
-cli.existing_dir('predictor', 'a train_property.py run directory')
+flags.register_validator('predictor', lambda v: not v or os.path.isdir(v),
+                         message='--predictor must be a train_property.py run directory')
 cli.at_least(1, 'num_eval_samples', 'workers')
 cli.at_least(0, 'subset')
 
