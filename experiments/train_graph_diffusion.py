@@ -3,6 +3,8 @@
   python experiments/train_graph_diffusion.py --flagfile=experiments/flags/graph_grid.flags \
       --workdir=runs/graph_grid
 """
+import math
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -35,8 +37,10 @@ flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 flags.DEFINE_bool('resume', False, 'Continue exactly from the latest checkpoint '
                   'in --workdir.')
 flags.mark_flags_as_required(['workdir'])
+# A grid graph's dense Laplacian has (nodes)^2 entries: 4,096 nodes is 128 MiB.
 flags.register_validator('grid_shape', lambda v: 1 <= len(v) <= 3 and all(
-    x.isdigit() and int(x) >= 1 for x in v), message='--grid_shape: 1 to 3 positive sizes')
+    x.isdigit() and int(x) >= 1 for x in v) and math.prod(int(x) for x in v) <= 4096,
+    message='--grid_shape: 1 to 3 positive sizes, at most 4,096 nodes in all')
 cli.at_least(0, 'gamma', 'energy_weight', 'smoothness_weight', 'alignment_weight')
 cli.at_least(1, 'num_train', 'hidden', 'num_layers', 'batch_size', 'train_steps',
              'sample_steps')

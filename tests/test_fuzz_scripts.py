@@ -17,7 +17,7 @@ from jaxcrystal.data import io as io_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / 'tests' / 'fixtures'
-EXAMPLES = 30
+EXAMPLES = 20
 
 # Each script's good base command ({out}: a fresh output path per example).
 BASES = {

@@ -35,7 +35,7 @@ def test_quickstart_then_analysis_notebooks(tmp_path):
   assert samples['num_atoms'].shape == (21,) and np.any(samples['frac_coords'] != 0)
   nb = _run('analysis.ipynb', (
       "SAMPLES = 'qs/samples/samples.npz'\nTEST = 'builtin'\nDATASET = 'perov_5'\n"
-      "OUT = 'analysis'\nMAX_TEST = 21"), tmp_path)
+      "OUT = 'analysis'\nMAX_TEST = 10"), tmp_path)
   assert not _outputs(nb, 'error')
   assert len(_outputs(nb, 'image/png')) == 2
   assert (tmp_path / 'analysis' / 'metrics.md').read_text().count('|') > 10

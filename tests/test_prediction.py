@@ -64,7 +64,7 @@ def test_predictor_learns_a_property_of_the_structure(tmp_path):
   config = property_train.PropertyConfig(
       property='edge', train_data=str(tmp_path / 'train.extxyz'),
       val_data=str(tmp_path / 'val.extxyz'), batch_size=8, train_steps=150,
-      eval_every=75, checkpoint_every=75, log_every=25, progress=False,
+      eval_every=150, checkpoint_every=150, log_every=50, progress=False,
       optim=state_lib.OptimConfig(learning_rate=3e-3, warmup_steps=10, ema_decay=0.9)
   ).with_regressor(hidden=32, num_layers=1, num_freqs=4, distance_basis=8)
   result = property_train.train_property(config, tmp_path / 'run', log=lambda *_: None)
