@@ -410,7 +410,13 @@ def test_a_registered_condition_steers_training_and_sampling(tmp_path):
     np.testing.assert_allclose(conditional, edge, atol=0.25)
     # Guidance extrapolates from the unconditional mixture past the
     # conditional cell: away from the other one.
-    assert away * (edges_of(edge, 2.0).mean() - conditional.mean()) > 0.2
+    guided = edges_of(edge, 2.0)
+    assert away * (guided.mean() - conditional.mean()) > 0.2
+    # A guided model keeps its weight when no guidance is passed.
+    kept, _ = generate.sample_structures(model.with_guidance(2.0), params,
+                                         [small.numbers] * 8,
+                                         conditions={'edge': [edge] * 8}, progress=False)
+    np.testing.assert_allclose([np.abs(np.diag(s.cell[:])) for s in kept], guided)
   told_nothing = generate.request_conditions(model.config, {}, 16)
   samples, _ = generate.sample_structures(model, params, [small.numbers] * 16,
                                           conditions=told_nothing, progress=False)

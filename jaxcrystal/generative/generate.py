@@ -128,7 +128,7 @@ def sample_structures(model: model_lib.Model, params,
                       batch_size: int = 256, seed: int = 0,
                       lattices: Sequence[np.ndarray] | None = None,
                       conditions: dict | None = None,
-                      guidance: float = 0.0,
+                      guidance: float | None = None,
                       progress: bool = True,
                       compiled: dict | None = None) -> tuple[list[ase.Atoms], dict]:
   """Sample one structure per composition (atomic numbers; for de novo, only
@@ -147,7 +147,8 @@ def sample_structures(model: model_lib.Model, params,
   sampler cannot run this model. `conditions`: {property: one value per
   composition} for a conditioned model (see `conditions.py`); `guidance`:
   the classifier-free guidance weight w (`Model.with_guidance`: two network
-  calls per step when w > 0). `compiled`: a
+  calls per step when w > 0); None keeps the model's own (0 unless it came
+  from `with_guidance`). `compiled`: a
   dict kept by a caller that samples again with the same model and sampler
   (e.g. a training monitor): the compiled samplers by budget, filled here
   and reused, so later calls compile nothing."""
@@ -162,7 +163,8 @@ def sample_structures(model: model_lib.Model, params,
     size = min(batch_size, len(members))
     budget = batch_lib.Budget(size + 1, int(np.ceil((size * max_n + 1) / 8) * 8), max_n)
     plan += [(chunk, budget) for chunk in sampling.split_into_batches(members, size)]
-  model = model.with_guidance(guidance)
+  if guidance is not None:
+    model = model.with_guidance(guidance)
   resolved = sampler.resolve(model)
   sample_fn = jax.jit(samplers.get_sampler(model, resolved))
   out: list = [None] * len(compositions)
