@@ -32,7 +32,7 @@ import typing
 from absl import flags
 
 from jaxcrystal import errors
-from jaxcrystal.data import batch as batch_lib
+from jaxcrystal.data import properties as properties_lib
 from jaxcrystal.generative import conditions
 from jaxcrystal.generative import losses
 from jaxcrystal.generative import model as model_lib
@@ -195,7 +195,7 @@ def define_train_config(sampling=lambda: train.TrainConfig().sampling,
   flags.DEFINE_multi_string(
       'condition', [], 'Condition the model on a per-crystal property: '
       'NAME[:ENCODER] (repeatable), NAME a numeric column of the data files or '
-      f'one computed from the structure ({", ".join(sorted(batch_lib.DERIVED_PROPERTIES))}), '
+      f'one computed from the structure ({", ".join(sorted(properties_lib.DERIVED_PROPERTIES))}), '
       f'ENCODER one of {sorted(conditions.CONDITIONS)} (default scalar: '
       'standardised with the training data\'s mean and std).',
       flag_values=flag_values, module_name=module)
@@ -220,7 +220,7 @@ def define_train_config(sampling=lambda: train.TrainConfig().sampling,
       if not name or encoder and encoder not in conditions.CONDITIONS:
         raise errors.ConfigError(f'--condition={spec}: give NAME or NAME:ENCODER, '
                                  f'ENCODER one of {sorted(conditions.CONDITIONS)}')
-      default = 'element_set' if name in batch_lib.VECTOR_PROPERTIES else 'scalar'
+      default = 'element_set' if name in properties_lib.VECTOR_PROPERTIES else 'scalar'
       model = model.with_condition(name, encoder or default)
     config = read_fields(train.TrainConfig, flag_values=flag_values, base=train.TrainConfig(
         model=model,

@@ -9,6 +9,7 @@ from ase.build import bulk
 
 from jaxcrystal import errors
 from jaxcrystal.data import batch as batch_lib
+from jaxcrystal.data import properties as properties_lib
 from jaxcrystal.generative import conditions
 from jaxcrystal.generative import generate
 from jaxcrystal.generative import losses
@@ -144,7 +145,7 @@ def test_guidance_and_requests_that_cannot_work_are_one_line():
 def test_chemical_system_is_a_derived_element_set_condition():
   structures = [bulk('NaCl', 'rocksalt', a=5.6), bulk('Si', 'diamond', a=5.43)]
   structures[1].info['chemical_system'] = 'not a vector'  # unknown, not derived
-  values = batch_lib.property_values(structures, ('chemical_system', 'num_elements'))
+  values = properties_lib.property_values(structures, ('chemical_system', 'num_elements'))
   assert values['chemical_system'].shape == (2, batch_lib.NUM_ELEMENTS)
   assert np.flatnonzero(values['chemical_system'][0]).tolist() == [10, 16]  # Na, Cl
   assert np.isnan(values['chemical_system'][1]).all()
@@ -152,10 +153,10 @@ def test_chemical_system_is_a_derived_element_set_condition():
   batch = batch_lib.batch_from_atoms(structures, properties=('chemical_system',))
   assert batch.conditions['chemical_system'].shape == (3, batch_lib.NUM_ELEMENTS)
   np.testing.assert_array_equal(batch.condition_mask['chemical_system'], [True, False, False])
-  np.testing.assert_array_equal(batch_lib.parse_element_set('Cl-Na'),
+  np.testing.assert_array_equal(properties_lib.parse_element_set('Cl-Na'),
                                 values['chemical_system'][0])
   with pytest.raises(ValueError, match="'Xx' in 'Li-Xx' is not an element"):
-    batch_lib.parse_element_set('Li-Xx')
+    properties_lib.parse_element_set('Li-Xx')
   config = (model_lib.ModelConfig(task='dng_flow', condition_dropout=0.1)
             .with_network(hidden=16, num_layers=1)
             .with_condition('chemical_system', 'element_set'))

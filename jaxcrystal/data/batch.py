@@ -9,11 +9,9 @@ one shape per budget, so nothing recompiles as data changes.
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Sequence
 
 import ase
-import ase.data
 import chex
 import flax.struct
 import jax
@@ -22,8 +20,9 @@ import jraph
 import numpy as np
 
 from jaxcrystal import errors
+from jaxcrystal.data import properties as properties_lib
 
-NUM_ELEMENTS = 100  # type classes: atomic numbers 1..100
+NUM_ELEMENTS = properties_lib.NUM_ELEMENTS  # type classes: atomic numbers 1..100
 
 
 class BudgetError(errors.UserError, ValueError):
@@ -204,7 +203,7 @@ def batch_from_atoms(structures: Sequence[ase.Atoms], budget: Budget | None = No
       graph_mask=graph_mask,
       n_atoms=n_atoms,
       max_atoms_per_graph=budget.max_atoms_per_graph,
-      **_conditions(property_values(structures, properties), budget.max_graphs))
+      **_conditions(properties_lib.property_values(structures, properties), budget.max_graphs))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,7 +239,7 @@ class PackedStructures:
         species=np.concatenate([s.numbers for s in structures]).astype(np.int32),
         lattice=np.array([s.cell[:] for s in structures], dtype).reshape(-1, 3, 3),
         n_atoms=n_atoms, offsets=np.cumsum(n_atoms, dtype=np.int64) - n_atoms,
-        properties=property_values(structures, properties))
+        properties=properties_lib.property_values(structures, properties))
 
   def __len__(self) -> int:
     return len(self.n_atoms)
@@ -299,81 +298,6 @@ def _conditions(values: dict, num_graphs: int) -> dict:
     mask[name] = np.zeros(num_graphs, bool)
     mask[name][:len(v)] = known
   return dict(conditions=conditions, condition_mask=mask)
-
-
-def element_set(atoms: ase.Atoms) -> np.ndarray:
-  """`[NUM_ELEMENTS]` float32 multi-hot of the elements a crystal holds
-  (index Z - 1): its chemical system."""
-  out = np.zeros(NUM_ELEMENTS, np.float32)
-  out[np.clip(atoms.numbers - 1, 0, NUM_ELEMENTS - 1)] = 1.0
-  return out
-
-
-def parse_element_set(text: str) -> np.ndarray:
-  """`element_set` of a chemical system written 'Li-Fe-O' (or 'Li,Fe,O');
-  ValueError naming a symbol that is not an element the models know."""
-  out = np.zeros(NUM_ELEMENTS, np.float32)
-  symbols = [s for s in re.split(r'[-,\s]+', text.strip()) if s]
-  if not symbols:
-    raise ValueError(f'{text!r} names no element (write e.g. Li-Fe-O)')
-  for symbol in symbols:
-    z = ase.data.atomic_numbers.get(symbol)
-    if z is None or not 1 <= z <= NUM_ELEMENTS:
-      raise ValueError(f'{symbol!r} in {text!r} is not an element of 1..{NUM_ELEMENTS}')
-    out[z - 1] = 1.0
-  return out
-
-
-# Properties every crystal has, computed from its structure where its data
-# row has no column of that name: {name: atoms -> number or vector}.
-DERIVED_PROPERTIES = {
-    'num_elements': lambda atoms: len(set(atoms.numbers.tolist())),
-    'num_atoms': len,
-    'chemical_system': element_set,
-}
-# Properties whose value is a vector: {name: its length}; the others are numbers.
-VECTOR_PROPERTIES = {'chemical_system': NUM_ELEMENTS}
-
-
-def property_values(structures: Sequence[ase.Atoms], properties) -> dict:
-  """{name: [S] float32} of each structure's `info[name]` (NaN: none), or
-  for a name of `DERIVED_PROPERTIES` that a structure's info lacks, the
-  value computed from the structure; `[S, K]` for `VECTOR_PROPERTIES`
-  (a row of NaN: unknown)."""
-  def value(atoms, name):
-    if name not in atoms.info and name in DERIVED_PROPERTIES:
-      return DERIVED_PROPERTIES[name](atoms)
-    if name in VECTOR_PROPERTIES:
-      return _vector(atoms.info.get(name), VECTOR_PROPERTIES[name])
-    return _number(atoms.info.get(name))
-  out = {}
-  for name in properties:
-    values = [value(s, name) for s in structures]
-    width = VECTOR_PROPERTIES.get(name)
-    out[name] = (np.array(values, np.float32).reshape(-1, width) if width
-                 else np.array(values, np.float32))
-  return out
-
-
-def _vector(value, width: int) -> np.ndarray:
-  """A vector property as `[width]` float32; all NaN unless a finite vector
-  of that length."""
-  try:
-    v = np.asarray(value, np.float32)
-  except (TypeError, ValueError):
-    v = None
-  if v is None or v.shape != (width,) or not np.isfinite(v).all():
-    return np.full(width, np.nan, np.float32)
-  return v
-
-
-def _number(value) -> float:
-  """A property value as a float; NaN if absent or not a finite number."""
-  try:
-    value = float(value)
-  except (TypeError, ValueError):
-    return float('nan')
-  return value if np.isfinite(value) else float('nan')
 
 
 def batch_from_structures(structures, budget: Budget | None = None,

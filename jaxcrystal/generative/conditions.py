@@ -152,7 +152,7 @@ class MultiHotSettings(ClassesSettings):
 @dataclasses.dataclass(frozen=True)
 class ElementSetSettings(ConditionSettings):
   """A set of elements given as a `[G, K]` multi-hot (a crystal's chemical
-  system, `batch.element_set`); no settings of its own."""
+  system, `properties.element_set`); no settings of its own."""
 
   def fit(self, values):
     values = np.asarray(values, np.float64)

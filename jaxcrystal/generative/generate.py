@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from jaxcrystal import errors
 from jaxcrystal.data import batch as batch_lib
+from jaxcrystal.data import properties as properties_lib
 from jaxcrystal.data import io as io_lib
 from jaxcrystal.data import readers
 from jaxcrystal.generative import model as model_lib
@@ -227,10 +228,10 @@ def request_conditions(config: model_lib.ModelConfig, requested: dict,
   out = {}
   for prop, encoder, settings in config.conditions:
     value = requested.get(prop, np.nan)
-    if prop in batch_lib.VECTOR_PROPERTIES:
+    if prop in properties_lib.VECTOR_PROPERTIES:
       if prop in requested:
         try:
-          value = batch_lib.parse_element_set(str(value))
+          value = properties_lib.parse_element_set(str(value))
         except ValueError as err:
           raise errors.UserError(f'--condition {prop}={requested[prop]}: {err}') from None
       out[prop] = [value] * num

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import ase
 import numpy as np
 
-from jaxcrystal.data import batch as batch_lib
+from jaxcrystal.data import properties as properties_lib
 from jaxcrystal.evaluation import metrics
 from jaxcrystal.generative import generate
 from jaxcrystal.generative import model as model_lib
@@ -72,7 +72,7 @@ def make_quality_monitor(model: model_lib.Model, sampler: samplers.SamplerConfig
   # de novo samples), so its samples aim at the reference's distribution.
   conditions = None
   if model.config.conditions:
-    values = batch_lib.property_values(reference, model.config.properties)
+    values = properties_lib.property_values(reference, model.config.properties)
     rows = np.arange(len(compositions)) % len(reference)
     conditions = {prop: v[rows].tolist() for prop, v in values.items()}
   compiled: dict = {}

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from jaxcrystal import errors
 from jaxcrystal.data import batch as batch_lib
+from jaxcrystal.data import properties as properties_lib
 from jaxcrystal.data import io as io_lib
 from jaxcrystal.data import readers
 from jaxcrystal.data import pipeline as data_lib
@@ -262,7 +263,7 @@ def fit_conditions(config: TrainConfig, train_structures) -> TrainConfig:
   model = config.model
   if not model.conditions:
     return config
-  values = batch_lib.property_values(train_structures, model.properties)
+  values = properties_lib.property_values(train_structures, model.properties)
   if not all(np.isfinite(v).any() for v in values.values()):
     return config
   return dataclasses.replace(config, model=model.fit_conditions(values, config.train_data))

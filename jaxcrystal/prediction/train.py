@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from jaxcrystal import errors
 from jaxcrystal.data import batch as batch_lib
+from jaxcrystal.data import properties as properties_lib
 from jaxcrystal.data import io as io_lib
 from jaxcrystal.data import pipeline as data_lib
 from jaxcrystal.generative import settings as settings_lib
@@ -168,7 +169,7 @@ def get_loss_fn(module, mean: float, std: float, prop: str) -> Callable:
 def _load(path: str, config: PropertyConfig, log: Callable):
   structures, report = generative_train.load_structures(path, config)
   log(generative_train.describe_load(path, structures, report))
-  values = batch_lib.property_values(structures, (config.property,))[config.property]
+  values = properties_lib.property_values(structures, (config.property,))[config.property]
   known = int(np.isfinite(values).sum())
   if not known:
     raise errors.DataError(f'{path}: no row has a number in column {config.property!r}')
