@@ -6,6 +6,8 @@
   python experiments/sample.py --checkpoint RUN --sampler ddim --sample_steps 50 ...   (fewer calls)
   python experiments/sample.py --checkpoint RUN_COND --condition heat_ref=-0.5 --guidance 2 ...
       (a model trained with --condition heat_ref --condition_dropout 0.1)
+  python experiments/sample.py --checkpoint RUN_DNG --elements Ba,Sr,Ti,O --max_elements 3 \
+      --num_atoms 5 ...   (de novo within a chemical system; constraints.py)
 
 The sampler (--sampler, --sample_steps, --sampler.step_lr, ...) defaults to the settings
 stored with the run; summary.json records what ran and its network calls.
@@ -17,6 +19,7 @@ host_batching_s, validation_s and writing_s. Samples made for
 --compositions_from record the file row they belong to (`source_row`),
 which evaluate.py pairs by.
 """
+import os
 import time
 
 from absl import flags
@@ -26,7 +29,9 @@ import sampler_flags
 from jaxcrystal import cli
 from jaxcrystal.data import outputs
 from jaxcrystal.data import readers
+from jaxcrystal.generative import constraints
 from jaxcrystal.generative import generate
+from jaxcrystal.generative import train
 
 FLAGS = flags.FLAGS
 sampler_flags.refuse_num_steps()
@@ -54,6 +59,14 @@ flags.DEFINE_multi_string('condition', [], 'NAME=VALUE: a property the model is 
 flags.DEFINE_float('guidance', 0.0, 'Classifier-free guidance weight w: each '
                    'prediction is cond + w (cond - uncond); needs a model trained '
                    'with --condition_dropout. 0: the conditional model alone.')
+flags.DEFINE_string('elements', '', 'De novo: the elements samples may hold '
+                    '(Li,Fe,O); types are drawn only among them.')
+flags.DEFINE_integer('min_elements', 0, 'With --elements: each sample is offered a '
+                     'random subset of at least this many (0: 1).')
+flags.DEFINE_integer('max_elements', 0, 'With --elements: and at most this many '
+                     '(0: all of them).')
+flags.DEFINE_string('num_atoms', '', 'De novo: atoms per sample, N or LOW-HIGH '
+                    "(drawn from the training data's counts in the range).")
 flags.DEFINE_string('out', None, 'Output folder (new or empty).')
 flags.DEFINE_bool('overwrite', False, 'Replace what --out holds.')
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
@@ -61,7 +74,7 @@ flags.mark_flags_as_required(['checkpoint', 'out'])
 cli.trained_model('checkpoint')
 cli.existing_file('compositions_from', 'atom_counts_from', optional=True)
 cli.at_least(1, 'num_samples', 'samples_per_composition', 'batch_size')
-cli.at_least(0, 'max_atoms')
+cli.at_least(0, 'max_atoms', 'min_elements', 'max_elements')
 cli.at_most(10_000_000, 'num_samples', 'samples_per_composition')
 cli.at_most(100_000, 'batch_size', 'max_atoms')
 cli.checkpoint_choice('which')
@@ -75,6 +88,15 @@ def _output() -> dict:
   return dict(overwrite=FLAGS.overwrite, kind='samples', inputs=cli.flag_paths('checkpoint', 'compositions_from', 'atom_counts_from'))
 
 
+def _seen_elements(config) -> dict | None:
+  """The training data's elements {symbol: crystals}: as the run recorded
+  them, else read from its training file if it is here (None: unknown)."""
+  seen = generate.recorded_data(FLAGS.checkpoint).get('elements')
+  if seen is None and config.train_data and os.path.isfile(config.train_data):
+    seen = constraints.element_histogram(train.load_structures(config.train_data, config)[0])
+  return seen
+
+
 def main(argv):
   del argv
   started = time.perf_counter()
@@ -86,7 +108,12 @@ def main(argv):
       samples_per_composition=FLAGS.samples_per_composition,
       num_samples=FLAGS.num_samples, atom_counts_from=FLAGS.atom_counts_from,
       seed=FLAGS.seed, skip_bad=FLAGS.skip_bad,
-      atom_counts=generate.recorded_atom_counts(FLAGS.checkpoint))
+      atom_counts=generate.recorded_atom_counts(FLAGS.checkpoint),
+      atom_range=constraints.parse_atom_range(FLAGS.num_atoms) if FLAGS.num_atoms else None)
+  allowed = constraints.allowed_for_request(
+      config.model.task, compositions, FLAGS.elements, FLAGS.min_elements,
+      FLAGS.max_elements, seen=_seen_elements(config) if FLAGS.elements else None,
+      seed=FLAGS.seed, de_novo=not (FLAGS.formula or FLAGS.compositions_from))
   if report is not None and report.skipped:
     print(report.summary())
   generate.check_size_budget(
@@ -101,13 +128,20 @@ def main(argv):
   samples, timing = generate.sample_structures(
       model, params, compositions, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
       sampler=sampler_flags.sampler_config(config.sampling), lattices=lattices,
-      conditions=conditions, guidance=FLAGS.guidance, progress=FLAGS.progress)
+      conditions=conditions, guidance=FLAGS.guidance, allowed_elements=allowed,
+      progress=FLAGS.progress)
   generate.set_source_rows(samples, rows)
   with outputs.output_folder(FLAGS.out, **_output()) as out:
     summary = generate.write_samples(out, samples, {
         'checkpoint': FLAGS.checkpoint, 'checkpoint_step': step,
         'compositions_from': FLAGS.compositions_from or None,
         'conditions': requested,
+        'constraints': {'elements': FLAGS.elements or None,
+                        'min_elements': FLAGS.min_elements,
+                        'max_elements': FLAGS.max_elements,
+                        'num_atoms': FLAGS.num_atoms or None,
+                        **(constraints.element_report(samples, allowed, FLAGS.min_elements)
+                           if allowed is not None else {})},
         'rows_skipped': len(report.skipped) if report is not None else 0,
         'setup_s': sampling_started - started,
         **timing}, made_for=FLAGS.compositions_from or None)

@@ -522,6 +522,9 @@ CLI_CASES = {
         ['--formula=Al4', '--condition=heat_ref=-0.5'],
         r'^error: --condition heat_ref: the model is not conditioned on it; it was '
         r'trained without conditions$'),
+    'elements_of_a_csp_model': (['--formula=Al4', '--elements=Al'],
+                                r'^error: --elements constrains de novo samples; '
+                                r'this request fixes the atom types \(a csp model\)$'),
     'missing_checkpoint': (['--checkpoint=/nonexistent'], r'^error: flag '
                            r'--checkpoint=/nonexistent: --checkpoint must be a '
                            r'training workdir or a model file \(\.jcm\)$'),

@@ -47,6 +47,9 @@ class CrystalBatch:
       such as chemical_system} per-crystal values a conditioned model is
       told (0 where unknown and on padding); empty by default.
     condition_mask: {property: [G] bool} True where the value is known.
+    allowed_elements: [G, NUM_ELEMENTS] bool (index Z - 1), the elements a
+      de novo sample of each crystal may hold (`constraints.py`); None: any.
+      Type processes draw and decode only these.
   """
   lattice: jax.Array
   frac: jax.Array
@@ -58,6 +61,7 @@ class CrystalBatch:
   max_atoms_per_graph: int = flax.struct.field(pytree_node=False, default=1)
   conditions: dict = flax.struct.field(default_factory=dict)
   condition_mask: dict = flax.struct.field(default_factory=dict)
+  allowed_elements: jax.Array | None = None
 
   @property
   def num_graph_slots(self) -> int:
@@ -82,6 +86,9 @@ class CrystalBatch:
     for name in self.conditions:
       chex.assert_shape(self.condition_mask[name], (g,))
       chex.assert_axis_dimension(self.conditions[name], 0, g)
+    if self.allowed_elements is not None:
+      chex.assert_shape(self.allowed_elements, (g, NUM_ELEMENTS))
+      chex.assert_type(self.allowed_elements, bool)
 
   def atom_offsets(self) -> jax.Array:
     """[G] index of the first atom slot of each crystal."""

@@ -84,7 +84,9 @@ class TypesMasked(processes.TypesVariable, JumpProcess):
 
   def jump(self, rng, x, out, t, t_prev, template):
     """Unmask each masked atom with probability (m(t) - m(t_prev)) / m(t) to
-    a type drawn from softmax(out); padding and unmasked atoms keep x."""
+    a type drawn from softmax(out) over its crystal's allowed elements
+    (`template.allowed_elements`); padding and unmasked atoms keep x."""
+    out = processes.allowed_logits(template, out)
     m, m_prev = self.masked_fraction(t), self.masked_fraction(t_prev)
     p_unmask = (m - m_prev) / jnp.maximum(m, 1e-12)
     k_type, k_unmask = jax.random.split(rng)

@@ -20,6 +20,7 @@ from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.data import properties as properties_lib
 from jaxcrystal.data import io as io_lib
 from jaxcrystal.data import readers
+from jaxcrystal.generative import constraints
 from jaxcrystal.generative import model as model_lib
 from jaxcrystal.generative import model_file
 from jaxcrystal.generative import samplers
@@ -130,6 +131,7 @@ def sample_structures(model: model_lib.Model, params,
                       lattices: Sequence[np.ndarray] | None = None,
                       conditions: dict | None = None,
                       guidance: float | None = None,
+                      allowed_elements: Sequence[Sequence[int]] | None = None,
                       progress: bool = True,
                       compiled: dict | None = None) -> tuple[list[ase.Atoms], dict]:
   """Sample one structure per composition (atomic numbers; for de novo, only
@@ -149,7 +151,9 @@ def sample_structures(model: model_lib.Model, params,
   composition} for a conditioned model (see `conditions.py`); `guidance`:
   the classifier-free guidance weight w (`Model.with_guidance`: two network
   calls per step when w > 0); None keeps the model's own (0 unless it came
-  from `with_guidance`). `compiled`: a
+  from `with_guidance`). `allowed_elements`: per composition the atomic
+  numbers a de novo sample may hold (`constraints.py`; types are drawn only
+  among them). `compiled`: a
   dict kept by a caller that samples again with the same model and sampler
   (e.g. a training monitor): the compiled samplers by budget, filled here
   and reused, so later calls compile nothing."""
@@ -181,12 +185,14 @@ def sample_structures(model: model_lib.Model, params,
     comps = [compositions[i] for i in chunk]
     lats = [lattices[i] for i in chunk] if lattices is not None else None
     conds = {name: [values[i] for i in chunk] for name, values in (conditions or {}).items()}
+    allowed = ([allowed_elements[i] for i in chunk]
+               if allowed_elements is not None else None)
     template = batch_lib.to_device(
-        sampling.template_from_compositions(comps, budget, lats, conds))
+        sampling.template_from_compositions(comps, budget, lats, conds, allowed))
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), k)
     timing['host_batching_s'] += time.perf_counter() - t0
     t0 = time.perf_counter()
-    key = (budget, model.guidance)
+    key = (budget, model.guidance, allowed is not None)
     if key not in compiled:
       compiled[key] = sample_fn.lower(rng, params, template).compile()
       timing['compile_s'] += time.perf_counter() - t0
@@ -320,11 +326,14 @@ def compositions_for_request(config: train.TrainConfig, *, formula: str = '',
                              samples_per_composition: int = 1,
                              num_samples: int = 100, atom_counts_from: str = '',
                              seed: int = 0, skip_bad: bool = False,
-                             atom_counts: Sequence[int] | None = None):
+                             atom_counts: Sequence[int] | None = None,
+                             atom_range: tuple[int, int] | None = None,
+                             warn: Callable[[str], None] = print):
   """What to sample: a formula repeated, every row of a file (K times each),
   or de novo atom counts drawn from the training distribution: the file
   `atom_counts_from`, else `atom_counts` (atoms per training crystal, e.g.
-  `recorded_atom_counts`), else the config's training file.
+  `recorded_atom_counts`), else the config's training file; `atom_range`
+  (low, high) restricts them (`constraints.atom_counts_in_range`).
 
   Returns (compositions, lattices, source_rows, report): lattices are the
   file's cells for tasks that do not generate the cell (else None);
@@ -333,6 +342,9 @@ def compositions_for_request(config: train.TrainConfig, *, formula: str = '',
   `compositions_from` stops with its row and reason unless `skip_bad`.
   Raises `errors.UserError` for contradictory or unusable requests.
   """
+  if atom_range is not None and (formula or compositions_from):
+    raise errors.UserError('--num_atoms sets de novo atom counts; --formula and '
+                           '--compositions_from fix them')
   if formula and compositions_from:
     raise errors.UserError('give --formula or --compositions_from, not both')
   task = tasks.get_task(config.model.task)
@@ -361,8 +373,15 @@ def compositions_for_request(config: train.TrainConfig, *, formula: str = '',
   if atom_counts_from or not atom_counts:
     structures, _ = train.load_structures(atom_counts_from or config.train_data, config)
     atom_counts = [len(s) for s in structures]
-  counts = sampling.sample_atom_counts(np.random.default_rng(seed), atom_counts,
-                                       num_samples)
+  if atom_range is None:
+    counts = sampling.sample_atom_counts(np.random.default_rng(seed), atom_counts,
+                                         num_samples)
+  else:
+    counts, seen = constraints.atom_counts_in_range(
+        np.random.default_rng(seed), atom_counts, num_samples, *atom_range)
+    if not seen:
+      warn(f'warning: --num_atoms={atom_range[0]}-{atom_range[1]}: the training '
+           'data holds no crystal of these sizes; they are drawn uniformly')
   return [np.ones(int(n), int) for n in counts], None, None, None  # types generated
 
 

@@ -173,8 +173,20 @@ class TypesVariable:
     return batch.replace(species=self.species(batch, x))
 
   def species(self, batch, x) -> jax.Array:
-    """Atomic numbers `[N]` of the most likely class (0 on padding)."""
+    """Atomic numbers `[N]` of the most likely class among the crystal's
+    `allowed_elements` (all when None); 0 on padding."""
+    x = allowed_logits(batch, x)
     return jnp.where(batch.atom_mask, jnp.argmax(x, -1).astype(jnp.int32) + 1, 0)
+
+
+def allowed_logits(batch, logits: jax.Array) -> jax.Array:
+  """`logits: [N, K]` per atom and type class, with -inf on the classes its
+  crystal's `batch.allowed_elements` excludes (unchanged when None), so a
+  softmax draws and an argmax picks only allowed elements."""
+  if batch.allowed_elements is None:
+    return logits
+  allowed = batch.allowed_elements[batch.graph_index][:, :logits.shape[-1]]
+  return jnp.where(allowed, logits, -jnp.inf)
 
 
 @flax.struct.dataclass

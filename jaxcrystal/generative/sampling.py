@@ -177,13 +177,17 @@ def get_pc_sampler(model: model_lib.Model, step_lr: float = 1e-5,
 def template_from_compositions(compositions: Sequence[Sequence[int]],
                                budget: batch_lib.Budget | None = None,
                                lattices: Sequence[np.ndarray] | None = None,
-                               conditions: dict | None = None
+                               conditions: dict | None = None,
+                               allowed_elements: Sequence[Sequence[int]] | None = None
                                ) -> batch_lib.CrystalBatch:
   """A batch fixing species (atomic numbers per crystal) and atom counts.
 
   Lattices default to identity (they are generated); pass them for the
   cartesian task, where the cell is given. `conditions`: {property: one
   value per composition} for a conditioned model (NaN or None: unknown).
+  `allowed_elements`: per composition the atomic numbers a de novo sample
+  may hold (the batch's `allowed_elements` mask; padding crystals allow
+  all); None: any element.
   """
   conditions = dict(conditions or {})
   for name, values in conditions.items():
@@ -196,7 +200,17 @@ def template_from_compositions(compositions: Sequence[Sequence[int]],
     atoms.append(ase.Atoms(numbers=list(species), cell=cell, pbc=True,
                            scaled_positions=np.zeros((len(species), 3)),
                            info={name: values[k] for name, values in conditions.items()}))
-  return batch_lib.batch_from_atoms(atoms, budget, properties=tuple(conditions))
+  batch = batch_lib.batch_from_atoms(atoms, budget, properties=tuple(conditions))
+  if allowed_elements is None:
+    return batch
+  if len(allowed_elements) != len(compositions):
+    raise ValueError(f'{len(allowed_elements)} element sets for '
+                     f'{len(compositions)} compositions')
+  mask = np.ones((batch.num_graph_slots, batch_lib.NUM_ELEMENTS), bool)
+  for k, numbers in enumerate(allowed_elements):
+    mask[k] = False
+    mask[k, np.asarray(numbers, int) - 1] = True
+  return batch.replace(allowed_elements=mask)
 
 
 def sample_atom_counts(rng: np.random.Generator, train_counts: Sequence[int],

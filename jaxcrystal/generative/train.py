@@ -23,6 +23,7 @@ from jaxcrystal.data import properties as properties_lib
 from jaxcrystal.data import io as io_lib
 from jaxcrystal.data import readers
 from jaxcrystal.data import pipeline as data_lib
+from jaxcrystal.generative import constraints
 from jaxcrystal.generative import losses
 from jaxcrystal.generative import model as model_lib
 from jaxcrystal.generative import samplers
@@ -230,13 +231,16 @@ def data_record(config: TrainConfig, train_structures) -> dict:
   """What a run stores of its data in `config.json` under 'data', so that
   `--resume` refuses changed files and sampling knows its size budget:
   the sha256 of each data file (None for the built-in set or none), the
-  largest structure trained on (atoms) and the histogram of atoms per
-  crystal {atoms: crystals}, which de novo sampling draws from."""
+  largest structure trained on (atoms), the histogram of atoms per
+  crystal {atoms: crystals}, which de novo sampling draws from, and the
+  crystals holding each element {symbol: crystals}, which `--elements`
+  is checked against."""
   sha = lambda path: io_lib.file_sha256(path) if path not in ('', 'builtin') else None
   return {'train_data_sha256': sha(config.train_data),
           'val_data_sha256': sha(config.val_data),
           'largest_structure': max(len(s) for s in train_structures),
-          'atom_counts': atom_count_histogram(train_structures)}
+          'atom_counts': atom_count_histogram(train_structures),
+          'elements': constraints.element_histogram(train_structures)}
 
 
 def atom_count_histogram(structures) -> dict[str, int]:
