@@ -29,6 +29,7 @@ import sampler_flags
 from jaxcrystal import cli
 from jaxcrystal.data import outputs
 from jaxcrystal.data import readers
+from jaxcrystal.evaluation import symmetry
 from jaxcrystal.generative import constraints
 from jaxcrystal.generative import generate
 from jaxcrystal.generative import train
@@ -67,6 +68,10 @@ flags.DEFINE_integer('max_elements', 0, 'With --elements: and at most this many 
                      '(0: all of them).')
 flags.DEFINE_string('num_atoms', '', 'De novo: atoms per sample, N or LOW-HIGH '
                     "(drawn from the training data's counts in the range).")
+flags.DEFINE_float('symmetrize', 0.0, 'TOL (Angstrom): also write each sample '
+                   'refined by spglib within TOL to OUT/symmetrized/, and the space '
+                   'groups of raw, symmetrized and training structures to '
+                   'OUT/space_groups.{json,md,png}. 0: off.')
 flags.DEFINE_string('out', None, 'Output folder (new or empty).')
 flags.DEFINE_bool('overwrite', False, 'Replace what --out holds.')
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
@@ -80,6 +85,10 @@ cli.at_most(100_000, 'batch_size', 'max_atoms')
 cli.checkpoint_choice('which')
 cli.formula('formula')
 cli.conditions('condition')
+flags.register_validator(
+    'symmetrize', lambda v: v == 0 or symmetry.SYMPREC_RANGE[0] <= v <= symmetry.SYMPREC_RANGE[1],
+    message=f'--symmetrize must be 0 (off) or a tolerance in '
+            f'[{symmetry.SYMPREC_RANGE[0]:g}, {symmetry.SYMPREC_RANGE[1]:g}] Angstrom')
 flags.register_validator('guidance', lambda v: v >= 0, message='--guidance must be >= 0')
 
 
@@ -95,6 +104,24 @@ def _seen_elements(config) -> dict | None:
   if seen is None and config.train_data and os.path.isfile(config.train_data):
     seen = constraints.element_histogram(train.load_structures(config.train_data, config)[0])
   return seen
+
+
+def _symmetrize(out, samples, config) -> dict:
+  """Write OUT/symmetrized/ and the space-group report (raw samples,
+  symmetrized ones, and the training data where its file is here); return
+  the report's non-P1 shares."""
+  tol = FLAGS.symmetrize
+  refined, arrays = symmetry.symmetrize_all(samples, tol, FLAGS.progress)
+  generate.write_samples(out / 'symmetrized', refined, {
+      'symprec': tol, 'symmetrized_fraction': float(arrays['symmetrized'].mean()),
+      'atoms_changed': int((arrays['atoms_before'] != arrays['atoms_after']).sum())})
+  sets = {'raw samples': symmetry.space_groups(samples, tol, FLAGS.progress, 'raw space groups'),
+          'symmetrized': arrays['space_group']}
+  if config.train_data and os.path.isfile(config.train_data):
+    sets['training data'] = symmetry.space_groups(
+        train.load_structures(config.train_data, config)[0], tol, FLAGS.progress,
+        'training space groups')
+  return symmetry.write_space_group_report(out, sets, tol)['non_p1_share']
 
 
 def main(argv):
@@ -132,6 +159,7 @@ def main(argv):
       progress=FLAGS.progress)
   generate.set_source_rows(samples, rows)
   with outputs.output_folder(FLAGS.out, **_output()) as out:
+    space_groups = _symmetrize(out, samples, config) if FLAGS.symmetrize else None
     summary = generate.write_samples(out, samples, {
         'checkpoint': FLAGS.checkpoint, 'checkpoint_step': step,
         'compositions_from': FLAGS.compositions_from or None,
@@ -142,6 +170,7 @@ def main(argv):
                         'num_atoms': FLAGS.num_atoms or None,
                         **(constraints.element_report(samples, allowed, FLAGS.min_elements)
                            if allowed is not None else {})},
+        'non_p1_share': space_groups,
         'rows_skipped': len(report.skipped) if report is not None else 0,
         'setup_s': sampling_started - started,
         **timing}, made_for=FLAGS.compositions_from or None)

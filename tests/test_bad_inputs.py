@@ -525,6 +525,10 @@ CLI_CASES = {
     'elements_of_a_csp_model': (['--formula=Al4', '--elements=Al'],
                                 r'^error: --elements constrains de novo samples; '
                                 r'this request fixes the atom types \(a csp model\)$'),
+    'symmetrize_tolerance_out_of_range': (
+        ['--formula=Al4', '--symmetrize=5'],
+        r'^error: flag --symmetrize=5\.0: --symmetrize must be 0 \(off\) or a '
+        r'tolerance in \[0\.001, 1\] Angstrom$'),
     'missing_checkpoint': (['--checkpoint=/nonexistent'], r'^error: flag '
                            r'--checkpoint=/nonexistent: --checkpoint must be a '
                            r'training workdir or a model file \(\.jcm\)$'),

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import ase.io
 import chex
 import jax
 import jax.numpy as jnp
@@ -302,8 +303,8 @@ def test_train_then_sample_cli_end_to_end(tmp_path):
   assert (run / 'best').is_dir() and (run / 'config.json').is_file()
   out = tmp_path / 'samples'
   res = _run(['experiments/sample.py', f'--checkpoint={run}', '--formula=Fe2',
-              '--num_samples=6', '--batch_size=4', f'--out={out}', '--progress=false'],
-             timeout=300)
+              '--num_samples=6', '--batch_size=4', f'--out={out}', '--progress=false',
+              '--symmetrize=0.1'], timeout=300)
   assert res.returncode == 0, res.stderr[-2000:]
   summary = json.loads((out / 'summary.json').read_text())
   assert summary['num_samples'] == 6
@@ -314,6 +315,13 @@ def test_train_then_sample_cli_end_to_end(tmp_path):
   arrays = np.load(out / 'samples.npz')
   assert arrays['num_atoms'].tolist() == [2] * 6
   assert set(arrays['atom_types'].tolist()) == {26}
+  # symmetrized beside the raw samples, with the space-group report
+  refined = ase.io.read(out / 'symmetrized' / 'samples.extxyz', ':')
+  assert len(refined) == 6 and all(a.info['symprec'] == 0.1 for a in refined)
+  report = json.loads((out / 'space_groups.json').read_text())
+  assert list(report['non_p1_share']) == ['raw samples', 'symmetrized']
+  assert summary['non_p1_share'] == report['non_p1_share']
+  assert (out / 'space_groups.png').stat().st_size > 1000
   # (an occupied --out is one line: tests/test_bad_inputs.py, test_output_safety.py)
   res = _run(['experiments/sample.py', f'--checkpoint={run}', f'--out={tmp_path / "o2"}'],
              timeout=120)

@@ -146,3 +146,24 @@ def plot_curve(x: Sequence[float] | None, curves: Mapping[str, Sequence[float]],
       ax.set_title(title)
     ax.legend(frameon=False)
     return save_figure(fig, path)
+
+
+def plot_shares(categories: Sequence[str], shares: Mapping[str, Sequence[float]],
+                path, title: str = '', xlabel: str = 'share (%)') -> Path:
+  """Grouped horizontal bars: for each category (top to bottom) one bar per
+  named set of `shares` (fractions in [0, 1], one per category)."""
+  with matplotlib.rc_context(STYLE):
+    n, k = len(categories), max(len(shares), 1)
+    fig = new_figure(figsize=(6, 0.35 * n * k + 1.2))
+    ax = fig.subplots()
+    height = 0.8 / k
+    y = np.arange(n)[::-1]
+    for j, (label, values) in enumerate(shares.items()):
+      ax.barh(y + (k - 1 - 2 * j) * height / 2, 100 * np.asarray(values, float),
+              height=height, label=label)
+    ax.set_yticks(y)
+    ax.set_yticklabels(categories)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.legend(frameon=False, fontsize=8)
+    return save_figure(fig, path)
