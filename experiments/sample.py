@@ -8,6 +8,8 @@
       (a model trained with --condition heat_ref --condition_dropout 0.1)
   python experiments/sample.py --checkpoint RUN_DNG --elements Ba,Sr,Ti,O --max_elements 3 \
       --num_atoms 5 ...   (de novo within a chemical system; constraints.py)
+  python experiments/sample.py --checkpoint RUN_SG --space_group 221 --guidance 1 --symmetrize 0.1 ...
+      (a model trained with --condition space_group; symmetrized samples beside the raw ones)
 
 The sampler (--sampler, --sample_steps, --sampler.step_lr, ...) defaults to the settings
 stored with the run; summary.json records what ran and its network calls.
@@ -68,6 +70,9 @@ flags.DEFINE_integer('max_elements', 0, 'With --elements: and at most this many 
                      '(0: all of them).')
 flags.DEFINE_string('num_atoms', '', 'De novo: atoms per sample, N or LOW-HIGH '
                     "(drawn from the training data's counts in the range).")
+flags.DEFINE_integer('space_group', 0, 'De novo: the space group (1..230) asked of '
+                     'a model trained with --condition space_group (the same as '
+                     '--condition space_group=N; with --guidance). 0: any.')
 flags.DEFINE_float('symmetrize', 0.0, 'TOL (Angstrom): also write each sample '
                    'refined by spglib within TOL to OUT/symmetrized/, and the space '
                    'groups of raw, symmetrized and training structures to '
@@ -79,7 +84,7 @@ flags.mark_flags_as_required(['checkpoint', 'out'])
 cli.trained_model('checkpoint')
 cli.existing_file('compositions_from', 'atom_counts_from', optional=True)
 cli.at_least(1, 'num_samples', 'samples_per_composition', 'batch_size')
-cli.at_least(0, 'max_atoms', 'min_elements', 'max_elements')
+cli.at_least(0, 'max_atoms', 'min_elements', 'max_elements', 'space_group')
 cli.at_most(10_000_000, 'num_samples', 'samples_per_composition')
 cli.at_most(100_000, 'batch_size', 'max_atoms')
 cli.checkpoint_choice('which')
@@ -149,7 +154,11 @@ def main(argv):
       f'--compositions_from {FLAGS.compositions_from}' if FLAGS.compositions_from
       else 'de novo atom counts')
   requested = cli.parse_conditions(FLAGS.condition)
+  if FLAGS.space_group:
+    requested['space_group'] = FLAGS.space_group
   conditions = generate.request_conditions(config.model, requested, len(compositions))
+  if FLAGS.space_group:
+    constraints.check_space_group(FLAGS.space_group, compositions)
   model = model.with_guidance(FLAGS.guidance)
   sampling_started = time.perf_counter()
   samples, timing = generate.sample_structures(

@@ -220,8 +220,9 @@ def define_train_config(sampling=lambda: train.TrainConfig().sampling,
       if not name or encoder and encoder not in conditions.CONDITIONS:
         raise errors.ConfigError(f'--condition={spec}: give NAME or NAME:ENCODER, '
                                  f'ENCODER one of {sorted(conditions.CONDITIONS)}')
-      default = 'element_set' if name in properties_lib.VECTOR_PROPERTIES else 'scalar'
-      model = model.with_condition(name, encoder or default)
+      default, settings = properties_lib.DEFAULT_ENCODERS.get(name, ('scalar', {}))
+      encoder = encoder or default
+      model = model.with_condition(name, encoder, **(settings if encoder == default else {}))
     config = read_fields(train.TrainConfig, flag_values=flag_values, base=train.TrainConfig(
         model=model,
         optim=read_fields(state_lib.OptimConfig, 'optim.', flag_values=flag_values),

@@ -6,7 +6,8 @@ predicts: data columns by name, and properties computed from the structure.
   property_values(structures, names) -> {name: [S] or [S, K] float32}
 
 `DERIVED_PROPERTIES` are computed where a row has no column of that name;
-`VECTOR_PROPERTIES` are vectors (the others are numbers, NaN where unknown).
+`VECTOR_PROPERTIES` are vectors (the others are numbers, NaN where unknown);
+`DEFAULT_ENCODERS` says how a condition on each is encoded unless told.
 """
 from __future__ import annotations
 
@@ -43,12 +44,40 @@ def parse_element_set(text: str) -> np.ndarray:
   return out
 
 
+# Tolerance (Angstrom) of the derived space_group, as the field's analyses
+# (CDVAE, DiffCSP) and `evaluation.validation.space_group` use.
+SPACE_GROUP_SYMPREC = 0.1
+
+
+def space_group_number(atoms: ase.Atoms, symprec: float = SPACE_GROUP_SYMPREC) -> float:
+  """International space group number (1..230) spglib finds within
+  `symprec` Angstrom; NaN (unknown) where it finds none."""
+  import warnings
+  import spglib
+  cell = (np.asarray(atoms.cell[:], float), atoms.get_scaled_positions(wrap=True),
+          atoms.numbers)
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore', DeprecationWarning)
+      dataset = spglib.get_symmetry_dataset(cell, symprec=symprec)
+  except Exception:  # spglib raises on degenerate cells in recent versions
+    dataset = None
+  return float(dataset.number) if dataset is not None else float('nan')
+
+
 # Properties every crystal has, computed from its structure where its data
 # row has no column of that name: {name: atoms -> number or vector}.
 DERIVED_PROPERTIES = {
     'num_elements': lambda atoms: len(set(atoms.numbers.tolist())),
     'num_atoms': len,
     'chemical_system': element_set,
+    'space_group': space_group_number,
+}
+# How `--condition NAME` encodes a property by default: {name: (encoder,
+# its settings)}; the others are scalars.
+DEFAULT_ENCODERS = {
+    'chemical_system': ('element_set', {}),
+    'space_group': ('categorical', {'num_classes': 231}),  # class = number
 }
 # Properties whose value is a vector: {name: its length}; the others are numbers.
 VECTOR_PROPERTIES = {'chemical_system': NUM_ELEMENTS}

@@ -130,11 +130,12 @@ def group_symbol(number: int) -> str:
   import spglib
   with warnings.catch_warnings():
     warnings.simplefilter('ignore', DeprecationWarning)
-    return str(spglib.get_spacegroup_type(_first_hall_number(number)).international_short)
+    return str(spglib.get_spacegroup_type(hall_number(number)).international_short)
 
 
-def _first_hall_number(number: int) -> int:
-  """The first Hall number (1..530) of international number `number`."""
+def hall_number(number: int) -> int:
+  """The first Hall number (1..530) of international number `number` (the
+  standard setting spglib's database lists first)."""
   import spglib
   if not _HALL:
     with warnings.catch_warnings():  # spglib's deprecation notice, per call

@@ -20,10 +20,12 @@ crystal of those sizes).
   element_subsets(rng, elements, num, min_elements, max_elements)
   atom_counts_in_range(rng, train_counts, num, low, high)
   check_elements_seen(elements, seen)
+  check_space_group(number, compositions)   1..230, and orbits that hold the counts
   allowed_for_request(...)   all of the above for one sample.py request
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import ase.data
@@ -31,6 +33,7 @@ import numpy as np
 
 from jaxcrystal import errors
 from jaxcrystal.data import properties as properties_lib
+from jaxcrystal.evaluation import symmetry
 from jaxcrystal.generative import tasks
 
 
@@ -165,3 +168,54 @@ def allowed_for_request(task: str, compositions: Sequence[Sequence[int]],
   if not (min_elements or max_elements):
     low = high = len(numbers)  # the whole set offered to every sample
   return element_subsets(rng, numbers, len(compositions), low, high)
+
+
+@functools.lru_cache(maxsize=None)
+def orbit_sizes(space_group: int, grid: int = 24) -> tuple[int, ...]:
+  """Sizes of the distinct orbits of space group `space_group` (1..230) in
+  its primitive cell, over the points of a `grid`^3 rational grid of its
+  conventional cell (multiples of 1/24 hold every special position of every
+  group, and many orbits of each free one): the multiplicities a crystal
+  of that group is built from, one entry per distinct orbit."""
+  import spglib
+  ops = spglib.get_symmetry_from_database(symmetry.hall_number(space_group))
+  rot, trans = ops['rotations'], ops['translations']
+  centering = int(sum(np.array_equal(r, np.eye(3)) for r in rot))
+  axis = np.arange(grid)
+  points = np.stack(np.meshgrid(axis, axis, axis, indexing='ij'), -1).reshape(-1, 3)
+  # images of every grid point under every operation, in grid units mod grid
+  images = (np.matmul(points[None].astype(float), np.transpose(rot, (0, 2, 1)).astype(float))
+            + np.round(trans * grid)[:, None, :]).astype(np.int64) % grid  # [O, P, 3]
+  codes = np.sort(((images[..., 0] * grid + images[..., 1]) * grid + images[..., 2]).T,
+                  axis=1)
+  size = 1 + (np.diff(codes, axis=1) != 0).sum(1)  # distinct images of each point
+  _, first = np.unique(codes[:, 0], return_index=True)  # one point per orbit
+  return tuple(sorted(int(n) // centering for n in size[first]))
+
+
+def atom_count_fits(space_group: int, num_atoms: int) -> bool:
+  """Whether `num_atoms` atoms can form a crystal of `space_group`: a sum of
+  distinct orbits' sizes (`orbit_sizes`) of its primitive cell, or of a
+  supercell of it (num_atoms a multiple of such a sum)."""
+  sizes = orbit_sizes(space_group)
+  reachable = np.zeros(num_atoms + 1, bool)
+  reachable[0] = True
+  for size in sizes:  # each distinct orbit used at most once (0/1 knapsack)
+    if size <= num_atoms:
+      reachable[size:] |= reachable[:-size].copy() if size else reachable[size:]
+  return any(reachable[num_atoms // m] for m in range(1, num_atoms + 1)
+             if num_atoms % m == 0)
+
+
+def check_space_group(space_group: int, compositions: Sequence[Sequence[int]]) -> None:
+  """`errors.UserError` for a space group outside 1..230, or one no crystal
+  of the requested atom counts can have (naming the count)."""
+  if not 1 <= space_group <= 230 or space_group != int(space_group):
+    raise errors.UserError(f'--space_group={space_group:g}: give an international '
+                           'number 1..230')
+  for n in sorted({len(c) for c in compositions}):
+    if not atom_count_fits(int(space_group), n):
+      sizes = sorted(set(orbit_sizes(int(space_group))))[:6]
+      raise errors.UserError(
+          f'--space_group={int(space_group)}: no crystal of {n} atoms has this group '
+          f'(its orbits in the primitive cell hold {", ".join(map(str, sizes))}, ... atoms)')

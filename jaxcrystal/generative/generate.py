@@ -244,6 +244,10 @@ def request_conditions(config: model_lib.ModelConfig, requested: dict,
       continue
     if not isinstance(value, (int, float)):
       raise errors.UserError(f'--condition {prop}={value}: {prop} needs a number')
+    bound = getattr(settings, 'upper_bound', None)
+    if prop in requested and bound is not None and not (
+        value == round(value) and 0 <= value < bound()):
+      raise errors.UserError(f'--condition {prop}={value:g}: {prop} takes {settings.what()}')
     low, high = getattr(settings, 'low', 0.0), getattr(settings, 'high', 0.0)
     if prop in requested and low < high and not low <= value <= high:
       warn(f'warning: --condition {prop}={value:g} lies outside the training '
