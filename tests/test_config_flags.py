@@ -123,3 +123,7 @@ def test_condition_flags_build_the_conditions():
   assert model.properties == ('heat_ref', 'num_elements', 'chemical_system')
   assert [c[1] for c in model.conditions] == ['scalar', 'categorical', 'element_set']
   assert model.condition_dropout == 0.1
+  # a space group is a class per group number unless told otherwise
+  _, read = _flags('--condition=space_group')
+  (prop, encoder, settings), = read().model.conditions
+  assert (prop, encoder, settings.num_classes) == ('space_group', 'categorical', 231)

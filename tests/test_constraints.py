@@ -3,6 +3,8 @@ in every type process, because the sampler draws and decodes only them
 (not because samples are filtered); subsets, atom-count ranges and the
 refusals of impossible requests."""
 
+import dataclasses
+
 import ase
 import jax
 import jax.numpy as jnp
@@ -136,3 +138,43 @@ def test_impossible_requests_are_refused_in_one_line():
   assert ask('') is None
   sets = ask('Ba,Ti,O')
   assert len(sets) == 3 and all(list(s) == [8, 22, 56] for s in sets)
+
+
+@pytest.mark.parametrize('group, multiplicities', [
+    (221, {1, 3, 6, 8, 12, 24, 48}),  # Pm-3m: 1a 1b 3c 3d 6e 6f 8g 12h-j 24k-m 48n
+    (194, {2, 4, 6, 12, 24}),  # P6_3/mmc
+    (230, {8, 12, 16, 24, 48}),  # Ia-3d, conventional / 2
+    (1, {1})])
+def test_orbit_sizes_are_the_tables_wyckoff_multiplicities(group, multiplicities):
+  assert set(constraints.orbit_sizes(group)) == multiplicities
+
+
+def test_space_groups_that_cannot_hold_the_atom_counts_are_refused():
+  assert constraints.atom_count_fits(221, 5) and constraints.atom_count_fits(230, 8)
+  assert not constraints.atom_count_fits(230, 2)
+  assert [n for n in range(1, 9) if constraints.atom_count_fits(194, n)] == [2, 4, 6, 8]
+  constraints.check_space_group(221, [np.ones(5, int)])
+  with pytest.raises(errors.UserError, match=r'--space_group=194: no crystal of 3 atoms '
+                     r'has this group \(its orbits in the primitive cell hold 2, 4, 6'):
+    constraints.check_space_group(194, [np.ones(4, int), np.ones(3, int)])
+  for bad in (0, 231):
+    with pytest.raises(errors.UserError, match='international number 1..230'):
+      constraints.check_space_group(bad, [np.ones(5, int)])
+
+
+def test_space_group_is_a_derived_property_and_a_checked_request():
+  from ase.build import bulk
+  from jaxcrystal.data import properties
+  from jaxcrystal.generative import conditions
+  values = properties.property_values(
+      [bulk('Cu', 'fcc', a=3.6), bulk('Fe', 'bcc', a=2.87, cubic=True)], ('space_group',))
+  np.testing.assert_array_equal(values['space_group'], [225, 229])
+  config = model_lib.ModelConfig(task='dng_flow').with_condition(
+      'space_group', 'categorical', num_classes=231)
+  config = dataclasses.replace(config, condition_dropout=0.1)
+  asked = generate.request_conditions(config, {'space_group': 221}, 2)
+  assert asked == {'space_group': [221.0, 221.0]}
+  with pytest.raises(errors.UserError, match=r'space_group=300: space_group takes '
+                     r'integers in \[0, 231\)'):
+    generate.request_conditions(config, {'space_group': 300}, 2)
+  assert isinstance(conditions.entry('categorical').defaults, conditions.ClassesSettings)

@@ -26,6 +26,7 @@ crystal of those sizes).
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Sequence
 
 import ase.data
@@ -178,7 +179,9 @@ def orbit_sizes(space_group: int, grid: int = 24) -> tuple[int, ...]:
   group, and many orbits of each free one): the multiplicities a crystal
   of that group is built from, one entry per distinct orbit."""
   import spglib
-  ops = spglib.get_symmetry_from_database(symmetry.hall_number(space_group))
+  with warnings.catch_warnings():  # spglib's deprecation notice, per call
+    warnings.simplefilter('ignore', DeprecationWarning)
+    ops = spglib.get_symmetry_from_database(symmetry.hall_number(space_group))
   rot, trans = ops['rotations'], ops['translations']
   centering = int(sum(np.array_equal(r, np.eye(3)) for r in rot))
   axis = np.arange(grid)
