@@ -121,3 +121,27 @@ def test_guidance_sweep_table_and_figure(tmp_path):
   assert '| 2.5 | 4 | 90.0 | 95.0 | 80.0 | 50.0 |' in table
   path = guidance.plot_guidance(rows, 'heat_ref', tmp_path / 'g.png', title='t')
   assert path.stat().st_size > 10_000
+
+
+def test_a_sweep_over_classes_is_judged_by_the_share_at_the_target(tmp_path):
+  """Space groups need no predictor (spglib gives them) and a class is hit
+  or missed: the table and figure show the share at the target."""
+  score = guidance.derived_scorer('space_group')
+  np.testing.assert_array_equal(score([bulk('Cu', 'fcc', a=3.6), bulk('Po', 'sc', a=3.3)]),
+                                [225, 221])
+  with pytest.raises(errors.UserError, match="'heat_ref' is not a number computed"):
+    guidance.derived_scorer('heat_ref')
+  base = dict(struct_validity=0.9, comp_validity=0.95, cov_recall=0.8, cov_precision=0.5)
+  groups = {None: [221] * 2 + [99] * 8, 221: [221] * 6 + [99] * 4}
+  rows = []
+  for target, predicted in groups.items():
+    scores = evaluation.property_scores(np.array(predicted, float), np.ones(10, bool), target)
+    rows.append(dict(base, target=target, weight=0.0 if target is None else 1.0,
+                     predicted=[float(v) for v in predicted], **scores))
+  rows[1].update(unconditional_hit_rate=0.2, unconditional_mae_to_target=0.0)
+  assert rows[1]['property_hit_rate'] == pytest.approx(0.6)
+  assert guidance.categorical(rows)
+  table = guidance.markdown_table(rows, 'space_group')
+  assert 'valid samples at target %' in table
+  assert table.splitlines()[-1].endswith('| 60.0 | 20.0 |')
+  assert guidance.plot_guidance(rows, 'space_group', tmp_path / 'g.png').stat().st_size > 10_000

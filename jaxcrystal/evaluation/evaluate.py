@@ -250,10 +250,12 @@ def evaluate_dng(samples: Sequence[ase.Atoms], reference: Sequence[ase.Atoms],
 def property_scores(predicted: np.ndarray, valid: np.ndarray,
                     target: float | None = None) -> dict:
   """How generated structures score on a predicted property (issue 34):
-  `predicted [S]` (a property predictor's values, NaN where it could not
+  `predicted [S]` (a property predictor's values, or a property computed
+  from the structure such as its space group; NaN where it could not
   run), `valid [S]` structurally valid samples. Over the valid samples
-  with a prediction: mean, std and median of the prediction and, given the
-  `target` they were asked for, the mean absolute difference to it."""
+  with a value: mean, std and median and, given the `target` they were
+  asked for, the mean absolute difference to it and the share equal to it
+  (`property_hit_rate`: what a class such as a space group is judged by)."""
   predicted = np.asarray(predicted, float)
   ok = np.asarray(valid, bool) & np.isfinite(predicted)
   values = predicted[ok]
@@ -265,6 +267,8 @@ def property_scores(predicted: np.ndarray, valid: np.ndarray,
     out['property_target'] = float(target)
     out['property_mae_to_target'] = (float(np.mean(np.abs(values - target)))
                                      if values.size else math.nan)
+    out['property_hit_rate'] = (float(np.mean(values == target)) if values.size
+                                else math.nan)
   return out
 
 
