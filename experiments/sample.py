@@ -10,6 +10,8 @@
       --num_atoms 5 ...   (de novo within a chemical system; constraints.py)
   python experiments/sample.py --checkpoint RUN_SG --space_group 221 --guidance 1 --symmetrize 0.1 ...
       (a model trained with --condition space_group; symmetrized samples beside the raw ones)
+  python experiments/sample.py --checkpoint RUN_DNG --repel 0.7 ...
+      (overlapping atoms pushed apart, beside the raw samples; healing/repulsion.py)
 
 The sampler (--sampler, --sample_steps, --sampler.step_lr, ...) defaults to the settings
 stored with the run; summary.json records what ran and its network calls.
@@ -35,6 +37,7 @@ from jaxcrystal.evaluation import symmetry
 from jaxcrystal.generative import constraints
 from jaxcrystal.generative import generate
 from jaxcrystal.generative import train
+from jaxcrystal.healing import repulsion
 
 FLAGS = flags.FLAGS
 sampler_flags.refuse_num_steps()
@@ -77,6 +80,10 @@ flags.DEFINE_float('symmetrize', 0.0, 'TOL (Angstrom): also write each sample '
                    'refined by spglib within TOL to OUT/symmetrized/, and the space '
                    'groups of raw, symmetrized and training structures to '
                    'OUT/space_groups.{json,md,png}. 0: off.')
+flags.DEFINE_float('repel', 0.0, 'R (Angstrom): also write each sample with atoms '
+                   'closer than R pushed apart by a soft repulsion (nothing else '
+                   'moves) to OUT/repelled/; summary.json counts invalid -> valid. '
+                   '0: off.')
 flags.DEFINE_string('out', None, 'Output folder (new or empty).')
 flags.DEFINE_bool('overwrite', False, 'Replace what --out holds.')
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
@@ -94,6 +101,8 @@ flags.register_validator(
     'symmetrize', lambda v: v == 0 or symmetry.SYMPREC_RANGE[0] <= v <= symmetry.SYMPREC_RANGE[1],
     message=f'--symmetrize must be 0 (off) or a tolerance in '
             f'[{symmetry.SYMPREC_RANGE[0]:g}, {symmetry.SYMPREC_RANGE[1]:g}] Angstrom')
+flags.register_validator('repel', lambda v: 0 <= v <= 2,
+                         message='--repel must be 0 (off) or a distance in (0, 2] Angstrom')
 flags.register_validator('guidance', lambda v: v >= 0, message='--guidance must be >= 0')
 
 
@@ -127,6 +136,14 @@ def _symmetrize(out, samples, config) -> dict:
         train.load_structures(config.train_data, config)[0], tol, FLAGS.progress,
         'training space groups')
   return symmetry.write_space_group_report(out, sets, tol)['non_p1_share']
+
+
+def _repel(out, samples) -> dict:
+  """Write OUT/repelled/ (`healing.repulsion`); return what it did."""
+  corrected, arrays = repulsion.repel(samples, FLAGS.repel, seed=FLAGS.seed)
+  report = dict(repulsion.summarize(arrays), threshold=FLAGS.repel)
+  generate.write_samples(out / 'repelled', corrected, {'repulsion': report})
+  return report
 
 
 def main(argv):
@@ -169,6 +186,7 @@ def main(argv):
   generate.set_source_rows(samples, rows)
   with outputs.output_folder(FLAGS.out, **_output()) as out:
     space_groups = _symmetrize(out, samples, config) if FLAGS.symmetrize else None
+    repelled = _repel(out, samples) if FLAGS.repel else None
     summary = generate.write_samples(out, samples, {
         'checkpoint': FLAGS.checkpoint, 'checkpoint_step': step,
         'compositions_from': FLAGS.compositions_from or None,
@@ -180,6 +198,7 @@ def main(argv):
                         **(constraints.element_report(samples, allowed, FLAGS.min_elements)
                            if allowed is not None else {})},
         'non_p1_share': space_groups,
+        'repulsion': repelled,
         'rows_skipped': len(report.skipped) if report is not None else 0,
         'setup_s': sampling_started - started,
         **timing}, made_for=FLAGS.compositions_from or None)

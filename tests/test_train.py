@@ -304,7 +304,7 @@ def test_train_then_sample_cli_end_to_end(tmp_path):
   out = tmp_path / 'samples'
   res = _run(['experiments/sample.py', f'--checkpoint={run}', '--formula=Fe2',
               '--num_samples=6', '--batch_size=4', f'--out={out}', '--progress=false',
-              '--symmetrize=0.1'], timeout=300)
+              '--symmetrize=0.1', '--repel=0.7'], timeout=300)
   assert res.returncode == 0, res.stderr[-2000:]
   summary = json.loads((out / 'summary.json').read_text())
   assert summary['num_samples'] == 6
@@ -322,6 +322,10 @@ def test_train_then_sample_cli_end_to_end(tmp_path):
   assert list(report['non_p1_share']) == ['raw samples', 'symmetrized']
   assert summary['non_p1_share'] == report['non_p1_share']
   assert (out / 'space_groups.png').stat().st_size > 1000
+  # and with close atoms pushed apart, counted in the summary
+  repelled = ase.io.read(out / 'repelled' / 'samples.extxyz', ':')
+  assert len(repelled) == 6 and summary['repulsion']['num_structures'] == 6
+  assert summary['repulsion']['valid_after'] >= summary['repulsion']['valid_before']
   # (an occupied --out is one line: tests/test_bad_inputs.py, test_output_safety.py)
   res = _run(['experiments/sample.py', f'--checkpoint={run}', f'--out={tmp_path / "o2"}'],
              timeout=120)
