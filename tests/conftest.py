@@ -52,3 +52,25 @@ def datasets_dir():
   if not DATASETS.is_dir():
     pytest.skip(f'benchmark datasets not present at {DATASETS}')
   return DATASETS
+
+
+# The longest tests (tens of seconds each: end-to-end runs of the scripts and
+# notebooks) start first, so that the xdist workers finish together instead
+# of one of them running a long test alone at the end (CI has two cores).
+LONG_TESTS = (
+    'tests/test_notebooks.py::',
+    'tests/test_train.py::test_train_then_sample_cli_end_to_end',
+    'tests/test_quickstart.py::test_run_quickstart_tiny',
+    'tests/test_denoiser.py::test_train_and_heal_end_to_end',
+    'tests/test_train.py::test_sigkill_and_resume_gives_identical_parameters',
+    'tests/test_train.py::test_compiled_programs_loaded_from_the_cache_train_the_same',
+    'tests/test_constraints.py::test_untrained_models_sample_within_the_elements',
+    'tests/test_fuzz_scripts.py::',
+)
+
+
+def pytest_collection_modifyitems(items):
+  def rank(item):
+    return next((k for k, prefix in enumerate(LONG_TESTS)
+                 if item.nodeid.startswith(prefix)), len(LONG_TESTS))
+  items.sort(key=rank)  # stable: the order within each group is kept
