@@ -20,7 +20,9 @@ lock died with it) is cleared. Only when the run finished does the staging
 folder become `path` (an old `path` replaced with `overwrite` is moved
 aside first and deleted last, so a failed run keeps the old results).
 `check_complete` (called by every reader) refuses files inside a marked
-folder.
+folder. A resumable output (`resumable=True`: work journaled as it goes)
+keeps its staging folder when the run dies, and `resume=True` continues in
+it.
 
 `check_writable` runs every check that can be run before any work: call it
 at the start of a command, `output_folder` repeats it at the end.
@@ -248,10 +250,13 @@ def lock_folder(folder: str | os.PathLike, flag: str, what: str) -> Lock:
         'wait for it to finish or choose another folder') from None
 
 
-def _claim_staging(path: Path, flag: str) -> tuple[Path, Lock]:
-  """Create `.NAME.partial` atomically with its marker and a held lock."""
+def _claim_staging(path: Path, flag: str, resume: bool = False) -> tuple[Path, Lock]:
+  """Create `.NAME.partial` atomically with its marker and a held lock; with
+  `resume`, take over a killed writer's staging folder as it is."""
   staging = _staging(path)
   staging.parent.mkdir(parents=True, exist_ok=True)
+  if resume and (staging / MARKER).is_file():
+    return staging, lock_folder(staging, flag, str(path))
   for _ in range(2):
     tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.new-', dir=staging.parent))
     (tmp / MARKER).write_text(
@@ -278,10 +283,18 @@ def _claim_staging(path: Path, flag: str) -> tuple[Path, Lock]:
                                  'now; wait for it or choose another folder')
 
 
+def partial(path: str | os.PathLike) -> Path | None:
+  """The staging folder a killed (or running) writer of `path` left, if
+  any: what `output_folder(..., resume=True)` continues."""
+  staging = _staging(Path(path))
+  return staging if (staging / MARKER).is_file() else None
+
+
 @contextlib.contextmanager
 def output_folder(path: str | os.PathLike, overwrite: bool = False,
                   flag: str = '--out', kind: str = 'output',
-                  inputs: Inputs | None = None):
+                  inputs: Inputs | None = None, resumable: bool = False,
+                  resume: bool = False):
   """Yield the staging folder to write into; on success it becomes `path`,
   marked as jaxcrystal's output of `kind`.
 
@@ -289,15 +302,21 @@ def output_folder(path: str | os.PathLike, overwrite: bool = False,
   (`check_replaceable`); the old folder is deleted only once the new one is
   complete. On an exception the staging folder is removed; on a kill it
   stays, marked incomplete, and the next writer clears it.
+
+  `resumable`: for work written as it goes (e.g. one relaxation per line
+  of a journal), the staging folder is kept on an exception or a kill
+  (still marked incomplete), and a later call with `resume` continues in
+  it instead of clearing it.
   """
   path = check_writable(path, overwrite, flag, kind, inputs)
-  staging, lock = _claim_staging(path, flag)
+  staging, lock = _claim_staging(path, flag, resume=resumable and resume)
   try:
     yield staging
     write_owner(staging, kind)
     path = check_writable(path, overwrite, flag, kind, inputs)  # nothing new since
   except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
+    if not resumable:
+      shutil.rmtree(staging, ignore_errors=True)
     lock.release()
     raise
   old = None

@@ -167,3 +167,23 @@ def plot_shares(categories: Sequence[str], shares: Mapping[str, Sequence[float]]
     ax.set_title(title)
     ax.legend(frameon=False, fontsize=8)
     return save_figure(fig, path)
+
+
+def plot_histograms_overlaid(values: Mapping[str, Sequence[float]], path,
+                             xlabel: str = '', title: str = '', bins: int = 30) -> Path:
+  """Step histograms of several named sets on one axis (shared bins; finite
+  values only)."""
+  finite = {k: np.asarray(v, float)[np.isfinite(np.asarray(v, float))]
+            for k, v in values.items()}
+  pooled = np.concatenate([v for v in finite.values()] + [np.zeros(0)])
+  edges = np.histogram_bin_edges(pooled if pooled.size else [0.0, 1.0], bins)
+  with matplotlib.rc_context(STYLE):
+    fig = new_figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    for label, v in finite.items():
+      ax.hist(v, bins=edges, histtype='step', lw=1.6, label=f'{label} ({v.size})')
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel('structures')
+    ax.set_title(title)
+    ax.legend(frameon=False, fontsize=8)
+    return save_figure(fig, path)

@@ -1,0 +1,117 @@
+"""Relax structures with an interatomic potential and say how far they moved.
+
+  python experiments/relax.py --samples runs/samples/samples.npz --potential chgnet \
+      --reference ../shared/datasets/carbon_24/val.csv --max_structures 200 --out runs/relaxed
+  (kill it, then add --resume to continue where it stopped)
+
+Each structure is relaxed in cell and positions through ASE
+(`evaluation/relaxation.py`), in --workers processes with a progress bar;
+every finished structure is journaled at once (relax.jsonl), so --resume
+relaxes only the rest. --reference relaxes real structures the same way
+(reference.jsonl): the calibration row beside the generated one.
+
+Writes relaxed.extxyz and cifs/ (and relaxed_reference.extxyz), summary.json
+and summary.md (RMSD, energies, kept symmetry and coordination, failures
+by reason, generated and reference side by side), energy.png and rmsd.png.
+"""
+import os
+import time
+
+from absl import flags
+from absl import logging
+
+from jaxcrystal import cli
+from jaxcrystal import errors
+from jaxcrystal.data import io as io_lib
+from jaxcrystal.data import outputs
+from jaxcrystal.data import readers
+from jaxcrystal.evaluation import evaluate
+from jaxcrystal.evaluation import relaxation
+from jaxcrystal.plotting import plots
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('samples', None, 'Structures to relax (.npz from sample.py, '
+                    'extxyz, CIF, CSV).')
+flags.DEFINE_string('reference', '', 'Real structures relaxed the same way (e.g. '
+                    'the val CSV): the calibration row.')
+flags.DEFINE_integer('max_structures', 0, 'Relax the first N of each file (0: all).')
+flags.DEFINE_enum('potential', 'emt', sorted(relaxation.POTENTIALS), 'The potential.')
+flags.DEFINE_float('fmax', 0.05, 'Force threshold of convergence (eV/A).')
+flags.DEFINE_integer('max_steps', 300, 'Optimizer steps at most per structure.')
+flags.DEFINE_enum('optimizer', 'FIRE', list(relaxation.OPTIMIZERS), "ASE's optimizer.")
+flags.DEFINE_bool('relax_cell', True, 'Relax the cell too (FrechetCellFilter).')
+flags.DEFINE_integer('workers', os.cpu_count() or 1, 'Worker processes.')
+flags.DEFINE_string('out', None, 'Output folder (new or empty).')
+flags.DEFINE_bool('resume', False, 'Continue a killed run into the same --out.')
+flags.DEFINE_bool('overwrite', False, 'Replace what --out holds.')
+flags.DEFINE_bool('progress', True, 'Show progress bars.')
+flags.mark_flags_as_required(['samples', 'out'])
+cli.existing_file('samples')
+cli.existing_file('reference', optional=True)
+cli.at_least(0, 'max_structures')
+cli.at_least(1, 'max_steps', 'workers')
+flags.register_validator('fmax', lambda v: v > 0, message='--fmax must be > 0')
+flags.register_multi_flags_validator(
+    ['resume', 'overwrite'], lambda f: not (f['resume'] and f['overwrite']),
+    message='--resume and --overwrite contradict each other')
+
+
+def _output() -> dict:
+  return dict(overwrite=FLAGS.overwrite, kind='relaxation', resumable=True,
+              resume=FLAGS.resume, inputs=cli.flag_paths('samples', 'reference'))
+
+
+def _read(path: str) -> list:
+  structures = (evaluate.read_samples(path) if path.endswith('.npz')
+                else readers.read_structures(path, validate=False, progress=FLAGS.progress)[0])
+  return structures[:FLAGS.max_structures] if FLAGS.max_structures else structures
+
+
+def main(argv):
+  del argv
+  started = time.perf_counter()
+  logging.set_verbosity(logging.WARNING)
+  config = relaxation.RelaxConfig(
+      potential=FLAGS.potential, fmax=FLAGS.fmax, max_steps=FLAGS.max_steps,
+      optimizer=FLAGS.optimizer, relax_cell=FLAGS.relax_cell)
+  config.validate()
+  left = outputs.partial(FLAGS.out)
+  if left is not None and not (FLAGS.resume or FLAGS.overwrite):
+    raise errors.OutputExistsError(
+        f'--out {FLAGS.out}: a run that did not finish left its results in {left}; '
+        'pass --resume to continue it, or --overwrite to start afresh')
+  sets = {'generated': _read(FLAGS.samples)}
+  if FLAGS.reference:
+    sets['reference'] = _read(FLAGS.reference)
+  outputs.check_writable(FLAGS.out, FLAGS.overwrite, kind='relaxation',
+                         inputs=cli.flag_paths('samples', 'reference'))
+  with outputs.output_folder(FLAGS.out, **_output()) as out:
+    io_lib.write_json_atomic(out / 'relax_config.json', {
+        **config.__dict__, 'samples': FLAGS.samples, 'reference': FLAGS.reference or None,
+        'max_structures': FLAGS.max_structures})
+    summary, records = {}, {}
+    for name, structures in sets.items():
+      journal = out / ('relax.jsonl' if name == 'generated' else 'reference.jsonl')
+      relaxed, records[name] = relaxation.relax_all(
+          structures, config, journal, workers=FLAGS.workers, progress=FLAGS.progress,
+          desc=f'relaxing {name}')
+      stem = 'relaxed' if name == 'generated' else 'relaxed_reference'
+      io_lib.write_extxyz(out / f'{stem}.extxyz', relaxed)
+      if name == 'generated':
+        io_lib.write_cifs(out / 'cifs', relaxed, prefix='relaxed')
+      summary[name] = relaxation.summarize(records[name])
+    io_lib.write_json_atomic(out / 'summary.json', dict(
+        summary, potential=config.potential, wall_s=time.perf_counter() - started))
+    io_lib.write_text_atomic(out / 'summary.md', relaxation.markdown_table(summary))
+    plots.plot_histograms_overlaid(
+        {f'{name}, {when}': [r[f'energy_{when}'] for r in rows if not r['failure']]
+         for name, rows in records.items() for when in ('before', 'after')},
+        out / 'energy.png', xlabel=f'energy per atom (eV, {config.potential})')
+    plots.plot_histograms_overlaid(
+        {name: [r['rmsd'] for r in rows if not r['failure']] for name, rows in records.items()},
+        out / 'rmsd.png', xlabel='RMSD to the relaxed structure (A)')
+  print(relaxation.markdown_table(summary))
+
+
+if __name__ == '__main__':
+  cli.run(main)

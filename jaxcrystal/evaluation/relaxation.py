@@ -1,0 +1,303 @@
+"""Relaxation of generated (or real) crystals with an interatomic potential
+through ASE (issue 36): are the samples physical, do they stay put?
+
+Each structure is relaxed in cell and positions (`FrechetCellFilter`, FIRE
+or BFGS) until the largest force is under `fmax` eV/A or `max_steps`. Per
+structure the record holds: energy per atom before and after (eV/atom),
+steps, whether it converged, the RMSD between the structure and its
+relaxed self in Angstrom (MatterGen's definition: pymatgen's
+`StructureMatcher.get_rms_dist` with loose tolerances, which is normalised
+by (V/N)^(1/3), times (V/N)^(1/3) of the two cells' mean volume; NaN where
+no alignment is found; unlike MatterGen, the cells are not reduced to
+primitive ones first: pymatgen's reduction, at its 0.25 A tolerance,
+averages displacements of about that size away and reports 0), the space group (spglib, 0.1 A) and the sorted
+coordination numbers before and after, and the failure reason if any:
+
+  'did not converge'  max_steps reached with forces above fmax
+  'exploded'          the volume changed by more than `max_volume_ratio`
+                      or the energy is not finite
+  'atoms merged'      two atoms closer than `merge_distance` after
+  'potential: ...'    the potential raised (its message)
+
+Potentials (`POTENTIALS`): 'emt' (ASE's effective-medium theory; Al, Cu,
+Ag, Au, Ni, Pd, Pt and C, H, N, O roughly: for tests and metals), and
+'chgnet' (CHGNet, a universal potential whose weights ship in its wheel:
+`pip install -e ".[relax]"`).
+
+`relax_all` runs the structures in worker processes and appends each
+record to a journal (one JSON line, with the relaxed structure) as it
+finishes, so a killed run continues where it stopped (`resume`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import ase
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxcrystal import errors
+from jaxcrystal.evaluation import validation
+
+
+def _emt():
+  from ase.calculators.emt import EMT
+  return EMT()
+
+
+def _chgnet():
+  try:
+    from chgnet.model.dynamics import CHGNetCalculator
+  except ImportError:
+    raise errors.UserError("--potential chgnet needs CHGNet: pip install -e '.[relax]'"
+                           ) from None
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')
+    return CHGNetCalculator(use_device='cpu')
+
+
+POTENTIALS: dict[str, Callable] = {'emt': _emt, 'chgnet': _chgnet}
+OPTIMIZERS = ('FIRE', 'BFGS')
+
+
+@dataclasses.dataclass(frozen=True)
+class RelaxConfig:
+  """How structures are relaxed.
+
+  Attributes:
+    potential: a name of `POTENTIALS`.
+    fmax: force threshold of convergence (eV/A).
+    max_steps: optimizer steps at most.
+    optimizer: 'FIRE' or 'BFGS' (ASE's).
+    relax_cell: relax the cell too (`FrechetCellFilter`), else positions only.
+    max_volume_ratio: a volume change by more than this factor (either way)
+      is an explosion.
+    merge_distance: atoms closer than this after relaxing (A) have merged.
+  """
+  potential: str = 'emt'
+  fmax: float = 0.05
+  max_steps: int = 300
+  optimizer: str = 'FIRE'
+  relax_cell: bool = True
+  max_volume_ratio: float = 3.0
+  merge_distance: float = 0.5
+
+  def validate(self) -> None:
+    if self.potential not in POTENTIALS:
+      raise errors.UserError(f'--potential {self.potential}: choose one of '
+                             f'{sorted(POTENTIALS)}')
+    if self.optimizer not in OPTIMIZERS:
+      raise errors.UserError(f'--optimizer {self.optimizer}: choose one of {OPTIMIZERS}')
+    if not (self.fmax > 0 and self.max_steps >= 1 and self.max_volume_ratio > 1
+            and self.merge_distance >= 0):
+      raise errors.UserError('relaxation: fmax must be > 0, max_steps >= 1, '
+                             'max_volume_ratio > 1 and merge_distance >= 0')
+
+
+def rmsd_angstrom(a: ase.Atoms, b: ase.Atoms) -> float:
+  """RMSD (A) between two structures of the same atoms after alignment
+  (see the module docstring); NaN when no alignment is found."""
+  from pymatgen.analysis.structure_matcher import StructureMatcher
+  from pymatgen.io.ase import AseAtomsAdaptor
+  s1, s2 = AseAtomsAdaptor.get_structure(a), AseAtomsAdaptor.get_structure(b)
+  matcher = StructureMatcher(ltol=0.5, stol=0.5, angle_tol=10, primitive_cell=False,
+                             scale=False, attempt_supercell=True, allow_subset=False)
+  try:
+    match = matcher.get_rms_dist(s1, s2)
+  except Exception:  # pymatgen raises on degenerate lattices
+    match = None
+  if match is None:
+    return math.nan
+  volume = (s1.volume + s2.volume) / 2
+  return float(match[0] * (volume / len(s1)) ** (1 / 3))
+
+
+def _coordination(atoms: ase.Atoms) -> list[int] | None:
+  try:
+    return sorted(int(c) for c in validation.coordination_by_nearest_shell(atoms))
+  except Exception:  # too skewed, not finite
+    return None
+
+
+def relax_structure(atoms: ase.Atoms, config: RelaxConfig, calculator) -> tuple[ase.Atoms, dict]:
+  """Relax one structure with an ASE `calculator`. Returns (relaxed copy,
+  record) as the module docstring describes. Never raises for the
+  structure's sake: a failure is the record's `failure`."""
+  from ase.filters import FrechetCellFilter
+  from ase.optimize import BFGS, FIRE
+  work = atoms.copy()
+  work.calc = calculator
+  n = max(len(work), 1)
+  record = {'num_atoms': len(atoms), 'energy_before': math.nan, 'energy_after': math.nan,
+            'steps': 0, 'converged': False, 'rmsd': math.nan, 'failure': ''}
+  try:
+    record['energy_before'] = float(work.get_potential_energy()) / n
+    target = FrechetCellFilter(work) if config.relax_cell else work
+    optimizer = {'FIRE': FIRE, 'BFGS': BFGS}[config.optimizer](target, logfile=None)
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore')
+      record['converged'] = bool(optimizer.run(fmax=config.fmax, steps=config.max_steps))
+    record['steps'] = int(optimizer.get_number_of_steps())
+    record['energy_after'] = float(work.get_potential_energy()) / n
+  except Exception as err:  # the potential's own failure, named
+    record['failure'] = f'potential: {type(err).__name__}: {err}'.splitlines()[0][:200]
+  relaxed = ase.Atoms(numbers=work.numbers, cell=work.cell[:], positions=work.positions,
+                      pbc=True, info=dict(atoms.info))
+  volume_ratio = abs(relaxed.get_volume()) / max(abs(atoms.get_volume()), 1e-12)
+  if not record['failure']:
+    if (not np.isfinite(record['energy_after']) or not np.isfinite(relaxed.positions).all()
+        or not 1 / config.max_volume_ratio <= volume_ratio <= config.max_volume_ratio):
+      record['failure'] = 'exploded'
+    elif len(relaxed) > 1 and validation.min_interatomic_distance(relaxed) < config.merge_distance:
+      record['failure'] = 'atoms merged'
+    elif not record['converged']:
+      record['failure'] = 'did not converge'
+  if record['failure'] in ('', 'did not converge'):
+    record['rmsd'] = rmsd_angstrom(atoms, relaxed)
+  record['volume_ratio'] = float(volume_ratio)
+  record['space_group_before'] = validation.space_group(atoms)[0]
+  record['space_group_after'] = validation.space_group(relaxed)[0]
+  before, after = _coordination(atoms), _coordination(relaxed)
+  record['coordination_kept'] = before is not None and before == after
+  return relaxed, record
+
+
+# ----------------------------------------------------------------------------
+# Many structures, in worker processes, journaled.
+
+_WORKER: dict = {}
+
+
+def _init_worker(config: RelaxConfig) -> None:
+  os.environ.setdefault('OMP_NUM_THREADS', '1')
+  _WORKER['config'] = config
+  _WORKER['calculator'] = POTENTIALS[config.potential]()
+
+
+def _relax_job(job):
+  index, atoms = job
+  relaxed, record = relax_structure(atoms, _WORKER['config'], _WORKER['calculator'])
+  return index, relaxed, record
+
+
+def _line(index: int, relaxed: ase.Atoms, record: dict) -> str:
+  payload = dict(record, index=index, numbers=relaxed.numbers.tolist(),
+                 cell=np.asarray(relaxed.cell[:]).tolist(),
+                 positions=relaxed.positions.tolist())
+  return json.dumps(payload, allow_nan=True)
+
+
+def read_journal(path: str | Path) -> dict[int, tuple[ase.Atoms, dict]]:
+  """{index: (relaxed structure, record)} of a journal; a last line cut
+  short by a kill is ignored (it is relaxed again)."""
+  out = {}
+  path = Path(path)
+  if not path.is_file():
+    return out
+  for line in path.read_text().splitlines():
+    try:
+      entry = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    atoms = ase.Atoms(numbers=entry.pop('numbers'), cell=entry.pop('cell'),
+                      positions=entry.pop('positions'), pbc=True)
+    out[int(entry['index'])] = (atoms, entry)
+  return out
+
+
+def relax_all(structures: Sequence[ase.Atoms], config: RelaxConfig, journal: str | Path,
+              workers: int = 1, progress: bool = True,
+              desc: str = 'relaxing') -> tuple[list[ase.Atoms], list[dict]]:
+  """Relax every structure (`relax_structure`), `workers` processes at a
+  time, appending each finished one to `journal` (JSON lines, flushed and
+  synced); structures the journal already holds are not relaxed again.
+  Returns (relaxed structures, records) in input order; each record's
+  `index` is its structure's position."""
+  config.validate()
+  journal = Path(journal)
+  done = read_journal(journal)
+  todo = [(i, a) for i, a in enumerate(structures) if i not in done]
+  if todo:
+    with open(journal, 'a') as sink, tqdm(total=len(structures), initial=len(done),
+                                          desc=desc, disable=not progress) as bar:
+      def keep(index, relaxed, record):
+        sink.write(_line(index, relaxed, record) + '\n')
+        sink.flush()
+        os.fsync(sink.fileno())
+        done[index] = (relaxed, dict(record, index=index))
+        bar.update(1)
+      if workers <= 1:
+        _init_worker(config)
+        for job in todo:
+          keep(*_relax_job(job))
+      else:
+        context = multiprocessing.get_context('spawn')
+        with context.Pool(workers, initializer=_init_worker, initargs=(config,)) as pool:
+          for result in pool.imap_unordered(_relax_job, todo):
+            keep(*result)
+  order = sorted(done)
+  if order != list(range(len(structures))):
+    raise errors.DataError(f'{journal}: holds entries for other structures than these '
+                           f'{len(structures)}; relax them into a new folder')
+  return [done[i][0] for i in order], [done[i][1] for i in order]
+
+
+def summarize(records: Sequence[dict]) -> dict:
+  """Means over the structures that relaxed without failure (RMSD, energy
+  before and after, steps), the shares that kept their space group and
+  coordination, and the failures counted by reason."""
+  ok = [r for r in records if not r['failure']]
+  failures: dict[str, int] = {}
+  for r in records:
+    if r['failure']:
+      key = r['failure'].split(':')[0]
+      failures[key] = failures.get(key, 0) + 1
+
+  def mean(key, rows=ok):
+    values = [r[key] for r in rows if np.isfinite(r[key])]
+    return float(np.mean(values)) if values else math.nan
+  return {
+      'num_structures': len(records), 'relaxed': len(ok), 'failures': failures,
+      'rmsd_mean': mean('rmsd'), 'rmsd_median': (
+          float(np.median([r['rmsd'] for r in ok if np.isfinite(r['rmsd'])]))
+          if any(np.isfinite(r['rmsd']) for r in ok) else math.nan),
+      'rmsd_unaligned': sum(1 for r in ok if not np.isfinite(r['rmsd'])),
+      'energy_before_mean': mean('energy_before'), 'energy_after_mean': mean('energy_after'),
+      'steps_mean': mean('steps'),
+      'space_group_kept': (float(np.mean([r['space_group_before'] == r['space_group_after']
+                                          for r in ok])) if ok else math.nan),
+      'coordination_kept': (float(np.mean([r['coordination_kept'] for r in ok]))
+                            if ok else math.nan),
+  }
+
+
+def markdown_table(summaries: dict) -> str:
+  """`summarize` results side by side ({label: summary}) as markdown."""
+  labels = list(summaries)
+  rows = (('structures', 'num_structures', '{:d}'), ('relaxed without failure', 'relaxed', '{:d}'),
+          ('RMSD mean (A)', 'rmsd_mean', '{:.3f}'), ('RMSD median (A)', 'rmsd_median', '{:.3f}'),
+          ('not aligned for RMSD', 'rmsd_unaligned', '{:d}'),
+          ('energy before (eV/atom)', 'energy_before_mean', '{:.3f}'),
+          ('energy after (eV/atom)', 'energy_after_mean', '{:.3f}'),
+          ('optimizer steps', 'steps_mean', '{:.1f}'),
+          ('space group kept', 'space_group_kept', '{:.1%}'),
+          ('coordination kept', 'coordination_kept', '{:.1%}'))
+  lines = ['| | ' + ' | '.join(labels) + ' |', '|---|' + '---|' * len(labels)]
+  for title, key, fmt in rows:
+    cells = []
+    for label in labels:
+      value = summaries[label][key]
+      cells.append('n/a' if isinstance(value, float) and not np.isfinite(value)
+                   else fmt.format(value))
+    lines.append(f'| {title} | ' + ' | '.join(cells) + ' |')
+  lines.append('| failures | ' + ' | '.join(
+      ', '.join(f'{k}: {v}' for k, v in summaries[label]['failures'].items()) or 'none'
+      for label in labels) + ' |')
+  return '\n'.join(lines) + '\n'

@@ -1,0 +1,127 @@
+"""Relaxation through ASE (issue 36), with ASE's EMT potential: energies go
+down, the RMSD is the displacement, each failure has its reason, and a
+killed run's journal is continued, not redone."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from jaxcrystal import errors
+from jaxcrystal.data import outputs
+from jaxcrystal.evaluation import relaxation
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rattled(seed, scale=0.05):
+  atoms = bulk('Cu', 'fcc', a=3.6, cubic=True)
+  atoms.positions += np.random.default_rng(seed).normal(0, scale, atoms.positions.shape)
+  return atoms
+
+
+def test_a_rattled_crystal_relaxes_back_and_the_rmsd_is_its_displacement():
+  atoms = _rattled(0)
+  config = relaxation.RelaxConfig(relax_cell=False, fmax=0.01)
+  relaxed, record = relaxation.relax_structure(atoms, config, relaxation.POTENTIALS['emt']())
+  assert record['converged'] and not record['failure']
+  assert record['energy_after'] < record['energy_before']
+  assert record['space_group_after'] == 225
+  # the cell is kept: the RMSD is the atoms' displacement, net drift removed
+  moved = relaxed.positions - atoms.positions
+  moved -= moved.mean(0)
+  expected = np.sqrt(np.mean(np.sum(moved ** 2, -1)))
+  assert record['rmsd'] == pytest.approx(expected, rel=0.05)
+  np.testing.assert_array_equal(relaxed.cell[:], atoms.cell[:])
+
+
+def test_the_cell_relaxes_to_the_potentials_lattice_constant():
+  atoms = bulk('Cu', 'fcc', a=3.8, cubic=True)
+  relaxed, record = relaxation.relax_structure(atoms, relaxation.RelaxConfig(fmax=0.005),
+                                               relaxation.POTENTIALS['emt']())
+  # EMT's Cu sits at about 3.59 A
+  assert record['converged'] and relaxed.cell.cellpar()[0] == pytest.approx(3.59, abs=0.02)
+  assert record['space_group_before'] == record['space_group_after'] == 225
+  assert record['coordination_kept'] and record['volume_ratio'] < 1
+
+
+def test_failures_are_named():
+  emt = relaxation.POTENTIALS['emt']()
+  _, record = relaxation.relax_structure(_rattled(1), relaxation.RelaxConfig(max_steps=1), emt)
+  assert record['failure'] == 'did not converge' and np.isfinite(record['rmsd'])
+  _, record = relaxation.relax_structure(
+      _rattled(1), relaxation.RelaxConfig(merge_distance=3.0), emt)
+  assert record['failure'] == 'atoms merged'
+  uranium = bulk('U', 'fcc', a=4.0)
+  _, record = relaxation.relax_structure(uranium, relaxation.RelaxConfig(), emt)
+  assert record['failure'].startswith('potential: NotImplementedError')
+  summary = relaxation.summarize([record])
+  assert summary['failures'] == {'potential': 1} and summary['relaxed'] == 0
+  with pytest.raises(errors.UserError, match="--potential nope: choose one of"):
+    relaxation.RelaxConfig(potential='nope').validate()
+
+
+def test_a_killed_run_continues_from_its_journal(tmp_path, monkeypatch):
+  structures = [_rattled(s) for s in range(3)]
+  config = relaxation.RelaxConfig(relax_cell=False)
+  journal = tmp_path / 'relax.jsonl'
+  first, records = relaxation.relax_all(structures, config, journal, progress=False)
+  lines = journal.read_text().splitlines()
+  assert [json.loads(x)['index'] for x in lines] == [0, 1, 2]
+  # killed after the first structure, in the middle of writing the second
+  journal.write_text(lines[0] + '\n' + lines[1][:40])
+  calls = []
+  real = relaxation.relax_structure
+  monkeypatch.setattr(relaxation, 'relax_structure',
+                      lambda atoms, *a: calls.append(1) or real(atoms, *a))
+  again, records_again = relaxation.relax_all(structures, config, journal, progress=False)
+  assert len(calls) == 2  # the first was not relaxed again
+  for a, b in zip(first, again):
+    np.testing.assert_allclose(a.positions, b.positions, atol=1e-9)
+  assert [r['index'] for r in records_again] == [0, 1, 2]
+  assert records_again[0]['energy_after'] == records[0]['energy_after']
+  with pytest.raises(errors.DataError, match='holds entries for other structures'):
+    relaxation.relax_all(structures[:2], config, journal, progress=False)
+
+
+def test_a_resumable_output_keeps_its_work_and_is_continued(tmp_path):
+  out = tmp_path / 'out'
+  with pytest.raises(KeyboardInterrupt):
+    with outputs.output_folder(out, kind='relaxation', resumable=True) as staging:
+      (staging / 'relax.jsonl').write_text('{"index": 0}\n')
+      raise KeyboardInterrupt
+  left = outputs.partial(out)
+  assert left is not None and (left / 'relax.jsonl').is_file() and not out.exists()
+  with outputs.output_folder(out, kind='relaxation', resumable=True, resume=True) as staging:
+    assert (staging / 'relax.jsonl').read_text() == '{"index": 0}\n'
+  assert (out / 'relax.jsonl').is_file() and outputs.partial(out) is None
+
+
+def test_relax_cli_end_to_end_and_its_refusal_of_a_left_run(tmp_path):
+  samples = [_rattled(s) for s in range(2)]
+  samples[1].positions[1] = samples[1].positions[0] + [0.3, 0, 0]  # overlapping
+  ase.io.write(tmp_path / 's.extxyz', samples)
+  ase.io.write(tmp_path / 'ref.extxyz', [bulk('Cu', 'fcc', a=3.6, cubic=True)])
+  run = lambda *args: subprocess.run(
+      [sys.executable, str(ROOT / 'experiments' / 'relax.py'), *args, '--workers=1',
+       '--noprogress'], capture_output=True, text=True, timeout=300, cwd=ROOT)
+  res = run(f'--samples={tmp_path / "s.extxyz"}', f'--reference={tmp_path / "ref.extxyz"}',
+            f'--out={tmp_path / "out"}')
+  assert res.returncode == 0, res.stderr[-2000:]
+  summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
+  assert summary['generated']['num_structures'] == 2
+  assert summary['reference']['relaxed'] == 1
+  assert len(ase.io.read(tmp_path / 'out' / 'relaxed.extxyz', ':')) == 2
+  for name in ('energy.png', 'rmsd.png'):
+    assert (tmp_path / 'out' / name).stat().st_size > 1000
+  (tmp_path / '.left.partial').mkdir()
+  (tmp_path / '.left.partial' / outputs.MARKER).write_text('x')
+  res = run(f'--samples={tmp_path / "s.extxyz"}', f'--out={tmp_path / "left"}')
+  lines = res.stderr.strip().splitlines()
+  assert res.returncode == 2 and len(lines) == 1, res.stderr
+  assert 'pass --resume to continue it, or --overwrite to start afresh' in lines[0]
