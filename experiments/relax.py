@@ -10,9 +10,19 @@ every finished structure is journaled at once (relax.jsonl), so --resume
 relaxes only the rest. --reference relaxes real structures the same way
 (reference.jsonl): the calibration row beside the generated one.
 
+Stability: the energy above the convex hull of reference structures relaxed
+with the same potential (--hull_references, e.g. the training CSV's lowest
+rows, and ASE's crystal of each element, graphite too for carbon), the
+stable fraction (within --stable_margin) and the S.U.N. rate (stable,
+unique, and novel against --train):
+
+  python experiments/relax.py --samples S.npz --reference VAL.csv --potential chgnet \
+      --hull_references TRAIN.csv --train TRAIN.csv --max_structures 200 --out DIR
+
 Writes relaxed.extxyz and cifs/ (and relaxed_reference.extxyz), summary.json
 and summary.md (RMSD, energies, kept symmetry and coordination, failures
-by reason, generated and reference side by side), energy.png and rmsd.png.
+by reason, stability; generated and reference side by side), energy.png,
+rmsd.png and e_above_hull.png.
 """
 import os
 import time
@@ -27,6 +37,7 @@ from jaxcrystal.data import outputs
 from jaxcrystal.data import readers
 from jaxcrystal.evaluation import evaluate
 from jaxcrystal.evaluation import relaxation
+from jaxcrystal.evaluation import stability
 from jaxcrystal.plotting import plots
 
 FLAGS = flags.FLAGS
@@ -34,6 +45,17 @@ flags.DEFINE_string('samples', None, 'Structures to relax (.npz from sample.py, 
                     'extxyz, CIF, CSV).')
 flags.DEFINE_string('reference', '', 'Real structures relaxed the same way (e.g. '
                     'the val CSV): the calibration row.')
+flags.DEFINE_string('hull_references', '', 'Stability: structures whose relaxed '
+                    'energies (same potential) span the convex hull, e.g. the '
+                    'training CSV; with --hull_lowest only its lowest-energy rows.')
+flags.DEFINE_integer('hull_lowest', 20, 'Of --hull_references, the N rows lowest in '
+                     'its energy_per_atom column (all rows if it has none; 0: all).')
+flags.DEFINE_bool('elemental_references', True, "Stability: add ASE's reference crystal "
+                  'of each element (and graphite for carbon) to the hull.')
+flags.DEFINE_string('train', '', 'Stability: training structures, for the novelty '
+                    'of the S.U.N. rate.')
+flags.DEFINE_float('stable_margin', stability.STABLE_MARGIN, 'Stable: at most this '
+                   'far above the hull (eV/atom).')
 flags.DEFINE_integer('max_structures', 0, 'Relax the first N of each file (0: all).')
 flags.DEFINE_enum('potential', 'emt', sorted(relaxation.POTENTIALS), 'The potential.')
 flags.DEFINE_float('fmax', 0.05, 'Force threshold of convergence (eV/A).')
@@ -47,7 +69,7 @@ flags.DEFINE_bool('overwrite', False, 'Replace what --out holds.')
 flags.DEFINE_bool('progress', True, 'Show progress bars.')
 flags.mark_flags_as_required(['samples', 'out'])
 cli.existing_file('samples')
-cli.existing_file('reference', optional=True)
+cli.existing_file('reference', 'hull_references', 'train', optional=True)
 cli.at_least(0, 'max_structures')
 cli.at_least(1, 'max_steps', 'workers')
 flags.register_validator('fmax', lambda v: v > 0, message='--fmax must be > 0')
@@ -65,6 +87,49 @@ def _read(path: str) -> list:
   structures = (evaluate.read_samples(path) if path.endswith('.npz')
                 else readers.read_structures(path, validate=False, progress=FLAGS.progress)[0])
   return structures[:FLAGS.max_structures] if FLAGS.max_structures else structures
+
+
+def _hull_structures(sets) -> list:
+  """The hull's references: the lowest-energy rows of --hull_references and
+  ASE's crystal of each element the structures hold."""
+  refs = []
+  if FLAGS.hull_references:
+    rows = readers.read_structures(FLAGS.hull_references, validate=False,
+                                   progress=FLAGS.progress)[0]
+    if FLAGS.hull_lowest and all('energy_per_atom' in a.info for a in rows):
+      rows = sorted(rows, key=lambda a: a.info['energy_per_atom'])[:FLAGS.hull_lowest]
+    elif FLAGS.hull_lowest:
+      rows = rows[:FLAGS.hull_lowest]
+    refs += rows
+  if FLAGS.elemental_references:
+    symbols = {s for structures in sets.values() for a in structures
+               for s in a.get_chemical_symbols()}
+    refs += stability.elemental_references(symbols)
+  return refs
+
+
+def _stability(out, config, sets, records) -> dict:
+  """Relax the hull's references (hull.jsonl), then each set's energy above
+  the hull, stable fraction and S.U.N. rate."""
+  refs = _hull_structures(sets)
+  _, ref_records = relaxation.relax_all(refs, config, out / 'hull.jsonl',
+                                        workers=FLAGS.workers, progress=FLAGS.progress,
+                                        desc='relaxing hull references')
+  ref_energy = [r['energy_after'] if not r['failure'] else float('nan') for r in ref_records]
+  train = (readers.read_structures(FLAGS.train, validate=False)[0] if FLAGS.train else None)
+  report = {}
+  for name, structures in sets.items():
+    relaxed = relaxation.read_journal(out / ('relax.jsonl' if name == 'generated'
+                                             else 'reference.jsonl'))
+    ordered = [relaxed[i][0] for i in range(len(structures))]
+    energy = [r['energy_after'] if not r['failure'] else float('nan') for r in records[name]]
+    e_hull = stability.energies_above_hull(ordered, energy, refs, ref_energy)
+    report[name] = dict(stability.sun_report(ordered, e_hull, train, FLAGS.stable_margin,
+                                             workers=FLAGS.workers),
+                        hull_references=len(refs))
+    for record, e in zip(records[name], e_hull):
+      record['e_above_hull'] = float(e)
+  return report
 
 
 def main(argv):
@@ -89,7 +154,7 @@ def main(argv):
     io_lib.write_json_atomic(out / 'relax_config.json', {
         **config.__dict__, 'samples': FLAGS.samples, 'reference': FLAGS.reference or None,
         'max_structures': FLAGS.max_structures})
-    summary, records = {}, {}
+    summary, records, table = {}, {}, ''
     for name, structures in sets.items():
       journal = out / ('relax.jsonl' if name == 'generated' else 'reference.jsonl')
       relaxed, records[name] = relaxation.relax_all(
@@ -100,9 +165,19 @@ def main(argv):
       if name == 'generated':
         io_lib.write_cifs(out / 'cifs', relaxed, prefix='relaxed')
       summary[name] = relaxation.summarize(records[name])
+    if FLAGS.hull_references or FLAGS.elemental_references:
+      stable = _stability(out, config, sets, records)
+      for name in stable:
+        summary[name]['stability'] = stable[name]
     io_lib.write_json_atomic(out / 'summary.json', dict(
         summary, potential=config.potential, wall_s=time.perf_counter() - started))
-    io_lib.write_text_atomic(out / 'summary.md', relaxation.markdown_table(summary))
+    table = relaxation.markdown_table(summary)
+    if 'stability' in summary['generated']:
+      table += '\n' + stability.markdown_table({k: v['stability'] for k, v in summary.items()})
+      plots.plot_histograms_overlaid(
+          {name: [r['e_above_hull'] for r in rows] for name, rows in records.items()},
+          out / 'e_above_hull.png', xlabel=f'energy above the hull (eV/atom, {config.potential})')
+    io_lib.write_text_atomic(out / 'summary.md', table)
     plots.plot_histograms_overlaid(
         {f'{name}, {when}': [r[f'energy_{when}'] for r in rows if not r['failure']]
          for name, rows in records.items() for when in ('before', 'after')},
@@ -110,7 +185,7 @@ def main(argv):
     plots.plot_histograms_overlaid(
         {name: [r['rmsd'] for r in rows if not r['failure']] for name, rows in records.items()},
         out / 'rmsd.png', xlabel='RMSD to the relaxed structure (A)')
-  print(relaxation.markdown_table(summary))
+  print(table)
 
 
 if __name__ == '__main__':

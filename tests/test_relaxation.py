@@ -125,3 +125,24 @@ def test_relax_cli_end_to_end_and_its_refusal_of_a_left_run(tmp_path):
   lines = res.stderr.strip().splitlines()
   assert res.returncode == 2 and len(lines) == 1, res.stderr
   assert 'pass --resume to continue it, or --overwrite to start afresh' in lines[0]
+
+
+def test_energy_above_the_hull_and_the_sun_rate():
+  from jaxcrystal.evaluation import stability
+  from jaxcrystal.evaluation import validation
+  diamond, graphite = stability.elemental_references(['C', 'C'])
+  assert validation.space_group(diamond)[0] == 227
+  assert validation.space_group(graphite)[0] == 194
+  cu, pt = bulk('Cu', 'fcc', a=3.6), bulk('Pt', 'fcc', a=3.9)
+  cupt = ase.Atoms('CuPt', cell=np.eye(3) * 2.7, pbc=True,
+                   scaled_positions=[[0, 0, 0], [.5, .5, .5]])
+  refs, ref_e = [diamond, graphite, cu, pt, cupt], [-9.0, -9.1, -1.0, -2.0, -2.0]
+  samples = [graphite, diamond, cupt, cupt, bulk('Fe')]
+  e = stability.energies_above_hull(samples, [-8.9, -9.2, -1.95, np.nan, -3.0], refs, ref_e)
+  np.testing.assert_allclose(e[:3], [0.2, -0.1, 0.05], atol=1e-9)
+  assert np.isnan(e[3]) and np.isnan(e[4])  # no energy; Fe not spanned
+  report = stability.sun_report(samples, e, train=[diamond], margin=0.1)
+  # stable: diamond (below the hull) and CuPt; diamond is not novel
+  assert report['stable'] == 2 and report['hull_known'] == 3
+  assert report['stable_unique'] == 2 and report['sun'] == 1
+  assert report['sun_rate'] == pytest.approx(1 / 5)
