@@ -280,7 +280,6 @@ def summarize(records: Sequence[dict]) -> dict:
 
 def markdown_table(summaries: dict) -> str:
   """`summarize` results side by side ({label: summary}) as markdown."""
-  labels = list(summaries)
   rows = (('structures', 'num_structures', '{:d}'), ('relaxed without failure', 'relaxed', '{:d}'),
           ('RMSD mean (A)', 'rmsd_mean', '{:.3f}'), ('RMSD median (A)', 'rmsd_median', '{:.3f}'),
           ('not aligned for RMSD', 'rmsd_unaligned', '{:d}'),
@@ -289,15 +288,23 @@ def markdown_table(summaries: dict) -> str:
           ('optimizer steps', 'steps_mean', '{:.1f}'),
           ('space group kept', 'space_group_kept', '{:.1%}'),
           ('coordination kept', 'coordination_kept', '{:.1%}'))
+  table = side_by_side(summaries, rows)
+  return table + '| failures | ' + ' | '.join(
+      ', '.join(f'{k}: {v}' for k, v in summaries[label]['failures'].items()) or 'none'
+      for label in summaries) + ' |\n'
+
+
+def side_by_side(summaries: dict, rows: Sequence[tuple[str, str, str]]) -> str:
+  """A markdown table with one column per label of `summaries` ({label:
+  {key: value}}) and one line per (title, key, format) of `rows`; 'n/a'
+  for a missing or non-finite value."""
+  labels = list(summaries)
   lines = ['| | ' + ' | '.join(labels) + ' |', '|---|' + '---|' * len(labels)]
   for title, key, fmt in rows:
     cells = []
     for label in labels:
-      value = summaries[label][key]
+      value = summaries[label].get(key, math.nan)
       cells.append('n/a' if isinstance(value, float) and not np.isfinite(value)
                    else fmt.format(value))
     lines.append(f'| {title} | ' + ' | '.join(cells) + ' |')
-  lines.append('| failures | ' + ' | '.join(
-      ', '.join(f'{k}: {v}' for k, v in summaries[label]['failures'].items()) or 'none'
-      for label in labels) + ' |')
   return '\n'.join(lines) + '\n'

@@ -24,6 +24,7 @@ import numpy as np
 from ase.build import bulk
 
 from jaxcrystal.evaluation import metrics
+from jaxcrystal.evaluation import relaxation
 
 STABLE_MARGIN = 0.1  # eV/atom
 
@@ -93,19 +94,10 @@ def sun_report(structures: Sequence[ase.Atoms], e_hull: np.ndarray,
 
 def markdown_table(reports: dict) -> str:
   """`sun_report` results side by side ({label: report}) as markdown."""
-  labels = list(reports)
-  rows = (('hull references', 'hull_references', '{:d}'),
-          ('energy above hull, median (eV/atom)', 'e_above_hull_median', '{:.3f}'),
-          ('energy above hull, mean (eV/atom)', 'e_above_hull_mean', '{:.3f}'),
-          ('stable (within the margin)', 'stable_fraction', '{:.1%}'),
-          ('stable and unique', 'stable_unique', '{:d}'),
-          ('S.U.N. rate', 'sun_rate', '{:.1%}'))
-  lines = ['| | ' + ' | '.join(labels) + ' |', '|---|' + '---|' * len(labels)]
-  for title, key, fmt in rows:
-    cells = []
-    for label in labels:
-      value = reports[label].get(key, math.nan)
-      cells.append('n/a' if isinstance(value, float) and not np.isfinite(value)
-                   else fmt.format(value))
-    lines.append(f'| {title} | ' + ' | '.join(cells) + ' |')
-  return '\n'.join(lines) + '\n'
+  return relaxation.side_by_side(reports, (
+      ('hull references', 'hull_references', '{:d}'),
+      ('energy above hull, median (eV/atom)', 'e_above_hull_median', '{:.3f}'),
+      ('energy above hull, mean (eV/atom)', 'e_above_hull_mean', '{:.3f}'),
+      ('stable (within the margin)', 'stable_fraction', '{:.1%}'),
+      ('stable and unique', 'stable_unique', '{:d}'),
+      ('S.U.N. rate', 'sun_rate', '{:.1%}')))
