@@ -117,7 +117,7 @@ def test_relax_cli_end_to_end_and_its_refusal_of_a_left_run(tmp_path):
   assert summary['generated']['num_structures'] == 2
   assert summary['reference']['relaxed'] == 1
   # fcc Cu is ASE's reference crystal of Cu: the real one sits on the hull
-  assert summary['reference']['stability']['e_above_hull_median'] == pytest.approx(0, abs=1e-6)
+  assert summary['reference']['stability']['e_above_hull_median'] == pytest.approx(0, abs=1e-3)
   assert 'S.U.N. rate' in (tmp_path / 'out' / 'summary.md').read_text()
   assert len(ase.io.read(tmp_path / 'out' / 'relaxed.extxyz', ':')) == 2
   for name in ('energy.png', 'rmsd.png'):
