@@ -30,6 +30,9 @@ flags.DEFINE_integer('trials', 10, 'Held-out damaged supercells.')
 flags.DEFINE_float('trial_sigma', 0.1, 'Damage of the held-out supercells (A).')
 flags.DEFINE_integer('num_steps', 60, 'Healing steps at most.')
 flags.DEFINE_integer('seed', 1000, 'Seed of the damage (training used others).')
+flags.DEFINE_bool('physics_check', True, "Also relax the damaged showcase with ASE's "
+                  'EMT potential (positions) and report the RMSD of the healed '
+                  'structure to the physically relaxed one.')
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 flags.mark_flags_as_required(['denoiser', 'out'])
 cli.existing_dir('denoiser', 'a train_denoiser.py workdir')
@@ -52,7 +55,7 @@ def main(argv):
         model, params, config, repeat=FLAGS.repeat, thermal_sigma=FLAGS.thermal_sigma,
         vacancy_displacement=FLAGS.vacancy_displacement, trials=FLAGS.trials,
         trial_sigma=FLAGS.trial_sigma, num_steps=FLAGS.num_steps, seed=FLAGS.seed,
-        outdir=out, progress=FLAGS.progress)
+        outdir=out, progress=FLAGS.progress, physics_check=FLAGS.physics_check)
   show, trials = report['showcase'], report['trials']
   print(report['system'])
   print(f"showcase: RMSD {show['rmsd_before']:.4f} -> {show['rmsd_after']:.4f} A "
@@ -64,6 +67,13 @@ def main(argv):
         f"improvement min {trials['min_improvement']:.1f}x, vacancy empty in "
         f"{trials['vacancy_empty']}/{trials['count']}")
   print(f"perfect lattice: largest move {report['perfect_lattice_max_move']:.2e} A")
+  physics = report.get('physical_relaxation')
+  if physics and not physics['failure']:
+    print(f"against EMT relaxation of the damaged showcase: healed {physics['rmsd_healed_to_relaxed']:.4f} A, "
+          f"damaged {physics['rmsd_damaged_to_relaxed']:.4f} A, ideal sites "
+          f"{physics['rmsd_ideal_to_relaxed']:.4f} A")
+  elif physics:
+    print(f"EMT relaxation of the showcase failed: {physics['failure']}")
   print(json.dumps({'out': FLAGS.out}))
 
 

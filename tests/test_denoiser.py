@@ -116,9 +116,13 @@ def test_train_and_heal_end_to_end(tmp_path):
   assert loaded == config
   report = healing.vacancy_experiment(model, params, loaded, repeat=3, trials=2,
                                       num_steps=30, outdir=tmp_path / 'heal',
-                                      progress=False)
+                                      progress=False, physics_check=True)
   show = report['showcase']
   assert show['rmsd_after'] < 0.5 * show['rmsd_before']
+  # healed nearer than damaged to the damaged supercell relaxed by EMT
+  physics = report['physical_relaxation']
+  assert physics['converged'] and not physics['failure']
+  assert physics['rmsd_healed_to_relaxed'] < 0.5 * physics['rmsd_damaged_to_relaxed']
   assert report['trials']['vacancy_empty'] == 2
   assert report['perfect_lattice_max_move'] < 1e-3
   for name in ('healing.lammpstrj', 'healing.extxyz', 'report.json', 'rmsd_per_step.png'):
