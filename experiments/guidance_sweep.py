@@ -32,6 +32,7 @@ from jaxcrystal.data import outputs
 from jaxcrystal.data import readers
 from jaxcrystal.evaluation import metrics
 from jaxcrystal.generative import generate
+from jaxcrystal.generative import request
 from jaxcrystal.prediction import train as property_train
 from jaxcrystal.recipes import guidance
 
@@ -100,7 +101,7 @@ def main(argv):
     model.with_guidance(max(weights))  # one line now if it cannot be guided
   if not model.task.generates_types:
     raise app.UsageError('--checkpoint must be a de novo model')
-  compositions, _, _, _ = generate.compositions_for_request(
+  compositions, _, _, _ = request.compositions_for_request(
       config, num_samples=FLAGS.num_samples, seed=FLAGS.seed,
       atom_counts=generate.recorded_atom_counts(FLAGS.checkpoint))
   reference, _ = readers.read_structures(FLAGS.test_csv, progress=FLAGS.progress)

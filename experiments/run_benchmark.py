@@ -29,6 +29,7 @@ import sampler_flags
 from jaxcrystal import cli
 from jaxcrystal.evaluation import evaluate as evaluation
 from jaxcrystal.generative import generate
+from jaxcrystal.generative import request
 from jaxcrystal.data import outputs
 from jaxcrystal.data import readers
 from jaxcrystal.generative import train
@@ -85,11 +86,11 @@ def main(argv):
   if FLAGS.task == 'csp':
     compositions, rows = evaluation.csp_compositions(test, FLAGS.num_samples)
   else:
-    compositions, _, _, _ = generate.compositions_for_request(
+    compositions, _, _, _ = request.compositions_for_request(
         config, num_samples=FLAGS.num_samples, seed=FLAGS.seed,
         atom_counts=generate.recorded_atom_counts(FLAGS.checkpoint))
   # A conditioned model is benchmarked unconditionally (conditions unknown).
-  conditions = generate.request_conditions(config.model, {}, len(compositions))
+  conditions = request.request_conditions(config.model, {}, len(compositions))
   start = time.perf_counter()
   samples, timing = generate.sample_structures(
       model, params, compositions, batch_size=FLAGS.batch_size, seed=FLAGS.seed,

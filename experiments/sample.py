@@ -36,6 +36,7 @@ from jaxcrystal.data import readers
 from jaxcrystal.evaluation import symmetry
 from jaxcrystal.generative import constraints
 from jaxcrystal.generative import generate
+from jaxcrystal.generative import request
 from jaxcrystal.generative import train
 from jaxcrystal.healing import repulsion
 
@@ -152,7 +153,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   outputs.check_writable(FLAGS.out, **_output())  # before any work
   model, params, config, step = generate.load_run(FLAGS.checkpoint, FLAGS.which)
-  compositions, lattices, rows, report = generate.compositions_for_request(
+  compositions, lattices, rows, report = request.compositions_for_request(
       config, formula=FLAGS.formula, compositions_from=FLAGS.compositions_from,
       samples_per_composition=FLAGS.samples_per_composition,
       num_samples=FLAGS.num_samples, atom_counts_from=FLAGS.atom_counts_from,
@@ -173,7 +174,7 @@ def main(argv):
   requested = cli.parse_conditions(FLAGS.condition)
   if FLAGS.space_group:
     requested['space_group'] = FLAGS.space_group
-  conditions = generate.request_conditions(config.model, requested, len(compositions))
+  conditions = request.request_conditions(config.model, requested, len(compositions))
   if FLAGS.space_group:
     constraints.check_space_group(FLAGS.space_group, compositions)
   model = model.with_guidance(FLAGS.guidance)

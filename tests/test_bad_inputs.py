@@ -37,7 +37,7 @@ from jaxcrystal.data import outputs
 from jaxcrystal.data import readers
 from jaxcrystal.evaluation import evaluate as evaluation
 from jaxcrystal.evaluation import validation
-from jaxcrystal.generative import generate
+from jaxcrystal.generative import request
 from jaxcrystal.generative import train
 from jaxcrystal.training import checkpoints
 from jaxcrystal.training import state as state_lib
@@ -276,8 +276,8 @@ def test_compositions_from_a_file_with_a_bad_row(good_csv, tmp_path):
   path = _write_with_row1(tmp_path, rows, cif=_duplicate_site(rows[1][1]))
   config = train.TrainConfig()
   with pytest.raises(readers.DataError, match=r'row 1 \(bad\): atoms overlap'):
-    generate.compositions_for_request(config, compositions_from=str(path))
-  comps, lattices, source_rows, report = generate.compositions_for_request(
+    request.compositions_for_request(config, compositions_from=str(path))
+  comps, lattices, source_rows, report = request.compositions_for_request(
       config, compositions_from=str(path), samples_per_composition=2, skip_bad=True)
   assert source_rows == [0, 0, 2, 2, 3, 3] and lattices is None
   assert [len(c) for c in comps] == [4, 4, 8, 8, 2, 2]

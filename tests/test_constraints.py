@@ -17,6 +17,7 @@ from jaxcrystal.generative import constraints
 from jaxcrystal.generative import discrete
 from jaxcrystal.generative import flow
 from jaxcrystal.generative import generate
+from jaxcrystal.generative import request
 from jaxcrystal.generative import model as model_lib
 from jaxcrystal.generative import sampling
 
@@ -172,9 +173,9 @@ def test_space_group_is_a_derived_property_and_a_checked_request():
   config = model_lib.ModelConfig(task='dng_flow').with_condition(
       'space_group', 'categorical', num_classes=231)
   config = dataclasses.replace(config, condition_dropout=0.1)
-  asked = generate.request_conditions(config, {'space_group': 221}, 2)
+  asked = request.request_conditions(config, {'space_group': 221}, 2)
   assert asked == {'space_group': [221.0, 221.0]}
   with pytest.raises(errors.UserError, match=r'space_group=300: space_group takes '
                      r'integers in \[0, 231\)'):
-    generate.request_conditions(config, {'space_group': 300}, 2)
+    request.request_conditions(config, {'space_group': 300}, 2)
   assert isinstance(conditions.entry('categorical').defaults, conditions.ClassesSettings)

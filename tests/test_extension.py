@@ -23,6 +23,7 @@ from jaxcrystal.data import io as io_lib
 from jaxcrystal.generative import conditions as conditions_lib
 from jaxcrystal.generative import flow
 from jaxcrystal.generative import generate
+from jaxcrystal.generative import request
 from jaxcrystal.generative import losses
 from jaxcrystal.generative import model as model_lib
 from jaxcrystal.generative import networks
@@ -417,7 +418,7 @@ def test_a_registered_condition_steers_training_and_sampling(tmp_path):
                                          [small.numbers] * 8,
                                          conditions={'edge': [edge] * 8}, progress=False)
     np.testing.assert_allclose([np.abs(np.diag(s.cell[:])) for s in kept], guided)
-  told_nothing = generate.request_conditions(model.config, {}, 16)
+  told_nothing = request.request_conditions(model.config, {}, 16)
   samples, _ = generate.sample_structures(model, params, [small.numbers] * 16,
                                           conditions=told_nothing, progress=False)
   edges = np.array([np.abs(np.diag(s.cell[:])).mean() for s in samples])

@@ -11,7 +11,7 @@ from jaxcrystal import errors
 from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.data import properties as properties_lib
 from jaxcrystal.generative import conditions
-from jaxcrystal.generative import generate
+from jaxcrystal.generative import request
 from jaxcrystal.generative import losses
 from jaxcrystal.generative import model as model_lib
 from jaxcrystal.generative import sampling
@@ -122,19 +122,19 @@ def test_guidance_and_requests_that_cannot_work_are_one_line():
     model_lib.build(no_dropout).with_guidance(-1.0)
   with pytest.raises(errors.UserError, match=r"^--condition band_gap: the model is not "
                      r"conditioned on it; its conditions are \['heat_ref'\]$"):
-    generate.request_conditions(no_dropout, {'band_gap': 1.0}, 2)
+    request.request_conditions(no_dropout, {'band_gap': 1.0}, 2)
   with pytest.raises(errors.UserError, match='it was trained without conditions'):
-    generate.request_conditions(model_lib.ModelConfig(), {'band_gap': 1.0}, 2)
+    request.request_conditions(model_lib.ModelConfig(), {'band_gap': 1.0}, 2)
   with pytest.raises(errors.UserError, match=r'needs a value of each: give --condition '
                      r'heat_ref=VALUE$'):
-    generate.request_conditions(no_dropout, {}, 2)
+    request.request_conditions(no_dropout, {}, 2)
   warned = []
-  assert generate.request_conditions(no_dropout, {'heat_ref': -2.0}, 2,
+  assert request.request_conditions(no_dropout, {'heat_ref': -2.0}, 2,
                                      warned.append) == {'heat_ref': [-2.0, -2.0]}
   assert warned == ["warning: --condition heat_ref=-2 lies outside the training data's "
                     "range [-1, 0.5]; the model extrapolates"]
   dropout = no_dropout.__class__(**{**no_dropout.__dict__, 'condition_dropout': 0.1})
-  got = generate.request_conditions(dropout, {}, 3)
+  got = request.request_conditions(dropout, {}, 3)
   assert np.isnan(got['heat_ref']).all() and len(got['heat_ref']) == 3
   with pytest.raises(errors.ConfigError, match='condition_dropout needs conditions'):
     model_lib.ModelConfig(condition_dropout=0.1).validate()
@@ -160,10 +160,10 @@ def test_chemical_system_is_a_derived_element_set_condition():
   config = (model_lib.ModelConfig(task='dng_flow', condition_dropout=0.1)
             .with_network(hidden=16, num_layers=1)
             .with_condition('chemical_system', 'element_set'))
-  got = generate.request_conditions(config, {'chemical_system': 'Li-Fe-O'}, 2)
+  got = request.request_conditions(config, {'chemical_system': 'Li-Fe-O'}, 2)
   assert np.flatnonzero(got['chemical_system'][1]).tolist() == [2, 7, 25]
   with pytest.raises(errors.UserError, match=r"^--condition chemical_system=Li-Qq: 'Qq'"):
-    generate.request_conditions(config, {'chemical_system': 'Li-Qq'}, 2)
+    request.request_conditions(config, {'chemical_system': 'Li-Qq'}, 2)
   # The network is told the set: another set, another prediction.
   model = model_lib.build(config)
   template = sampling.template_from_compositions([[1, 1, 1]] * 2, conditions=got)
@@ -172,7 +172,7 @@ def test_chemical_system_is_a_derived_element_set_condition():
   xs = {name: p.clean(template) for name, p in model.processes.items()}
   t = jnp.full(template.num_graph_slots, 0.5)
   out, _ = model.apply(params, template, t, xs)
-  other = generate.request_conditions(config, {'chemical_system': 'Cu'}, 2)
+  other = request.request_conditions(config, {'chemical_system': 'Cu'}, 2)
   moved = batch_lib.to_device(sampling.template_from_compositions([[1, 1, 1]] * 2,
                                                                   conditions=other))
   out2, _ = model.apply(params, moved, t, xs)

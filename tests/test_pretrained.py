@@ -12,6 +12,7 @@ import pytest
 from jaxcrystal.data import io as io_lib
 from jaxcrystal.data import readers
 from jaxcrystal.generative import generate
+from jaxcrystal.generative import request
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = json.loads((ROOT / 'pretrained' / 'manifest.json').read_text())
@@ -33,7 +34,7 @@ def test_a_shipped_model_samples_physical_structures(entry):
   assert step == entry['step'] and config.model.task == entry['task']
   if model.task.generates_types:
     counts = generate.recorded_atom_counts(ROOT / 'pretrained' / entry['name'])
-    compositions, _, _, _ = generate.compositions_for_request(
+    compositions, _, _, _ = request.compositions_for_request(
         config, num_samples=8, seed=0, atom_counts=counts)
   else:
     compositions = ([readers.parse_formula(f) for f in entry['test_formulas']] * 8)[:8]

@@ -19,6 +19,7 @@ from jaxcrystal.data import properties as properties_lib
 from jaxcrystal.evaluation import evaluate
 from jaxcrystal.evaluation import metrics
 from jaxcrystal.generative import generate
+from jaxcrystal.generative import request
 from jaxcrystal.plotting import plots
 from jaxcrystal.prediction import train as property_train
 
@@ -60,7 +61,7 @@ def guidance_sweep(model, params, config, prop: str,
   for target, weight in jobs:
     t0 = time.perf_counter()
     requested = {} if target is None else {prop: float(target)}
-    conditions = generate.request_conditions(config.model, requested, len(compositions),
+    conditions = request.request_conditions(config.model, requested, len(compositions),
                                              warn=log)
     samples, timing = generate.sample_structures(
         model, params, compositions, sampler=config.sampling, conditions=conditions,
