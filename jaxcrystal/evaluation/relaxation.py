@@ -58,6 +58,8 @@ def _chgnet():
   except ImportError:
     raise errors.UserError("--potential chgnet needs CHGNet: pip install -e '.[relax]'"
                            ) from None
+  import torch
+  torch.set_num_threads(1)  # one worker process per core
   with warnings.catch_warnings():
     warnings.simplefilter('ignore')
     return CHGNetCalculator(use_device='cpu')
