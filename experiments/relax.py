@@ -56,6 +56,10 @@ flags.DEFINE_string('train', '', 'Stability: training structures, for the novelt
                     'of the S.U.N. rate.')
 flags.DEFINE_float('stable_margin', stability.STABLE_MARGIN, 'Stable: at most this '
                    'far above the hull (eV/atom).')
+flags.DEFINE_bool('paired', False, 'CSP: each sample was made for a row of '
+                  '--reference (its source_row, as sample.py --compositions_from '
+                  'records): compare each relaxed sample with its relaxed true '
+                  'structure (energy difference, RMSD).')
 flags.DEFINE_integer('max_structures', 0, 'Relax the first N of each file (0: all).')
 flags.DEFINE_enum('potential', 'emt', sorted(relaxation.POTENTIALS), 'The potential.')
 flags.DEFINE_float('fmax', 0.05, 'Force threshold of convergence (eV/A).')
@@ -74,6 +78,9 @@ cli.at_least(0, 'max_structures')
 cli.at_least(1, 'max_steps', 'workers')
 flags.register_validator('fmax', lambda v: v > 0, message='--fmax must be > 0')
 flags.register_multi_flags_validator(
+    ['paired', 'reference'], lambda f: not f['paired'] or f['reference'],
+    message='--paired needs --reference (the file the samples were made for)')
+flags.register_multi_flags_validator(
     ['resume', 'overwrite'], lambda f: not (f['resume'] and f['overwrite']),
     message='--resume and --overwrite contradict each other')
 
@@ -87,6 +94,27 @@ def _read(path: str) -> list:
   structures = (evaluate.read_samples(path) if path.endswith('.npz')
                 else readers.read_structures(path, validate=False, progress=FLAGS.progress)[0])
   return structures[:FLAGS.max_structures] if FLAGS.max_structures else structures
+
+
+def _pair_index(sets) -> list[int]:
+  """For --paired: the position in --reference of each sample's source row."""
+  rows = [a.info.get('source_row') for a in sets['generated']]
+  by_row = {int(a.info.get('row', k)): k for k, a in enumerate(sets['reference'])}
+  if any(r is None or int(r) not in by_row for r in rows):
+    raise errors.DataError(
+        f'--paired: {FLAGS.samples} has samples without a source_row among the '
+        f'{len(sets["reference"])} rows read of --reference {FLAGS.reference} '
+        '(sample them with --compositions_from that file, or raise --max_structures)')
+  return [by_row[int(r)] for r in rows]
+
+
+def _pairs(out, index) -> dict:
+  """Each relaxed sample against the relaxed reference row it was made for."""
+  generated = relaxation.read_journal(out / 'relax.jsonl')
+  reference = relaxation.read_journal(out / 'reference.jsonl')
+  report = relaxation.compare_pairs([(generated[i], reference[j]) for i, j in enumerate(index)])
+  io_lib.write_json_atomic(out / 'pairs.json', report)
+  return {k: v for k, v in report.items() if k != 'pairs'}
 
 
 def _hull_structures(sets) -> list:
@@ -148,6 +176,7 @@ def main(argv):
   sets = {'generated': _read(FLAGS.samples)}
   if FLAGS.reference:
     sets['reference'] = _read(FLAGS.reference)
+  pair_index = _pair_index(sets) if FLAGS.paired else None
   outputs.check_writable(FLAGS.out, FLAGS.overwrite, kind='relaxation',
                          inputs=cli.flag_paths('samples', 'reference'))
   with outputs.output_folder(FLAGS.out, **_output()) as out:
@@ -165,15 +194,19 @@ def main(argv):
       if name == 'generated':
         io_lib.write_cifs(out / 'cifs', relaxed, prefix='relaxed')
       summary[name] = relaxation.summarize(records[name])
+    if FLAGS.paired:
+      summary['pairs'] = _pairs(out, pair_index)
     if FLAGS.hull_references or FLAGS.elemental_references:
       stable = _stability(out, config, sets, records)
       for name in stable:
         summary[name]['stability'] = stable[name]
     io_lib.write_json_atomic(out / 'summary.json', dict(
         summary, potential=config.potential, wall_s=time.perf_counter() - started))
-    table = relaxation.markdown_table(summary)
+    table = relaxation.markdown_table({k: summary[k] for k in sets})
+    if FLAGS.paired:
+      table += '\n' + relaxation.pairs_table(summary['pairs'])
     if 'stability' in summary['generated']:
-      table += '\n' + stability.markdown_table({k: v['stability'] for k, v in summary.items()})
+      table += '\n' + stability.markdown_table({k: summary[k]['stability'] for k in sets})
       plots.plot_histograms_overlaid(
           {name: [r['e_above_hull'] for r in rows] for name, rows in records.items()},
           out / 'e_above_hull.png', xlabel=f'energy above the hull (eV/atom, {config.potential})')

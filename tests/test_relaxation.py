@@ -149,3 +149,20 @@ def test_energy_above_the_hull_and_the_sun_rate():
   assert report['stable'] == 2 and report['hull_known'] == 3
   assert report['stable_unique'] == 2 and report['sun'] == 1
   assert report['sun_rate'] == pytest.approx(1 / 5)
+
+
+def test_pairs_compare_each_relaxed_sample_with_its_true_structure():
+  emt = relaxation.POTENTIALS['emt']()
+  config = relaxation.RelaxConfig(fmax=0.01)
+  fcc, fcc_record = relaxation.relax_structure(bulk('Cu', 'fcc', a=3.6, cubic=True), config, emt)
+  near, near_record = relaxation.relax_structure(_rattled(2), config, emt)
+  # bcc in its own cell (with the cell free, EMT's bcc Cu slides to fcc)
+  bcc, bcc_record = relaxation.relax_structure(
+      bulk('Cu', 'bcc', a=2.87, cubic=True), relaxation.RelaxConfig(relax_cell=False), emt)
+  report = relaxation.compare_pairs([((near, near_record), (fcc, fcc_record)),
+                                     ((bcc, bcc_record), (fcc, fcc_record))])
+  same, other = report['pairs']
+  assert abs(same['energy_difference']) < 0.005 and same['rmsd_between_relaxed'] < 0.05
+  assert other['energy_difference'] > 0.01  # EMT's bcc Cu lies above its fcc
+  assert report['within_10_mev'] == 0.5 and report['compared'] == 2
+  assert 'within 10 meV/atom | 50.0%' in relaxation.pairs_table(report)

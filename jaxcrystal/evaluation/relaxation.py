@@ -310,3 +310,41 @@ def side_by_side(summaries: dict, rows: Sequence[tuple[str, str, str]]) -> str:
                    else fmt.format(value))
     lines.append(f'| {title} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
+
+
+def compare_pairs(pairs: Sequence[tuple]) -> dict:
+  """CSP: each ((relaxed sample, record), (relaxed true structure, record))
+  pair: the sample's relaxed energy minus the true one's (eV/atom; near 0
+  or below: the same minimum or a lower one), and the RMSD between the two
+  relaxed structures (A, `rmsd_angstrom`; NaN: no alignment, a different
+  structure). Returns the per-pair lists and their summary."""
+  rows = []
+  for (sample, s_record), (true, t_record) in pairs:
+    ok = not s_record['failure'] and not t_record['failure']
+    rows.append({'energy_difference': (s_record['energy_after'] - t_record['energy_after'])
+                 if ok else math.nan,
+                 'rmsd_between_relaxed': rmsd_angstrom(sample, true) if ok else math.nan})
+  de = np.array([r['energy_difference'] for r in rows], float)
+  rmsd = np.array([r['rmsd_between_relaxed'] for r in rows], float)
+  known = np.isfinite(de)
+  return {'num_pairs': len(rows), 'compared': int(known.sum()),
+          'energy_difference_mean': float(de[known].mean()) if known.any() else math.nan,
+          'energy_difference_median': float(np.median(de[known])) if known.any() else math.nan,
+          'abs_energy_difference_mean': float(np.abs(de[known]).mean()) if known.any() else math.nan,
+          'within_10_mev': float(np.mean(np.abs(de[known]) <= 0.01)) if known.any() else math.nan,
+          'aligned': float(np.mean(np.isfinite(rmsd[known]))) if known.any() else math.nan,
+          'rmsd_between_relaxed_median': (float(np.nanmedian(rmsd[known]))
+                                          if np.isfinite(rmsd[known]).any() else math.nan),
+          'pairs': rows}
+
+
+def pairs_table(report: dict) -> str:
+  """`compare_pairs` as markdown."""
+  return side_by_side({'relaxed sample - relaxed true structure': report}, (
+      ('pairs compared', 'compared', '{:d}'),
+      ('energy difference, mean (eV/atom)', 'energy_difference_mean', '{:.4f}'),
+      ('energy difference, median (eV/atom)', 'energy_difference_median', '{:.4f}'),
+      ('mean abs. energy difference (eV/atom)', 'abs_energy_difference_mean', '{:.4f}'),
+      ('within 10 meV/atom', 'within_10_mev', '{:.1%}'),
+      ('aligned by StructureMatcher', 'aligned', '{:.1%}'),
+      ('RMSD between relaxed, median (A)', 'rmsd_between_relaxed_median', '{:.3f}')))
