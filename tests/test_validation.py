@@ -43,3 +43,25 @@ def test_summary_arrays_of_a_batch():
                              rtol=1e-4)  # g/cm^3 of 4 Cu atoms in the cube
   assert arrays['mean_coordination'][0] == 12 and np.isnan(arrays['mean_coordination'][1])
   np.testing.assert_allclose(arrays['min_distance'][0], 3.6 / np.sqrt(2))
+
+
+def test_shell_coordination_matches_an_ase_neighbour_list_oracle():
+  """The numpy image grid counts what ASE's neighbour list finds within each
+  atom's shell, in any cell (skewed, positions outside the cell), and the
+  prototypes' textbook numbers."""
+  from ase.neighborlist import neighbor_list
+  rng = np.random.default_rng(0)
+  cases = [bulk('Cu', 'fcc', a=3.6), bulk('Fe', 'bcc', a=2.87, cubic=True),
+           bulk('C', 'diamond', a=3.57), bulk('Mg', 'hcp', a=3.2)]
+  np.testing.assert_array_equal(
+      [validation.coordination_by_nearest_shell(a).mean() for a in cases], [12, 8, 4, 12])
+  for _ in range(25):
+    n = int(rng.integers(1, 10))
+    cell = np.diag(rng.uniform(2, 9, 3)) + rng.uniform(-1.5, 1.5, (3, 3))
+    cases.append(Atoms('C' * n, cell=cell, pbc=True,
+                       scaled_positions=rng.uniform(-0.5, 1.5, (n, 3))))
+  for atoms in cases:
+    cut = validation.nearest_neighbor_distances(atoms) * 1.1
+    i, d = neighbor_list('id', atoms, float(cut.max()) + 1e-6)
+    expected = np.bincount(i[d <= cut[i]], minlength=len(atoms))
+    np.testing.assert_array_equal(validation.coordination_by_nearest_shell(atoms), expected)

@@ -14,7 +14,6 @@ import warnings
 
 import ase
 import numpy as np
-from ase.neighborlist import neighbor_list
 
 from jaxcrystal import errors
 
@@ -108,8 +107,26 @@ def coordination_by_nearest_shell(atoms: ase.Atoms,
   if images > MAX_IMAGES:
     raise StructureError(f'cell too skewed or sparse for a coordination count '
                          f'({images:.3g} periodic images within {radius:.3g} A)')
-  i, d = neighbor_list('id', atoms, radius)
-  return np.bincount(i[d <= cut[i]], minlength=len(atoms))
+  # every image of every atom within the radius, by numpy over a grid of
+  # cell shifts (positions wrapped into the cell: one more shift each way)
+  cell = np.asarray(atoms.cell[:], float)
+  reps = np.ceil(radius / spacings).astype(int) + 1
+  grid = np.stack(np.meshgrid(*[np.arange(-r, r + 1) for r in reps], indexing='ij'),
+                  -1).reshape(-1, 3)
+  shifts = grid @ cell
+  zero = int(np.flatnonzero(~grid.any(1))[0])
+  pos = (atoms.get_scaled_positions(wrap=True) % 1.0) @ cell
+  n = len(atoms)
+  counts = np.zeros(n, int)
+  chunk = max(1, 4_000_000 // max(n * n * 3, 1))
+  for start in range(0, len(shifts), chunk):
+    part = shifts[start:start + chunk]
+    vec = pos[None, :, None, :] - pos[:, None, None, :] + part[None, None, :, :]
+    within = np.linalg.norm(vec, axis=-1) <= cut[:, None, None]  # [i, j, shift]
+    if start <= zero < start + len(part):
+      within[np.arange(n), np.arange(n), zero - start] = False  # an atom itself
+    counts += within.sum((1, 2))
+  return counts
 
 
 def density_g_cm3(atoms: ase.Atoms) -> float:
