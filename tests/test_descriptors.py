@@ -49,3 +49,7 @@ def test_rdf_matches_numpy_histogram(builtin_graph):
   # first peak of fcc Al at its nearest-neighbour distance a / sqrt(2)
   assert abs(float(r[np.argmax(g[0])]) - 4.0495 / np.sqrt(2)) < 0.1
   assert float(g[-1].sum()) == 0.0
+  # the host's mean g(r) (numpy, for plots) is the mean of these curves
+  r_host, g_host = descriptors.mean_rdf(structures, cutoff=5.0, bins=50)
+  np.testing.assert_allclose(r_host, np.asarray(r), atol=1e-6)
+  np.testing.assert_allclose(g_host, np.asarray(g)[:21].mean(0), rtol=1e-4, atol=1e-4)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcrystal.data import batch as batch_lib
+from jaxcrystal.evaluation import validation
 from jaxcrystal.geometry import neighbors
 
 
@@ -71,25 +72,27 @@ def radial_distribution(batch: batch_lib.CrystalBatch,
 
 def mean_rdf(structures: Sequence[ase.Atoms], cutoff: float = 6.0,
              bins: int = 120, max_image: int = 3) -> tuple[np.ndarray, np.ndarray]:
-  """Mean g(r) over host structures: (r `[bins]` Angstrom, g `[bins]`).
+  """Mean g(r) over host structures: (r `[bins]` Angstrom, g `[bins]`), as
+  `radial_distribution` defines it (an ideal gas gives 1), on the host
+  (`validation.image_distances`: no compile for a plot).
 
-  Builds one padded batch and a radius graph sized by estimate. Cells so thin
-  that the cutoff spans more than `max_image` periodic images along an axis
-  (failed samples: needles and sheets) are left out, since one of them would
-  set the image grid of the whole batch. Raises ValueError if none is left.
+  Cells so thin that the cutoff spans more than `max_image` periodic images
+  along an axis (failed samples: needles and sheets) are left out. Raises
+  ValueError if none is left.
   """
-  kept = [a for a in structures if np.all(np.isfinite(a.positions)) and
-          np.all(np.isfinite(a.cell[:])) and
+  kept = [a for a in structures if len(a) and np.all(np.isfinite(a.positions)) and
+          np.all(np.isfinite(a.cell[:])) and abs(a.cell.volume) > 1e-9 and
           neighbors.estimate_max_image(np.asarray(a.cell[:])[None], cutoff) <= max_image]
   if not kept:
     raise ValueError(f'mean_rdf: none of {len(structures)} structures has a cell '
                      f'within {max_image} images of the {cutoff} A cutoff')
-  b = batch_lib.to_device(batch_lib.batch_from_atoms(kept))
-  max_image = neighbors.estimate_max_image(b.lattice, cutoff, b.graph_mask)
-  capacity = neighbors.estimate_capacity(b, cutoff, max_image)
-  nbrs = neighbors.radius_graph(b, cutoff, max_image, capacity)
-  if nbrs.did_overflow():
-    raise RuntimeError('RDF radius graph overflowed its capacity')
-  r, g = radial_distribution(b, nbrs, cutoff, bins)
-  g = np.asarray(jax.device_get(g))[np.asarray(b.graph_mask)]
-  return np.asarray(r), g.mean(0)
+  edges = np.linspace(0.0, cutoff, bins + 1)
+  shell = 4.0 / 3.0 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
+  curves = []
+  for atoms in kept:
+    hist = np.zeros(bins)
+    for d in validation.image_distances(atoms, cutoff):
+      hist += np.histogram(d[d < cutoff], edges)[0]
+    n = len(atoms)
+    curves.append(hist / (n * (n / abs(atoms.cell.volume)) * shell))
+  return 0.5 * (edges[1:] + edges[:-1]), np.mean(curves, 0)
