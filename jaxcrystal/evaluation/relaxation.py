@@ -35,6 +35,7 @@ import json
 import math
 import multiprocessing
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
@@ -134,6 +135,7 @@ def relax_structure(atoms: ase.Atoms, config: RelaxConfig, calculator) -> tuple[
   structure's sake: a failure is the record's `failure`."""
   from ase.filters import FrechetCellFilter
   from ase.optimize import BFGS, FIRE
+  started = time.perf_counter()
   work = atoms.copy()
   work.calc = calculator
   n = max(len(work), 1)
@@ -168,6 +170,7 @@ def relax_structure(atoms: ase.Atoms, config: RelaxConfig, calculator) -> tuple[
   record['space_group_after'] = validation.space_group(relaxed)[0]
   before, after = _coordination(atoms), _coordination(relaxed)
   record['coordination_kept'] = before is not None and before == after
+  record['seconds'] = time.perf_counter() - started
   return relaxed, record
 
 
@@ -273,6 +276,7 @@ def summarize(records: Sequence[dict]) -> dict:
       'rmsd_unaligned': sum(1 for r in ok if not np.isfinite(r['rmsd'])),
       'energy_before_mean': mean('energy_before'), 'energy_after_mean': mean('energy_after'),
       'steps_mean': mean('steps'),
+      'seconds_total': float(sum(r.get('seconds', 0.0) for r in records)),
       'space_group_kept': (float(np.mean([r['space_group_before'] == r['space_group_after']
                                           for r in ok])) if ok else math.nan),
       'coordination_kept': (float(np.mean([r['coordination_kept'] for r in ok]))
@@ -288,6 +292,7 @@ def markdown_table(summaries: dict) -> str:
           ('energy before (eV/atom)', 'energy_before_mean', '{:.3f}'),
           ('energy after (eV/atom)', 'energy_after_mean', '{:.3f}'),
           ('optimizer steps', 'steps_mean', '{:.1f}'),
+          ('relaxing seconds, summed over workers', 'seconds_total', '{:.0f}'),
           ('space group kept', 'space_group_kept', '{:.1%}'),
           ('coordination kept', 'coordination_kept', '{:.1%}'))
   table = side_by_side(summaries, rows)
