@@ -108,11 +108,11 @@ def _pair_index(sets) -> list[int]:
   return [by_row[int(r)] for r in rows]
 
 
-def _pairs(out, index) -> dict:
+def _pairs(out, relaxed, records, index) -> dict:
   """Each relaxed sample against the relaxed reference row it was made for."""
-  generated = relaxation.read_journal(out / 'relax.jsonl')
-  reference = relaxation.read_journal(out / 'reference.jsonl')
-  report = relaxation.compare_pairs([(generated[i], reference[j]) for i, j in enumerate(index)])
+  report = relaxation.compare_pairs(
+      [((relaxed['generated'][i], records['generated'][i]),
+        (relaxed['reference'][j], records['reference'][j])) for i, j in enumerate(index)])
   io_lib.write_json_atomic(out / 'pairs.json', report)
   return {k: v for k, v in report.items() if k != 'pairs'}
 
@@ -136,7 +136,7 @@ def _hull_structures(sets) -> list:
   return refs
 
 
-def _stability(out, config, sets, records) -> dict:
+def _stability(out, config, sets, relaxed, records) -> dict:
   """Relax the hull's references (hull.jsonl), then each set's energy above
   the hull, stable fraction and S.U.N. rate."""
   refs = _hull_structures(sets)
@@ -146,13 +146,10 @@ def _stability(out, config, sets, records) -> dict:
   ref_energy = [r['energy_after'] if not r['failure'] else float('nan') for r in ref_records]
   train = (readers.read_structures(FLAGS.train, validate=False)[0] if FLAGS.train else None)
   report = {}
-  for name, structures in sets.items():
-    relaxed = relaxation.read_journal(out / ('relax.jsonl' if name == 'generated'
-                                             else 'reference.jsonl'))
-    ordered = [relaxed[i][0] for i in range(len(structures))]
+  for name in sets:
     energy = [r['energy_after'] if not r['failure'] else float('nan') for r in records[name]]
-    e_hull = stability.energies_above_hull(ordered, energy, refs, ref_energy)
-    report[name] = dict(stability.sun_report(ordered, e_hull, train, FLAGS.stable_margin,
+    e_hull = stability.energies_above_hull(relaxed[name], energy, refs, ref_energy)
+    report[name] = dict(stability.sun_report(relaxed[name], e_hull, train, FLAGS.stable_margin,
                                              workers=FLAGS.workers),
                         hull_references=len(refs))
     for record, e in zip(records[name], e_hull):
@@ -183,21 +180,21 @@ def main(argv):
     io_lib.write_json_atomic(out / 'relax_config.json', {
         **config.__dict__, 'samples': FLAGS.samples, 'reference': FLAGS.reference or None,
         'max_structures': FLAGS.max_structures})
-    summary, records, table = {}, {}, ''
+    summary, relaxed, records, table = {}, {}, {}, ''
     for name, structures in sets.items():
       journal = out / ('relax.jsonl' if name == 'generated' else 'reference.jsonl')
-      relaxed, records[name] = relaxation.relax_all(
+      relaxed[name], records[name] = relaxation.relax_all(
           structures, config, journal, workers=FLAGS.workers, progress=FLAGS.progress,
           desc=f'relaxing {name}')
       stem = 'relaxed' if name == 'generated' else 'relaxed_reference'
-      io_lib.write_extxyz(out / f'{stem}.extxyz', relaxed)
+      io_lib.write_extxyz(out / f'{stem}.extxyz', relaxed[name])
       if name == 'generated':
-        io_lib.write_cifs(out / 'cifs', relaxed, prefix='relaxed')
+        io_lib.write_cifs(out / 'cifs', relaxed[name], prefix='relaxed')
       summary[name] = relaxation.summarize(records[name])
     if FLAGS.paired:
-      summary['pairs'] = _pairs(out, pair_index)
+      summary['pairs'] = _pairs(out, relaxed, records, pair_index)
     if FLAGS.hull_references or FLAGS.elemental_references:
-      stable = _stability(out, config, sets, records)
+      stable = _stability(out, config, sets, relaxed, records)
       for name in stable:
         summary[name]['stability'] = stable[name]
     io_lib.write_json_atomic(out / 'summary.json', dict(

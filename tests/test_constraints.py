@@ -167,7 +167,6 @@ def test_space_groups_that_cannot_hold_the_atom_counts_are_refused():
 def test_space_group_is_a_derived_property_and_a_checked_request():
   from ase.build import bulk
   from jaxcrystal.data import properties
-  from jaxcrystal.generative import conditions
   values = properties.property_values(
       [bulk('Cu', 'fcc', a=3.6), bulk('Fe', 'bcc', a=2.87, cubic=True)], ('space_group',))
   np.testing.assert_array_equal(values['space_group'], [225, 229])
@@ -179,4 +178,3 @@ def test_space_group_is_a_derived_property_and_a_checked_request():
   with pytest.raises(errors.UserError, match=r'space_group=300: space_group takes '
                      r'integers in \[0, 231\)'):
     request.request_conditions(config, {'space_group': 300}, 2)
-  assert isinstance(conditions.entry('categorical').defaults, conditions.ClassesSettings)
