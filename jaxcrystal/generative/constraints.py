@@ -34,7 +34,6 @@ import numpy as np
 
 from jaxcrystal import errors
 from jaxcrystal.data import properties as properties_lib
-from jaxcrystal.evaluation import symmetry
 from jaxcrystal.generative import tasks
 
 
@@ -179,6 +178,7 @@ def orbit_sizes(space_group: int, grid: int = 24) -> tuple[int, ...]:
   group, and many orbits of each free one): the multiplicities a crystal
   of that group is built from, one entry per distinct orbit."""
   import spglib
+  from jaxcrystal.evaluation import symmetry  # spglib's tables, on use only
   with warnings.catch_warnings():  # spglib's deprecation notice, per call
     warnings.simplefilter('ignore', DeprecationWarning)
     ops = spglib.get_symmetry_from_database(symmetry.hall_number(space_group))
