@@ -67,7 +67,9 @@ flags.DEFINE_float('guidance', 0.0, 'Classifier-free guidance weight w: each '
                    'prediction is cond + w (cond - uncond); needs a model trained '
                    'with --condition_dropout. 0: the conditional model alone.')
 flags.DEFINE_string('elements', '', 'De novo: the elements samples may hold '
-                    '(Li,Fe,O); types are drawn only among them.')
+                    '(Li,Fe,O); types are drawn only among them. A model '
+                    'conditioned on chemical_system is also told each sample\'s '
+                    'set (unless --condition chemical_system=... is given).')
 flags.DEFINE_integer('min_elements', 0, 'With --elements: each sample is offered a '
                      'random subset of at least this many (0: 1).')
 flags.DEFINE_integer('max_elements', 0, 'With --elements: and at most this many '
@@ -174,7 +176,8 @@ def main(argv):
   requested = cli.parse_conditions(FLAGS.condition)
   if FLAGS.space_group:
     requested['space_group'] = FLAGS.space_group
-  conditions = request.request_conditions(config.model, requested, len(compositions))
+  conditions = request.request_conditions(config.model, requested, len(compositions),
+                                          allowed_elements=allowed)
   if FLAGS.space_group:
     constraints.check_space_group(FLAGS.space_group, compositions)
   model = model.with_guidance(FLAGS.guidance)

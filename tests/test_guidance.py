@@ -1,6 +1,8 @@
 """Conditions fitted to the data, condition dropout and classifier-free
 guidance (issue 34): the dropout's statistics, the guided prediction
 against its definition, and every refusal in one line."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -164,6 +166,18 @@ def test_chemical_system_is_a_derived_element_set_condition():
   assert np.flatnonzero(got['chemical_system'][1]).tolist() == [2, 7, 25]
   with pytest.raises(errors.UserError, match=r"^--condition chemical_system=Li-Qq: 'Qq'"):
     request.request_conditions(config, {'chemical_system': 'Li-Qq'}, 2)
+  # sample.py --elements: each sample is told its own allowed set as its
+  # system, unless a system is asked for (which then wins).
+  offered = [np.array([3, 8]), np.array([3, 26, 8])]
+  told = request.request_conditions(config, {}, 2, allowed_elements=offered)
+  assert [np.flatnonzero(v).tolist() for v in told['chemical_system']] == [[2, 7], [2, 7, 25]]
+  asked = request.request_conditions(config, {'chemical_system': 'Cu'}, 2,
+                                     allowed_elements=offered)
+  assert [np.flatnonzero(v).tolist() for v in asked['chemical_system']] == [[28], [28]]
+  no_dropout = dataclasses.replace(config, condition_dropout=0.0)
+  assert request.request_conditions(no_dropout, {}, 2, allowed_elements=offered).keys() == {'chemical_system'}
+  with pytest.raises(errors.UserError, match='give --condition chemical_system'):
+    request.request_conditions(no_dropout, {}, 2)
   # The network is told the set: another set, another prediction.
   model = model_lib.build(config)
   template = sampling.template_from_compositions([[1, 1, 1]] * 2, conditions=got)

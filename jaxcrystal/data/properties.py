@@ -24,8 +24,13 @@ NUM_ELEMENTS = 100  # type classes of the models: atomic numbers 1..100
 def element_set(atoms: ase.Atoms) -> np.ndarray:
   """`[NUM_ELEMENTS]` float32 multi-hot of the elements a crystal holds
   (index Z - 1): its chemical system."""
+  return element_set_of(atoms.numbers)
+
+
+def element_set_of(numbers) -> np.ndarray:
+  """`element_set` of atomic numbers `numbers: [K] int` (1..NUM_ELEMENTS)."""
   out = np.zeros(NUM_ELEMENTS, np.float32)
-  out[np.clip(atoms.numbers - 1, 0, NUM_ELEMENTS - 1)] = 1.0
+  out[np.clip(np.asarray(numbers, int) - 1, 0, NUM_ELEMENTS - 1)] = 1.0
   return out
 
 

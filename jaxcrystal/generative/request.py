@@ -87,11 +87,15 @@ def compositions_for_request(config: train.TrainConfig, *, formula: str = '',
 
 
 def request_conditions(config: model_lib.ModelConfig, requested: dict,
-                       num: int, warn: Callable[[str], None] = print) -> dict:
+                       num: int, warn: Callable[[str], None] = print,
+                       allowed_elements: Sequence[Sequence[int]] | None = None) -> dict:
   """{property: [num] values} of every condition of a model for one request
   (`requested` {property: value}, e.g. from `sample.py --condition`: a
   number, or for chemical_system a text such as 'Li-Fe-O').
-  Properties not requested are unknown (NaN), which a model trained with
+  `allowed_elements`: each sample's allowed atomic numbers (`sample.py
+  --elements`, `constraints.allowed_for_request`); a model conditioned on
+  chemical_system and not asked one is told each sample's set as its system.
+  Other properties not requested are unknown (NaN), which a model trained with
   `condition_dropout` takes as "any". A value outside a scalar condition's
   training range is `warn`ed with the range. Raises `errors.UserError`
   naming the property for a property the model was not trained on, or a
@@ -103,8 +107,9 @@ def request_conditions(config: model_lib.ModelConfig, requested: dict,
         f'--condition {unknown[0]}: the model is not conditioned on it; '
         + (f'its conditions are {list(known)}' if known else 'it was trained '
            'without conditions'))
-  if known and len(requested) < len(known) and not config.condition_dropout:
-    missing = [p for p in known if p not in requested]
+  told = set(requested) | ({'chemical_system'} if allowed_elements is not None else set())
+  missing = [p for p in known if p not in told]
+  if missing and not config.condition_dropout:
     raise errors.UserError(
         f'the model is conditioned on {list(known)} and was trained without '
         f'--condition_dropout, so it needs a value of each: give --condition '
@@ -112,6 +117,9 @@ def request_conditions(config: model_lib.ModelConfig, requested: dict,
   out = {}
   for prop, encoder, settings in config.conditions:
     value = requested.get(prop, np.nan)
+    if prop == 'chemical_system' and prop not in requested and allowed_elements is not None:
+      out[prop] = [properties_lib.element_set_of(numbers) for numbers in allowed_elements]
+      continue
     if prop in properties_lib.VECTOR_PROPERTIES:
       if prop in requested:
         try:
