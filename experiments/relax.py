@@ -62,6 +62,8 @@ flags.DEFINE_bool('paired', False, 'CSP: each sample was made for a row of '
                   'structure (energy difference, RMSD).')
 flags.DEFINE_integer('max_structures', 0, 'Relax the first N of each file (0: all).')
 flags.DEFINE_enum('potential', 'emt', sorted(relaxation.POTENTIALS), 'The potential.')
+flags.DEFINE_enum('device', 'cpu', list(relaxation.DEVICES), 'Where the potential '
+                  'runs (CHGNet; with cuda, fewer --workers than cores is usually best).')
 flags.DEFINE_float('fmax', 0.05, 'Force threshold of convergence (eV/A).')
 flags.DEFINE_integer('max_steps', 300, 'Optimizer steps at most per structure.')
 flags.DEFINE_enum('optimizer', 'FIRE', list(relaxation.OPTIMIZERS), "ASE's optimizer.")
@@ -163,7 +165,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   config = relaxation.RelaxConfig(
       potential=FLAGS.potential, fmax=FLAGS.fmax, max_steps=FLAGS.max_steps,
-      optimizer=FLAGS.optimizer, relax_cell=FLAGS.relax_cell)
+      optimizer=FLAGS.optimizer, relax_cell=FLAGS.relax_cell, device=FLAGS.device)
   config.validate()
   left = outputs.partial(FLAGS.out)
   if left is not None and not (FLAGS.resume or FLAGS.overwrite):

@@ -1,6 +1,8 @@
 """Relaxation through ASE (issue 36), with ASE's EMT potential: energies go
 down, the RMSD is the displacement, each failure has its reason, and a
-killed run's journal is continued, not redone."""
+killed run's journal is continued, not redone. Then CHGNet, the universal
+potential of the measurements: symmetry restored, PBE's lattice constant,
+its own energies, worker processes, and a GPU asked of a machine without."""
 
 import json
 import subprocess
@@ -166,3 +168,55 @@ def test_pairs_compare_each_relaxed_sample_with_its_true_structure():
   assert other['energy_difference'] > 0.01  # EMT's bcc Cu lies above its fcc
   assert report['within_10_mev'] == 0.5 and report['compared'] == 2
   assert 'within 10 meV/atom | 50.0%' in relaxation.pairs_table(report)
+
+
+# ----------------------------------------------------------------------------
+# CHGNet (the [relax] extra, which the README's test command installs): the
+# universal potential the measurements use, run here on the CPU.
+
+def _magnesia(a=4.35, rattle=0.05, seed=0):
+  atoms = bulk('MgO', 'rocksalt', a=a, cubic=True)
+  atoms.positions += np.random.default_rng(seed).normal(0, rattle, atoms.positions.shape)
+  return atoms
+
+
+def test_chgnet_relaxes_rattled_rock_salt_back_to_its_cubic_cell():
+  config = relaxation.RelaxConfig(potential='chgnet', fmax=0.02)
+  atoms = _magnesia()
+  relaxed, record = relaxation.relax_structure(atoms, config, config.calculator())
+  assert record['converged'] and not record['failure'], record
+  assert record['energy_after'] < record['energy_before']
+  assert record['space_group_before'] != 225 and record['space_group_after'] == 225
+  # CHGNet learned PBE, whose MgO is about 4.25 A (experiment 4.21)
+  a, b, c, *_ = relaxed.cell.cellpar()
+  assert 4.18 < a < 4.32 and a == pytest.approx(b, abs=0.01) == pytest.approx(c, abs=0.01)
+  # the record's energy is CHGNet's own prediction of the relaxed structure
+  from chgnet.model import CHGNet
+  from pymatgen.io.ase import AseAtomsAdaptor
+  direct = CHGNet.load(verbose=False).predict_structure(
+      AseAtomsAdaptor.get_structure(relaxed), task='e')['e']
+  assert record['energy_after'] == pytest.approx(float(direct), abs=2e-3)
+
+
+def test_chgnet_in_worker_processes_from_the_command_line(tmp_path):
+  samples = [_magnesia(rattle=0.03), _magnesia(a=4.15, rattle=0.06, seed=1)]
+  ase.io.write(tmp_path / 's.extxyz', samples)
+  res = subprocess.run(
+      [sys.executable, str(ROOT / 'experiments' / 'relax.py'), f'--samples={tmp_path / "s.extxyz"}',
+       '--potential=chgnet', '--workers=2', '--noprogress', '--noelemental_references',
+       f'--out={tmp_path / "out"}'], capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert res.returncode == 0, res.stderr[-2000:]
+  records = [json.loads(line) for line in (tmp_path / 'out' / 'relax.jsonl').open()]
+  assert sorted(r['index'] for r in records) == [0, 1]
+  assert all(r['converged'] and r['space_group_after'] == 225 for r in records)
+  # both relax to one minimum, whatever cell they started from
+  energies = [r['energy_after'] for r in records]
+  assert energies[0] == pytest.approx(energies[1], abs=2e-3)
+  import torch
+  if not torch.cuda.is_available():
+    res = subprocess.run(
+        [sys.executable, str(ROOT / 'experiments' / 'relax.py'), f'--samples={tmp_path / "s.extxyz"}',
+         '--potential=chgnet', '--device=cuda', '--noprogress', f'--out={tmp_path / "gpu"}'],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and 'torch sees no GPU' in lines[0], res.stderr

@@ -48,12 +48,14 @@ from jaxcrystal import errors
 from jaxcrystal.evaluation import validation
 
 
-def _emt():
+def _emt(device: str = 'cpu'):
+  if device != 'cpu':
+    raise errors.UserError(f'--device {device}: EMT runs on the CPU only')
   from ase.calculators.emt import EMT
   return EMT()
 
 
-def _chgnet():
+def _chgnet(device: str = 'cpu'):
   try:
     from chgnet.model.dynamics import CHGNetCalculator
   except ImportError:
@@ -63,10 +65,12 @@ def _chgnet():
   torch.set_num_threads(1)  # one worker process per core
   with warnings.catch_warnings():
     warnings.simplefilter('ignore')
-    return CHGNetCalculator(use_device='cpu')
+    return CHGNetCalculator(use_device=device)
 
 
+# name -> factory(device: 'cpu' | 'cuda') -> an ASE calculator
 POTENTIALS: dict[str, Callable] = {'emt': _emt, 'chgnet': _chgnet}
+DEVICES = ('cpu', 'cuda')
 OPTIMIZERS = ('FIRE', 'BFGS')
 
 
@@ -83,6 +87,7 @@ class RelaxConfig:
     max_volume_ratio: a volume change by more than this factor (either way)
       is an explosion.
     merge_distance: atoms closer than this after relaxing (A) have merged.
+    device: where the potential runs, 'cpu' or 'cuda' (CHGNet only).
   """
   potential: str = 'emt'
   fmax: float = 0.05
@@ -91,11 +96,27 @@ class RelaxConfig:
   relax_cell: bool = True
   max_volume_ratio: float = 3.0
   merge_distance: float = 0.5
+  device: str = 'cpu'
+
+  def calculator(self):
+    """A new ASE calculator of `potential` on `device`."""
+    return POTENTIALS[self.potential](self.device)
 
   def validate(self) -> None:
     if self.potential not in POTENTIALS:
       raise errors.UserError(f'--potential {self.potential}: choose one of '
                              f'{sorted(POTENTIALS)}')
+    if self.device not in DEVICES:
+      raise errors.UserError(f'--device {self.device}: choose one of {DEVICES}')
+    if self.device == 'cuda':
+      try:
+        import torch
+        seen = torch.cuda.is_available()
+      except ImportError:
+        seen = False
+      if not seen:
+        raise errors.UserError('--device cuda: torch sees no GPU here (no torch, a CPU '
+                               'build of it, or no driver); use --device cpu')
     if self.optimizer not in OPTIMIZERS:
       raise errors.UserError(f'--optimizer {self.optimizer}: choose one of {OPTIMIZERS}')
     if not (self.fmax > 0 and self.max_steps >= 1 and self.max_volume_ratio > 1
@@ -183,7 +204,7 @@ _WORKER: dict = {}
 def _init_worker(config: RelaxConfig) -> None:
   os.environ.setdefault('OMP_NUM_THREADS', '1')
   _WORKER['config'] = config
-  _WORKER['calculator'] = POTENTIALS[config.potential]()
+  _WORKER['calculator'] = config.calculator()
 
 
 def _relax_job(job):
@@ -243,6 +264,7 @@ def relax_all(structures: Sequence[ase.Atoms], config: RelaxConfig, journal: str
         for job in todo:
           keep(*_relax_job(job))
       else:
+        config.calculator()  # a potential that cannot load fails here, in one line
         context = multiprocessing.get_context('spawn')
         with context.Pool(workers, initializer=_init_worker, initargs=(config,)) as pool:
           for result in pool.imap_unordered(_relax_job, todo):

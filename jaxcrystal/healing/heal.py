@@ -185,8 +185,7 @@ def _relax_check(damaged: ase.Atoms, healed: ase.Atoms, ideal: ase.Atoms) -> dic
   from jaxcrystal.evaluation import relaxation
   config = relaxation.RelaxConfig(potential='emt', relax_cell=False, fmax=0.01,
                                   max_steps=2000)
-  relaxed, record = relaxation.relax_structure(damaged, config,
-                                               relaxation.POTENTIALS['emt']())
+  relaxed, record = relaxation.relax_structure(damaged, config, config.calculator())
   out = dict(potential='emt', fmax=config.fmax, converged=record['converged'],
              steps=record['steps'], failure=record['failure'])
   if not record['failure']:
