@@ -39,6 +39,7 @@ from jaxcrystal.evaluation import evaluate as evaluation
 from jaxcrystal.evaluation import validation
 from jaxcrystal.generative import request
 from jaxcrystal.generative import train
+from jaxcrystal.geometry import spacegroup
 from jaxcrystal.training import checkpoints
 from jaxcrystal.training import state as state_lib
 
@@ -459,7 +460,7 @@ def test_json_is_strict_and_files_follow_the_umask(tmp_path):
 def test_library_chatter_is_counted_not_shown(capfd):
   """spglib prints straight to file descriptor 2 from C; it is counted."""
   lines = []
-  with validation.capture_c_stderr(lines):
+  with spacegroup.capture_c_stderr(lines):
     os.write(2, b'spglib: ssm_get_exact_positions failed.\n')
     os.write(2, b'spglib: ssm_get_exact_positions failed.\n')
     os.write(2, b'something else\n')

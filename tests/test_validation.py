@@ -4,6 +4,7 @@ from ase import Atoms
 from ase.build import bulk
 
 from jaxcrystal.evaluation import validation
+from jaxcrystal.geometry import spacegroup
 
 
 def test_space_groups_of_prototypes_and_absurd_cells():
@@ -21,12 +22,12 @@ def test_space_groups_of_prototypes_and_absurd_cells():
 
 
 def test_absurd_cell_flags_only_cells_no_crystal_has():
-  assert not validation.absurd_cell(bulk('Al', 'fcc', a=4.05).cell[:])
-  assert not validation.absurd_cell(np.diag([3.0, 3.0, 900.0]))  # a slab's vacuum
-  assert validation.absurd_cell(np.diag([3.0, 3.0, 1500.0]))
+  assert not spacegroup.absurd_cell(bulk('Al', 'fcc', a=4.05).cell[:])
+  assert not spacegroup.absurd_cell(np.diag([3.0, 3.0, 900.0]))  # a slab's vacuum
+  assert spacegroup.absurd_cell(np.diag([3.0, 3.0, 1500.0]))
   flat = np.array([[5.0, 0, 0], [0, 5.0, 0], [5.0, 5.0, 1e-4]])
-  assert validation.absurd_cell(flat)
-  assert validation.absurd_cell(np.full((3, 3), np.nan))
+  assert spacegroup.absurd_cell(flat)
+  assert spacegroup.absurd_cell(np.full((3, 3), np.nan))
 
 
 def test_summary_arrays_of_a_batch():

@@ -18,6 +18,8 @@ import ase
 import ase.data
 import numpy as np
 
+from jaxcrystal.geometry import spacegroup
+
 NUM_ELEMENTS = 100  # type classes of the models: atomic numbers 1..100
 
 
@@ -57,16 +59,7 @@ SPACE_GROUP_SYMPREC = 0.1
 def space_group_number(atoms: ase.Atoms, symprec: float = SPACE_GROUP_SYMPREC) -> float:
   """International space group number (1..230) spglib finds within
   `symprec` Angstrom; NaN (unknown) where it finds none."""
-  import warnings
-  import spglib
-  cell = (np.asarray(atoms.cell[:], float), atoms.get_scaled_positions(wrap=True),
-          atoms.numbers)
-  try:
-    with warnings.catch_warnings():
-      warnings.simplefilter('ignore', DeprecationWarning)
-      dataset = spglib.get_symmetry_dataset(cell, symprec=symprec)
-  except Exception:  # spglib raises on degenerate cells in recent versions
-    dataset = None
+  dataset = spacegroup.symmetry_dataset(atoms, symprec)
   return float(dataset.number) if dataset is not None else float('nan')
 
 

@@ -44,6 +44,7 @@ from scipy.stats import wasserstein_distance
 from tqdm.auto import tqdm
 
 from jaxcrystal.evaluation import validation
+from jaxcrystal.geometry import spacegroup
 
 MATCHER_KWARGS = dict(stol=0.5, angle_tol=10, ltol=0.3)
 # (structure, composition) fingerprint-distance cutoffs of COV, as CDVAE/DiffCSP.
@@ -123,10 +124,10 @@ def _pool_map(fn: Callable, items: Sequence, workers: int, desc: str,
 
 def _rms_of_pair(pair) -> float:
   """Normalised RMS of a (prediction, target) pair; NaN when not matched.
-  An absurd predicted cell (validation.absurd_cell) is a miss without asking
+  An absurd predicted cell (spacegroup.absurd_cell) is a miss without asking
   pymatgen, whose Niggli reduction can run for minutes on one."""
   pred, target = pair
-  if validation.absurd_cell(pred.cell[:]):
+  if spacegroup.absurd_cell(pred.cell[:]):
     return math.nan
   from pymatgen.analysis.structure_matcher import StructureMatcher
   matcher = StructureMatcher(**MATCHER_KWARGS)
@@ -397,7 +398,7 @@ def dng_metrics(generated: Sequence[ase.Atoms], reference: Sequence[ase.Atoms],
     out['wdist_num_elements'] = float(wasserstein_distance(
         [len(set(a.numbers)) for a in valid_structs],
         [len(set(a.numbers)) for a in reference]))
-  gen_usable = [a if struct_ok[i] and not validation.absurd_cell(a.cell[:]) else None
+  gen_usable = [a if struct_ok[i] and not spacegroup.absurd_cell(a.cell[:]) else None
                 for i, a in enumerate(generated)]
   gen_fps = _pool_map(_fingerprints_or_none, gen_usable, workers,
                       'fingerprints (generated)', progress)

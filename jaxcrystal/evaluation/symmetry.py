@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from jaxcrystal.data import io as io_lib
 from jaxcrystal.evaluation import validation
+from jaxcrystal.geometry import spacegroup
 from jaxcrystal.plotting import plots
 
 # Tolerances (Angstrom) `--symmetrize` accepts: below, spglib finds nothing
@@ -39,20 +40,18 @@ def symmetrize(atoms: ase.Atoms, symprec: float) -> tuple[ase.Atoms | None, int]
   degenerate cell). The refined cell may hold fewer atoms than a sample
   that is a supercell of it."""
   import spglib
-  if validation.absurd_cell(atoms.cell[:]) or not len(atoms):
+  dataset = spacegroup.symmetry_dataset(atoms, symprec)
+  if dataset is None:
     return None, 0
-  cell = (np.asarray(atoms.cell[:], float), atoms.get_scaled_positions(wrap=True),
-          atoms.numbers)
   try:
     with warnings.catch_warnings():
       warnings.simplefilter('ignore', DeprecationWarning)
-      with validation.capture_c_stderr([]):
-        dataset = spglib.get_symmetry_dataset(cell, symprec=symprec)
-        refined = spglib.standardize_cell(cell, to_primitive=True, no_idealize=False,
-                                          symprec=symprec)
+      with spacegroup.capture_c_stderr([]):
+        refined = spglib.standardize_cell(spacegroup.spglib_cell(atoms), to_primitive=True,
+                                          no_idealize=False, symprec=symprec)
   except Exception:  # spglib raises on degenerate cells in recent versions
     return None, 0
-  if dataset is None or refined is None:
+  if refined is None:
     return None, 0
   lattice, frac, numbers = refined
   out = ase.Atoms(numbers=numbers, cell=lattice, scaled_positions=frac, pbc=True)

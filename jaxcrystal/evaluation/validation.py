@@ -5,17 +5,13 @@ the per-structure fields written to `.npz` and JSON summaries.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
-import sys
-import tempfile
-import warnings
 
 import ase
 import numpy as np
 
 from jaxcrystal import errors
+from jaxcrystal.geometry import spacegroup
 
 # 1 atomic mass unit per Angstrom^3 in g/cm^3.
 AMU_PER_A3_TO_G_PER_CM3 = 1.66053906660
@@ -24,7 +20,6 @@ DEFAULT_MIN_DISTANCE = 0.5  # Angstrom, the field's structural-validity cutoff
 DEFAULT_MIN_VOLUME = 1e-3   # Angstrom^3; anything smaller is a degenerate cell
 MAX_CELL_EDGE = 100.0       # Angstrom; longer: a unit error or vacuum, not a bulk crystal
 MAX_IMAGES = 20000          # image budget of one coordination count
-MAX_SYMMETRY_LENGTH = 1000.0  # Angstrom; longer lattice vectors get no space group
 
 
 class StructureError(errors.UserError, ValueError):
@@ -172,71 +167,13 @@ def _safe_mean_coordination(atoms, shell_tolerance, reason) -> float:
     return float('nan')
 
 
-def absurd_cell(lattice) -> bool:
-  """True for a cell no crystal has: non-finite, a lattice vector longer than
-  MAX_SYMMETRY_LENGTH Angstrom, or nearly flat (volume under 1e-3 of the
-  product of the edge lengths). Failed samples produce these, and spglib and
-  pymatgen's Niggli reduction crash or run for minutes on them.
-
-  lattice: [3, 3] rows are lattice vectors, Angstrom.
-  """
-  lattice = np.asarray(lattice, float)
-  if lattice.shape != (3, 3) or not np.all(np.isfinite(lattice)):
-    return True
-  lengths = np.linalg.norm(lattice, axis=1)
-  return bool(lengths.max() > MAX_SYMMETRY_LENGTH or
-              abs(np.linalg.det(lattice)) < 1e-3 * np.prod(lengths))
-
-
-@contextlib.contextmanager
-def capture_c_stderr(lines: list):
-  """Capture what C code writes to file descriptor 2 into `lines`.
-
-  spglib prints warnings such as 'spglib: ssm_get_exact_positions failed.'
-  straight to fd 2 when it cannot refine a sample's symmetry; `space_group`
-  already reports that case as (0, ''), so the lines are counted instead of
-  shown. Lines from anything else are passed on to stderr.
-  """
-  sys.stderr.flush()
-  saved = os.dup(2)
-  try:
-    with tempfile.TemporaryFile() as tmp:
-      os.dup2(tmp.fileno(), 2)
-      try:
-        yield
-      finally:
-        os.dup2(saved, 2)
-        tmp.seek(0)
-        text = tmp.read().decode(errors='replace')
-    for line in text.splitlines():
-      if line.startswith('spglib'):
-        lines.append(line)
-      elif line.strip():
-        print(line, file=sys.stderr)
-  finally:
-    os.close(saved)
-
-
 def space_group(atoms: ase.Atoms, symprec: float = 0.1,
                 messages: list | None = None) -> tuple[int, str]:
   """(international number, Hermann-Mauguin symbol) by spglib with tolerance
   `symprec` Angstrom (0.1, as CDVAE/DiffCSP analyses); (0, '') when spglib
   finds none, as for an overlapping or degenerate sample. What spglib prints
   on the way is appended to `messages` instead of the terminal."""
-  import spglib
-  # spglib can crash (not raise) on absurd cells such as an untrained model's
-  # 1e5 A needles; symmetry is meaningless there anyway.
-  if absurd_cell(atoms.cell[:]):
-    return 0, ''
-  lattice = np.asarray(atoms.cell[:], float)
-  cell = (lattice, atoms.get_scaled_positions(wrap=True), atoms.numbers)
-  try:
-    with warnings.catch_warnings():  # spglib's deprecation notice, per call
-      warnings.simplefilter('ignore', DeprecationWarning)
-      with capture_c_stderr(messages if messages is not None else []):
-        dataset = spglib.get_symmetry_dataset(cell, symprec=symprec)
-  except Exception:  # spglib raises on degenerate cells in recent versions
-    dataset = None
+  dataset = spacegroup.symmetry_dataset(atoms, symprec, messages)
   if dataset is None:
     return 0, ''
   return int(dataset.number), str(dataset.international)

@@ -32,6 +32,7 @@ import numpy as np
 
 from jaxcrystal.evaluation import metrics
 from jaxcrystal.evaluation import validation
+from jaxcrystal.geometry import spacegroup
 
 # the 27 neighbouring cells: pairs closer than the threshold lie within them
 # when the threshold is under half the cell's smallest height (checked).
@@ -169,7 +170,7 @@ def _usable(atoms: ase.Atoms, threshold: float) -> bool:
   cell = np.asarray(atoms.cell[:], float)
   if not len(atoms) or not np.isfinite(cell).all() or not np.isfinite(atoms.positions).all():
     return False
-  if validation.absurd_cell(cell) or abs(np.linalg.det(cell)) < 1e-6:
+  if spacegroup.absurd_cell(cell) or abs(np.linalg.det(cell)) < 1e-6:
     return False
   heights = abs(np.linalg.det(cell)) / np.linalg.norm(
       np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
