@@ -73,6 +73,7 @@ LONG_TESTS = (
     'tests/test_train.py::test_compiled_programs_loaded_from_the_cache_train_the_same',
     'tests/test_constraints.py::test_untrained_models_sample_within_the_elements',
     'tests/test_fuzz_scripts.py::',
+    'tests/test_relaxation.py::test_chgnet_in_worker_processes_from_the_command_line',
 )
 
 
