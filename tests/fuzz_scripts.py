@@ -98,7 +98,9 @@ def main() -> None:
   from jaxcrystal.evaluation import evaluate as evaluation
   from jaxcrystal.generators import dataset_factory
   from jaxcrystal import healing
+  from jaxcrystal.evaluation import relaxation
   jax.jit = _stub
+  relaxation.relax_all = _stub
   evaluation.evaluate_csp = evaluation.evaluate_dng = _stub
   dataset_factory.generate = _stub
   healing.vacancy_experiment = _stub

@@ -47,6 +47,8 @@ BASES = {
                           '--regressor.num_layers=1', '--noprogress'],
     'generate_structures.py': ['--out={out}', '--num_samples=3', '--workers=1',
                                '--noprogress'],
+    'relax.py': ['--samples=good.extxyz', '--reference=good.extxyz', '--workers=1',
+                 '--max_steps=5', '--out={out}', '--noprogress'],
 }
 
 
