@@ -172,6 +172,11 @@ def main(argv):
     raise errors.OutputExistsError(
         f'--out {FLAGS.out}: a run that did not finish left its results in {left}; '
         'pass --resume to continue it, or --overwrite to start afresh')
+  if (FLAGS.resume and left is None and not FLAGS.overwrite and os.path.isdir(FLAGS.out)
+      and any(name != outputs.LOCK for name in os.listdir(FLAGS.out))):
+    raise errors.OutputExistsError(
+        f'--out {FLAGS.out}: that run finished, so there is nothing to resume; '
+        'relax more structures into another folder, or pass --overwrite to start afresh')
   sets = {'generated': _read(FLAGS.samples)}
   if FLAGS.reference:
     sets['reference'] = _read(FLAGS.reference)

@@ -124,6 +124,9 @@ def test_relax_cli_end_to_end_and_its_refusal_of_a_left_run(tmp_path):
   assert len(ase.io.read(tmp_path / 'out' / 'relaxed.extxyz', ':')) == 2
   for name in ('energy.png', 'rmsd.png'):
     assert (tmp_path / 'out' / name).stat().st_size > 1000
+  res = run(f'--samples={tmp_path / "s.extxyz"}', f'--out={tmp_path / "out"}', '--resume')
+  lines = res.stderr.strip().splitlines()
+  assert res.returncode == 2 and len(lines) == 1 and 'nothing to resume' in lines[0], res.stderr
   (tmp_path / '.left.partial').mkdir()
   (tmp_path / '.left.partial' / outputs.MARKER).write_text('x')
   res = run(f'--samples={tmp_path / "s.extxyz"}', f'--out={tmp_path / "left"}')
