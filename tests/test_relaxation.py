@@ -135,6 +135,20 @@ def test_relax_cli_end_to_end_and_its_refusal_of_a_left_run(tmp_path):
   assert 'pass --resume to continue it, or --overwrite to start afresh' in lines[0]
 
 
+def test_worker_processes_start_with_one_thread_per_library(monkeypatch):
+  # Two workers with the default pools (a thread per core each) ran CHGNet
+  # 3.5 times slower per step than one process: each worker starts with one.
+  import multiprocessing
+  import os
+  monkeypatch.setenv('OPENBLAS_NUM_THREADS', '8')
+  monkeypatch.delenv('MKL_NUM_THREADS', raising=False)
+  with relaxation._one_thread_children():
+    with multiprocessing.get_context('spawn').Pool(1) as pool:
+      seen = pool.map(os.getenv, ['OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'])
+  assert seen == ['1', '1', '1']
+  assert os.environ['OPENBLAS_NUM_THREADS'] == '8' and 'MKL_NUM_THREADS' not in os.environ
+
+
 def test_energy_above_the_hull_and_the_sun_rate():
   from jaxcrystal.evaluation import stability
   from jaxcrystal.evaluation import validation

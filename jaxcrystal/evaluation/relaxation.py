@@ -30,6 +30,7 @@ finishes, so a killed run continues where it stopped (`resume`).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -201,8 +202,31 @@ def relax_structure(atoms: ase.Atoms, config: RelaxConfig, calculator) -> tuple[
 _WORKER: dict = {}
 
 
+# Thread pools of the numerical libraries, one thread each in a worker: a
+# spawned worker reads these when it imports numpy and torch, before the
+# initializer runs. Two workers on two cores with the default pools (one
+# thread per core each, spinning) ran CHGNet 3.5 times slower per step than
+# one process alone.
+_ONE_THREAD = {name: '1' for name in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS',
+                                      'MKL_NUM_THREADS')}
+
+
+@contextlib.contextmanager
+def _one_thread_children():
+  """The environment of processes started inside: `_ONE_THREAD` set."""
+  saved = {name: os.environ.get(name) for name in _ONE_THREAD}
+  os.environ.update(_ONE_THREAD)
+  try:
+    yield
+  finally:
+    for name, value in saved.items():
+      if value is None:
+        os.environ.pop(name, None)
+      else:
+        os.environ[name] = value
+
+
 def _init_worker(config: RelaxConfig) -> None:
-  os.environ.setdefault('OMP_NUM_THREADS', '1')
   _WORKER['config'] = config
   _WORKER['calculator'] = config.calculator()
 
@@ -266,7 +290,8 @@ def relax_all(structures: Sequence[ase.Atoms], config: RelaxConfig, journal: str
       else:
         config.calculator()  # a potential that cannot load fails here, in one line
         context = multiprocessing.get_context('spawn')
-        with context.Pool(workers, initializer=_init_worker, initargs=(config,)) as pool:
+        with _one_thread_children(), context.Pool(
+            workers, initializer=_init_worker, initargs=(config,)) as pool:
           for result in pool.imap_unordered(_relax_job, todo):
             keep(*result)
   order = sorted(done)
