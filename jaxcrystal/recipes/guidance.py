@@ -18,7 +18,6 @@ from jaxcrystal import errors
 from jaxcrystal.data import properties as properties_lib
 from jaxcrystal.evaluation import evaluate
 from jaxcrystal.evaluation import metrics
-from jaxcrystal.geometry import spacegroup
 from jaxcrystal.generative import generate
 from jaxcrystal.generative import request
 from jaxcrystal.plotting import plots
@@ -34,9 +33,8 @@ def derived_scorer(prop: str) -> Callable[[Sequence[ase.Atoms]], np.ndarray]:
         f'{prop!r} is not a number computed from the structure; give a predictor '
         f'(one of {sorted(set(properties_lib.DERIVED_PROPERTIES) - set(properties_lib.VECTOR_PROPERTIES))} '
         'needs none)')
-  def score(samples):
-    with spacegroup.capture_c_stderr([]):  # spglib's C messages on broken samples
-      return properties_lib.property_values(samples, (prop,))[prop]
+  def score(samples):  # spacegroup.symmetry_dataset counts spglib's C messages itself
+    return properties_lib.property_values(samples, (prop,))[prop]
   return score
 
 
