@@ -63,7 +63,7 @@ def _chgnet(device: str = 'cpu'):
     raise errors.UserError("--potential chgnet needs CHGNet: pip install -e '.[relax]'"
                            ) from None
   import torch
-  torch.set_num_threads(1)  # one worker process per core
+  torch.set_num_threads(1)  # one thread: one worker (or the single process) per core
   with warnings.catch_warnings():
     warnings.simplefilter('ignore')
     return CHGNetCalculator(use_device=device)
