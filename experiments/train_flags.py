@@ -13,6 +13,7 @@ from jaxcrystal import cli
 from jaxcrystal import config_flags
 from jaxcrystal import errors
 from jaxcrystal.generative import model as model_lib
+from jaxcrystal.generative import model_file
 from jaxcrystal.generative import train
 
 FLAGS = flags.FLAGS
@@ -45,6 +46,9 @@ flags.register_validator('cache_dir', lambda v: not v or not os.path.isfile(v),
                          message='--cache_dir must be a folder, not a file')
 flags.register_validator('workdir', lambda v: not v or not os.path.isfile(v),
                          message='--workdir must be a folder, not a file')
+flags.register_validator(
+    'init_from', lambda v: not v or os.path.isdir(v) or model_file.resolve(v) is not None,
+    message='--init_from must be a model file (pretrained/NAME) or a run directory')
 for _name in ('train_data', 'val_data'):
   flags.register_validator(
       _name, lambda v: v in ('', 'builtin') or os.path.isfile(v),

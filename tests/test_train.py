@@ -553,3 +553,53 @@ def test_every_training_flag_file_composes_into_a_valid_config():
   assert big['model']['network']['settings']['hidden'] == 512
   assert (big['max_atoms'], big['optim']['schedule'], big['loss_weights']['types']) == \
       (24, 'plateau', 20.0)
+
+
+def test_init_from_copies_the_source_and_initialises_only_the_new_condition(tmp_path):
+  """Fine-tuning (`init_from`): an unconditional run's EMA parameters start
+  a model conditioned on chemical_system; every source parameter arrives
+  unchanged, the condition's embedding keeps its fresh initialisation, the
+  EMA starts equal to the parameters, and a network of another size is
+  refused naming a parameter."""
+  from jaxcrystal import errors
+  from jaxcrystal.generative import model as model_lib
+  from jaxcrystal.generative import train as train_lib
+  from jaxcrystal.training import warm_start
+  tiny = model_lib.ModelConfig(task='dng_flow', num_steps=10).with_network(
+      hidden=8, num_layers=1, num_freqs=2, time_dim=4)
+  source = train_lib.TrainConfig(model=tiny, batch_size=4, num_buckets=1, train_steps=3,
+                                 progress=False)
+  train_lib.train_and_evaluate(source, tmp_path / 'a', log=lambda *_: None)
+  _, source_params, _, _ = generate.load_run(tmp_path / 'a')
+  conditioned = dataclasses.replace(source, model=dataclasses.replace(
+      tiny.with_condition('chemical_system', 'element_set'), condition_dropout=0.1))
+  t = train_lib.build_training(conditioned, log=lambda *_: None)
+  said = []
+  state = train_lib.warm_started(t.state, str(tmp_path / 'a'), log=said.append)
+  flat = lambda tree: {jax.tree_util.keystr(k): np.asarray(v) for k, v in
+                       jax.tree_util.tree_flatten_with_path(tree)[0]}
+  got, fresh, src = flat(state.params), flat(t.state.params), flat(source_params)
+  new = sorted(set(got) - set(src))
+  assert new and all('condition' in path for path in new), new
+  for path, value in src.items():
+    np.testing.assert_array_equal(got[path], value)
+  for path in new:
+    np.testing.assert_array_equal(got[path], fresh[path])
+  assert any(not np.array_equal(fresh[p], src[p]) for p in src)  # the copy did something
+  for path, value in flat(state.ema_params).items():
+    np.testing.assert_array_equal(value, got[path])
+  assert int(state.step) == 0
+  assert said and f'{len(src)} parameter arrays copied, {len(new)} new' in said[0]
+  # It trains from there, and the run records where it started.
+  train_lib.train_and_evaluate(dataclasses.replace(
+      conditioned, init_from=str(tmp_path / 'a'), train_steps=2), tmp_path / 'b',
+      log=lambda *_: None)
+  assert json.loads((tmp_path / 'b' / 'config.json').read_text())['init_from'] == str(
+      tmp_path / 'a')
+  wider = train_lib.build_training(dataclasses.replace(source, model=tiny.with_network(
+      hidden=16, num_layers=1, num_freqs=2, time_dim=4)), log=lambda *_: None)
+  with pytest.raises(errors.UserError, match=r"^--init_from .*/a: parameter .* is \[.*\] "
+                     r"there and \[.*\] here \(another network size\?\)$"):
+    train_lib.warm_started(wider.state, str(tmp_path / 'a'), log=lambda *_: None)
+  with pytest.raises(errors.UserError, match=r"has no place in this model"):
+    warm_start.transplant({'extra': np.zeros(2)}, {'w': np.zeros(2)}, 'x')

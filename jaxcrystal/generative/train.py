@@ -31,6 +31,7 @@ from jaxcrystal.geometry import neighbors
 from jaxcrystal.training import loop as loop_lib
 from jaxcrystal.training import sharding
 from jaxcrystal.training import state as state_lib
+from jaxcrystal.training import warm_start
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +66,12 @@ class TrainConfig:
     monitor_sample_steps: sampler steps of the checks (0: the run's sampler's).
     monitor_patience: stop after this many checks without a better quality
       (0: never stop early).
+    init_from: a model file (`pretrained/NAME`) or run directory whose (EMA,
+      best) parameters start this run: fine-tuning, e.g. a pretrained
+      unconditional model taught a condition ('' = fresh initialisation).
+      Parameters the source lacks (the condition's embedding) keep their
+      initialisation; a source parameter with no place here, or another
+      shape, is refused (`training/warm_start.py`).
   """
   model: model_lib.ModelConfig = model_lib.ModelConfig()
   optim: state_lib.OptimConfig = state_lib.OptimConfig()
@@ -89,6 +96,7 @@ class TrainConfig:
   monitor_samples: int = 256
   monitor_sample_steps: int = 0
   monitor_patience: int = 0
+  init_from: str = ''
 
   def validate(self) -> None:
     """Raises `errors.ConfigError` naming the first bad field."""
@@ -361,6 +369,21 @@ def build_training(config: TrainConfig, log: Callable = print) -> Training:
       train_structures=train_structures, reports=reports, val_structures=val_structures)
 
 
+def warm_started(state: state_lib.TrainState, source: str,
+                 log: Callable = print) -> state_lib.TrainState:
+  """A fresh `state` whose parameters and EMA start from `source`'s (a
+  model file or run directory: its best EMA parameters), where they fit
+  (`warm_start.transplant`); step, optimizer moments and PRNG stay fresh."""
+  from jaxcrystal.generative import generate  # generate imports this module
+  _, params, _, step = generate.load_run(source)
+  merged, taken, new = warm_start.transplant(params, jax.device_get(state.params), source)
+  log(f'init_from {source} (step {step}): {taken} parameter arrays copied, '
+      f'{len(new)} new ones initialised afresh{": " + ", ".join(new[:4]) if new else ""}'
+      f'{" ..." if len(new) > 4 else ""}')
+  return dataclasses.replace(state, params=merged,
+                             ema_params=jax.tree_util.tree_map(jax.numpy.copy, merged))
+
+
 def train_and_evaluate(config: TrainConfig, workdir: str | Path,
                        resume: bool = False, log: Callable = print,
                        overwrite: bool = False,
@@ -381,6 +404,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str | Path,
   loop_lib.check_workdir(workdir, resume, overwrite, inputs)  # before any work
   t = build_training(config, log)
   config = t.config  # conditions fitted to the training data
+  if config.init_from and not resume:  # a resumed run restores its own parameters
+    t = dataclasses.replace(t, state=warm_started(t.state, config.init_from, log))
   evaluate_fn = None
   if t.val_set is not None:
     evaluate_fn = lambda params, step: evaluate(
