@@ -167,16 +167,7 @@ def main(argv):
       potential=FLAGS.potential, fmax=FLAGS.fmax, max_steps=FLAGS.max_steps,
       optimizer=FLAGS.optimizer, relax_cell=FLAGS.relax_cell, device=FLAGS.device)
   config.validate()
-  left = outputs.partial(FLAGS.out)
-  if left is not None and not (FLAGS.resume or FLAGS.overwrite):
-    raise errors.OutputExistsError(
-        f'--out {FLAGS.out}: a run that did not finish left its results in {left}; '
-        'pass --resume to continue it, or --overwrite to start afresh')
-  if (FLAGS.resume and left is None and not FLAGS.overwrite and os.path.isdir(FLAGS.out)
-      and any(name != outputs.LOCK for name in os.listdir(FLAGS.out))):
-    raise errors.OutputExistsError(
-        f'--out {FLAGS.out}: that run finished, so there is nothing to resume; '
-        'relax more structures into another folder, or pass --overwrite to start afresh')
+  outputs.check_resume(FLAGS.out, FLAGS.resume, FLAGS.overwrite)  # before any work
   sets = {'generated': _read(FLAGS.samples)}
   if FLAGS.reference:
     sets['reference'] = _read(FLAGS.reference)

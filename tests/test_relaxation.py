@@ -99,9 +99,21 @@ def test_a_resumable_output_keeps_its_work_and_is_continued(tmp_path):
       raise KeyboardInterrupt
   left = outputs.partial(out)
   assert left is not None and (left / 'relax.jsonl').is_file() and not out.exists()
+  # Without --resume (or --overwrite) the killed run's work is not cleared.
+  with pytest.raises(errors.OutputExistsError, match=r'did not finish left its results in '
+                     r'.*pass --resume to continue it'):
+    with outputs.output_folder(out, kind='relaxation', resumable=True):
+      pass
+  assert (left / 'relax.jsonl').read_text() == '{"index": 0}\n'
   with outputs.output_folder(out, kind='relaxation', resumable=True, resume=True) as staging:
     assert (staging / 'relax.jsonl').read_text() == '{"index": 0}\n'
   assert (out / 'relax.jsonl').is_file() and outputs.partial(out) is None
+  # A finished run has nothing to resume: refused, not started again.
+  with pytest.raises(errors.OutputExistsError, match='that run finished, so there is '
+                     'nothing to resume'):
+    with outputs.output_folder(out, kind='relaxation', resumable=True, resume=True):
+      pass
+  assert (out / 'relax.jsonl').is_file()
 
 
 def test_relax_cli_end_to_end_and_its_refusal_of_a_left_run(tmp_path):
@@ -237,3 +249,19 @@ def test_chgnet_in_worker_processes_from_the_command_line(tmp_path):
         capture_output=True, text=True, timeout=300, cwd=ROOT)
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1 and 'torch sees no GPU' in lines[0], res.stderr
+
+
+def test_a_potential_that_cannot_load_in_the_workers_stops_the_run_in_one_error(
+    tmp_path, monkeypatch):
+  # CHGNet loads here, in the parent, but a broken install shadows it in
+  # the spawned workers (they import this one first): before, their failing
+  # initializer was respawned without end.
+  import chgnet.model.dynamics  # noqa: F401
+  (tmp_path / 'chgnet').mkdir()
+  (tmp_path / 'chgnet' / '__init__.py').write_text("raise ImportError('broken install')\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  config = relaxation.RelaxConfig(potential='chgnet')
+  with pytest.raises(errors.UserError, match=r"^--potential chgnet needs CHGNet"):
+    relaxation.relax_all([_rattled(0), _rattled(1)], config, tmp_path / 'j.jsonl',
+                         workers=2, progress=False)
+  assert not (tmp_path / 'j.jsonl').read_text()  # nothing relaxed, nothing recorded

@@ -290,6 +290,26 @@ def partial(path: str | os.PathLike) -> Path | None:
   return staging if (staging / MARKER).is_file() else None
 
 
+def check_resume(path: str | os.PathLike, resume: bool, overwrite: bool,
+                 flag: str = '--out') -> None:
+  """For a resumable output (`output_folder(..., resumable=True)`), before
+  any work: a killed run's journaled work is never cleared without
+  `overwrite` (its owner is told to pass --resume), and `resume` on a run
+  that finished (nothing to continue) is refused rather than treated as a
+  new run. `OutputExistsError`, one line, otherwise nothing."""
+  left = partial(path)
+  if left is not None and not (resume or overwrite):
+    raise errors.OutputExistsError(
+        f'{flag} {path}: a run that did not finish left its results in {left}; '
+        'pass --resume to continue it, or --overwrite to start afresh')
+  path = Path(path)
+  if (resume and left is None and not overwrite and path.is_dir()
+      and any(p.name != LOCK for p in path.iterdir())):
+    raise errors.OutputExistsError(
+        f'{flag} {path}: that run finished, so there is nothing to resume; write '
+        'into another folder, or pass --overwrite to start afresh')
+
+
 @contextlib.contextmanager
 def output_folder(path: str | os.PathLike, overwrite: bool = False,
                   flag: str = '--out', kind: str = 'output',
@@ -306,8 +326,11 @@ def output_folder(path: str | os.PathLike, overwrite: bool = False,
   `resumable`: for work written as it goes (e.g. one relaxation per line
   of a journal), the staging folder is kept on an exception or a kill
   (still marked incomplete), and a later call with `resume` continues in
-  it instead of clearing it.
+  it instead of clearing it (`check_resume` is applied: a killed run's work
+  is cleared only with `overwrite`).
   """
+  if resumable:
+    check_resume(path, resume, overwrite, flag)
   path = check_writable(path, overwrite, flag, kind, inputs)
   staging, lock = _claim_staging(path, flag, resume=resumable and resume)
   try:

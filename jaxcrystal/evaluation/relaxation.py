@@ -228,10 +228,17 @@ def _one_thread_children():
 
 def _init_worker(config: RelaxConfig) -> None:
   _WORKER['config'] = config
-  _WORKER['calculator'] = config.calculator()
+  try:
+    _WORKER['calculator'] = config.calculator()
+  except Exception as err:  # kept for the first job: a failing initializer respawns forever
+    _WORKER['error'] = err if isinstance(err, errors.UserError) else errors.UserError(
+        f'--potential {config.potential}: cannot load it: {type(err).__name__}: '
+        f'{str(err).splitlines()[0] if str(err) else ""}')
 
 
 def _relax_job(job):
+  if 'error' in _WORKER:  # the potential did not load: the run stops, in one line
+    raise _WORKER['error']
   index, atoms = job
   relaxed, record = relax_structure(atoms, _WORKER['config'], _WORKER['calculator'])
   return index, relaxed, record
@@ -288,7 +295,6 @@ def relax_all(structures: Sequence[ase.Atoms], config: RelaxConfig, journal: str
         for job in todo:
           keep(*_relax_job(job))
       else:
-        config.calculator()  # a potential that cannot load fails here, in one line
         context = multiprocessing.get_context('spawn')
         with _one_thread_children(), context.Pool(
             workers, initializer=_init_worker, initargs=(config,)) as pool:
