@@ -265,3 +265,15 @@ def test_a_potential_that_cannot_load_in_the_workers_stops_the_run_in_one_error(
     relaxation.relax_all([_rattled(0), _rattled(1)], config, tmp_path / 'j.jsonl',
                          workers=2, progress=False)
   assert not (tmp_path / 'j.jsonl').read_text()  # nothing relaxed, nothing recorded
+
+
+def test_chgnet_batched_predictions_equal_single_ones():
+  """The batching benchmark's rows (benchmark_relax_batching.py): batched
+  CHGNet energies and forces are the single-structure ones."""
+  from jaxcrystal.recipes import benchmarks
+  structures = [_magnesia(rattle=0.05, seed=s) for s in range(3)]
+  rows = benchmarks.chgnet_batch_timing(structures, [2, 3], repeats=1)
+  assert [r['batch_size'] for r in rows] == [1, 2, 3]
+  for r in rows:
+    assert r['seconds_per_structure'] > 0
+    assert r['max_energy_difference'] < 1e-4 and r['max_force_difference'] < 1e-4, r

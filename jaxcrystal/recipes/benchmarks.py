@@ -314,3 +314,39 @@ def paired_csp_benchmark(structures, data: str, peer_dir: str, python: str,
     print({k: v for k, v in row.items() if k not in ('jaxcrystal', 'diffcsp')}, flush=True)
     rows.append(row)
   return rows
+
+
+def chgnet_batch_timing(structures, batch_sizes, repeats: int = 2) -> list[dict]:
+  """CHGNet energy, forces and stress (one relaxation step's work) for
+  `structures` (ASE atoms) one at a time against batches of each size of
+  `batch_sizes`, on the CPU with one torch thread. Per size: seconds per
+  structure (best of `repeats`), the ratio to one at a time, and the
+  largest difference of the batched energies and forces from the single
+  ones (eV/atom, eV/A): batching must not change the numbers."""
+  import torch
+  from chgnet.model import CHGNet
+  from pymatgen.io.ase import AseAtomsAdaptor
+  torch.set_num_threads(1)
+  model = CHGNet.load(verbose=False)
+  graphs = [model.graph_converter(AseAtomsAdaptor.get_structure(a)) for a in structures]
+  single = [model.predict_graph(g, task='efs') for g in graphs]
+  one = best_time(lambda: [model.predict_graph(g, task='efs') for g in graphs],
+                  repeats) / len(graphs)
+  rows = [{'batch_size': 1, 'seconds_per_structure': one, 'speedup': 1.0,
+           'max_energy_difference': 0.0, 'max_force_difference': 0.0}]
+  for size in batch_sizes:
+    if size <= 1:
+      continue
+    chunks = [graphs[i:i + size] for i in range(0, len(graphs), size)]
+    def run():  # CHGNet answers a batch of one with a dict, not a list
+      outs = [model.predict_graph(c, task='efs', batch_size=size) for c in chunks]
+      return [o for out in outs for o in (out if isinstance(out, list) else [out])]
+    batched = run()
+    seconds = best_time(run, repeats) / len(graphs)
+    rows.append({
+        'batch_size': size, 'seconds_per_structure': seconds, 'speedup': one / seconds,
+        'max_energy_difference': float(max(abs(float(b['e']) - float(s['e']))
+                                           for b, s in zip(batched, single))),
+        'max_force_difference': float(max(np.abs(b['f'] - s['f']).max()
+                                          for b, s in zip(batched, single)))})
+  return rows
