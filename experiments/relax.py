@@ -39,6 +39,7 @@ from jaxcrystal.evaluation import evaluate
 from jaxcrystal.evaluation import relaxation
 from jaxcrystal.evaluation import stability
 from jaxcrystal.plotting import plots
+from jaxcrystal.training import loop as loop_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('samples', None, 'Structures to relax (.npz from sample.py, '
@@ -90,6 +91,28 @@ flags.register_multi_flags_validator(
 def _output() -> dict:
   return dict(overwrite=FLAGS.overwrite, kind='relaxation', resumable=True,
               resume=FLAGS.resume, inputs=cli.flag_paths('samples', 'reference'))
+
+
+# What a resumed run may change: how many structures (the journal keeps the
+# first ones), how many workers, and where the potential runs.
+RESUME_MAY_CHANGE = ('max_structures', 'workers', 'device')
+# Keys relax_config.json did not hold before it was checked on --resume.
+RECORDED_LATER = ('samples_sha256', 'reference_sha256', 'hull_references',
+                  'hull_references_sha256', 'train', 'train_sha256', 'paired', 'hull_lowest',
+                  'elemental_references', 'stable_margin')
+
+
+def _run_record(config: relaxation.RelaxConfig) -> dict:
+  """relax_config.json: everything the records depend on, with the input
+  files' sha256, so that --resume can refuse to mix two configurations."""
+  files = {name: getattr(FLAGS, name) for name in ('samples', 'reference', 'hull_references',
+                                                   'train')}
+  return {**config.__dict__, **{k: v or None for k, v in files.items()},
+          **{f'{k}_sha256': io_lib.file_sha256(v) for k, v in files.items() if v},
+          'max_structures': FLAGS.max_structures, 'workers': FLAGS.workers,
+          'paired': FLAGS.paired, 'hull_lowest': FLAGS.hull_lowest,
+          'elemental_references': FLAGS.elemental_references,
+          'stable_margin': FLAGS.stable_margin}
 
 
 def _read(path: str) -> list:
@@ -175,9 +198,11 @@ def main(argv):
   outputs.check_writable(FLAGS.out, FLAGS.overwrite, kind='relaxation',
                          inputs=cli.flag_paths('samples', 'reference'))
   with outputs.output_folder(FLAGS.out, **_output()) as out:
-    io_lib.write_json_atomic(out / 'relax_config.json', {
-        **config.__dict__, 'samples': FLAGS.samples, 'reference': FLAGS.reference or None,
-        'max_structures': FLAGS.max_structures})
+    record = _run_record(config)
+    if FLAGS.resume:  # the journal's records must come from this same configuration
+      loop_lib.config_changes(out, record, RESUME_MAY_CHANGE, filename='relax_config.json',
+                              flag='--out', recorded_later=RECORDED_LATER)
+    io_lib.write_json_atomic(out / 'relax_config.json', record)
     summary, relaxed, records, table = {}, {}, {}, ''
     for name, structures in sets.items():
       journal = out / ('relax.jsonl' if name == 'generated' else 'reference.jsonl')

@@ -5,6 +5,7 @@ potential of the measurements: symmetry restored, PBE's lattice constant,
 its own energies, worker processes, and a GPU asked of a machine without."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -139,6 +140,23 @@ def test_relax_cli_end_to_end_and_its_refusal_of_a_left_run(tmp_path):
   res = run(f'--samples={tmp_path / "s.extxyz"}', f'--out={tmp_path / "out"}', '--resume')
   lines = res.stderr.strip().splitlines()
   assert res.returncode == 2 and len(lines) == 1 and 'nothing to resume' in lines[0], res.stderr
+  # A killed run (here: a copy of the finished one, marked unfinished) is
+  # resumed only with the configuration its journal was written with.
+  shutil.copytree(tmp_path / 'out', tmp_path / '.again.partial')
+  (tmp_path / '.again.partial' / outputs.MARKER).write_text('x')
+  (tmp_path / '.again.partial' / outputs.OWNER).unlink()
+  again = lambda *extra: run(f'--samples={tmp_path / "s.extxyz"}',
+                             f'--reference={tmp_path / "ref.extxyz"}',
+                             f'--out={tmp_path / "again"}', '--resume', *extra)
+  res = again('--fmax=0.2')
+  lines = res.stderr.strip().splitlines()
+  assert res.returncode == 2 and len(lines) == 1, res.stderr
+  assert "--resume would change the results (fmax: 0.05 -> 0.2)" in lines[0]
+  assert lines[0].endswith('or start a new --out')
+  res = again('--max_structures=5')  # more structures than it had: allowed
+  assert res.returncode == 0, res.stderr[-2000:]
+  for name in ('relax.jsonl', 'reference.jsonl'):  # nothing was relaxed again
+    assert (tmp_path / 'again' / name).read_text() == (tmp_path / 'out' / name).read_text()
   (tmp_path / '.left.partial').mkdir()
   (tmp_path / '.left.partial' / outputs.MARKER).write_text('x')
   res = run(f'--samples={tmp_path / "s.extxyz"}', f'--out={tmp_path / "left"}')

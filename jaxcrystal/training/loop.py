@@ -218,14 +218,19 @@ RECORDED_LATER = ('data',)
 
 
 def config_changes(workdir: Path, config_dict: dict, may_change: tuple[str, ...],
-                   read_config: Callable[[dict], dict] = lambda d: d) -> dict[str, tuple]:
-  """Compare `config_dict` with the run's stored `config.json` (as
+                   read_config: Callable[[dict], dict] = lambda d: d,
+                   filename: str = 'config.json', flag: str = '--workdir',
+                   recorded_later: tuple[str, ...] = RECORDED_LATER) -> dict[str, tuple]:
+  """Compare `config_dict` with the run's stored `filename` (as
   `read_config` brings it up to date: older runs stored older layouts).
 
   Returns {dotted key: (stored, new)} of the accepted changes. Raises
-  `ConfigChangedError` listing every other differing field in one line.
+  `ConfigChangedError` listing every other differing field in one line
+  (`flag`: the option that names the run's folder). Keys of
+  `recorded_later` that the stored file lacks (older versions did not
+  record them) are recorded from now on instead of refused.
   """
-  path = workdir / 'config.json'
+  path = workdir / filename
   if not path.is_file():
     return {}
   try:
@@ -239,7 +244,7 @@ def config_changes(workdir: Path, config_dict: dict, may_change: tuple[str, ...]
           for k in sorted(set(stored) | set(new)) if stored.get(k) != new.get(k)}
   refused = {k: v for k, v in diff.items()
              if k.split('.')[-1] not in may_change and k.split('.')[0] not in may_change
-             and not (k.split('.')[0] in RECORDED_LATER and v[0] == missing)}
+             and not (k.split('.')[0] in recorded_later and v[0] == missing)}
   if refused:
     def change(key, a, b):
       if key.endswith('_sha256') and a != missing:
@@ -250,7 +255,7 @@ def config_changes(workdir: Path, config_dict: dict, may_change: tuple[str, ...]
     listed = '; '.join(change(k, a, b) for k, (a, b) in refused.items())
     raise errors.ConfigChangedError(
         f'{workdir}: --resume would change the results ({listed}); resume with '
-        f'the stored values (see {path}) or start a new --workdir')
+        f'the stored values (see {path}) or start a new {flag}')
   return diff
 
 
