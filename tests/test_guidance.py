@@ -193,3 +193,37 @@ def test_chemical_system_is_a_derived_element_set_condition():
   assert np.abs(np.asarray(out['lattice']) - np.asarray(out2['lattice'])).max() > 1e-5
   with pytest.raises(errors.DataError, match='only 0 and 1'):
     config.fit_conditions({'chemical_system': np.full((2, 100), 0.5)}, 'x.csv')
+
+
+def test_sampling_a_conditioned_model_without_its_conditions_takes_them_as_unknown():
+  """`generate.sample_structures` called as for an unconditioned model:
+  conditions not given are unknown (the same samples as NaN given), or for
+  chemical_system with allowed elements each sample's set; a model that
+  never learned "unknown" is one line, not a traceback from the network."""
+  from jaxcrystal.generative import generate
+  config = (model_lib.ModelConfig(task='dng_flow', num_steps=4, condition_dropout=0.1)
+            .with_condition('band_gap', 'scalar', mean=1.0, std=1.0)
+            .with_condition('chemical_system', 'element_set')
+            .with_network(hidden=16, num_layers=1))
+  model = model_lib.build(config)
+  structures = [bulk('NaCl', 'rocksalt', a=5.6), bulk('Si', 'diamond', a=5.43)]
+  for atoms in structures:
+    atoms.info['band_gap'] = 1.0
+  batch = batch_lib.to_device(batch_lib.batch_from_atoms(
+      structures, properties=('band_gap', 'chemical_system')))
+  params = jax.tree.map(lambda p: p + 0.3, model.init_params(jax.random.PRNGKey(0), batch))
+  comps = [np.array([8, 8, 22, 38, 38])] * 2
+  allowed = [[8, 22, 38]] * 2
+  run = lambda **kw: generate.sample_structures(model, params, comps, seed=0, progress=False,
+                                                allowed_elements=allowed, **kw)[0]
+  implicit = run()
+  explicit = run(conditions={'band_gap': [np.nan] * 2, 'chemical_system': [
+      properties_lib.element_set_of(a) for a in allowed]})
+  told_other = run(conditions={'band_gap': [3.0] * 2})
+  for a, b in zip(implicit, explicit):
+    np.testing.assert_array_equal(a.positions, b.positions)
+  assert any(not np.array_equal(a.positions, b.positions)
+             for a, b in zip(implicit, told_other))  # the condition reaches the samples
+  strict = model_lib.build(dataclasses.replace(config, condition_dropout=0.0))
+  with pytest.raises(errors.UserError, match='trained without --condition_dropout'):
+    generate.sample_structures(strict, params, comps, progress=False)

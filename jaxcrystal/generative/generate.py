@@ -20,6 +20,7 @@ from jaxcrystal.data import batch as batch_lib
 from jaxcrystal.data import io as io_lib
 from jaxcrystal.generative import model as model_lib
 from jaxcrystal.generative import model_file
+from jaxcrystal.generative import request
 from jaxcrystal.generative import samplers
 from jaxcrystal.generative import sampling
 from jaxcrystal.generative import train
@@ -144,7 +145,9 @@ def sample_structures(model: model_lib.Model, params,
   with `network_calls_per_structure`. Raises `neighbors.GraphOverflowError`
   if the model's graph lost edges in any batch, `errors.UserError` if the
   sampler cannot run this model. `conditions`: {property: one value per
-  composition} for a conditioned model (see `conditions.py`); `guidance`:
+  composition} for a conditioned model (see `conditions.py`; those not given
+  are unknown, or for chemical_system with `allowed_elements` each sample's
+  set, as `request.request_conditions` fills them); `guidance`:
   the classifier-free guidance weight w (`Model.with_guidance`: two network
   calls per step when w > 0); None keeps the model's own (0 unless it came
   from `with_guidance`). `allowed_elements`: per composition the atomic
@@ -164,6 +167,11 @@ def sample_structures(model: model_lib.Model, params,
     size = min(batch_size, len(members))
     budget = batch_lib.Budget(size + 1, int(np.ceil((size * max_n + 1) / 8) * 8), max_n)
     plan += [(chunk, budget) for chunk in sampling.split_into_batches(members, size)]
+  missing = [p for p in model.config.properties if p not in (conditions or {})]
+  if missing:  # unknown ("any") where the model learned it, else one line
+    filled = request.request_conditions(model.config, {}, len(compositions),
+                                        allowed_elements=allowed_elements)
+    conditions = dict(conditions or {}, **{p: filled[p] for p in missing})
   if guidance is not None:
     model = model.with_guidance(guidance)
   resolved = sampler.resolve(model)
