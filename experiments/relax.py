@@ -99,7 +99,7 @@ RESUME_MAY_CHANGE = ('max_structures', 'workers', 'device')
 # Keys relax_config.json did not hold before it was checked on --resume.
 RECORDED_LATER = ('samples_sha256', 'reference_sha256', 'hull_references',
                   'hull_references_sha256', 'train', 'train_sha256', 'paired', 'hull_lowest',
-                  'elemental_references', 'stable_margin')
+                  'elemental_references', 'stable_margin', 'min_volume_per_atom')
 
 
 def _run_record(config: relaxation.RelaxConfig) -> dict:

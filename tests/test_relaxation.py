@@ -14,6 +14,7 @@ import ase.io
 import numpy as np
 import pytest
 from ase.build import bulk
+from ase.calculators.emt import EMT
 
 from jaxcrystal import errors
 from jaxcrystal.data import outputs
@@ -295,3 +296,42 @@ def test_chgnet_batched_predictions_equal_single_ones():
   for r in rows:
     assert r['seconds_per_structure'] > 0
     assert r['max_energy_difference'] < 1e-4 and r['max_force_difference'] < 1e-4, r
+
+
+def test_a_degenerate_cell_is_a_failure_the_potential_never_sees():
+  # A sampled carbon cell of 0.18 A^3 per atom made CHGNet build neighbour
+  # lists of 23 GB until the kernel killed the worker.
+  class Refuses(EMT):
+    def calculate(self, *args, **kwargs):
+      raise AssertionError('the potential was called')
+  atoms = _rattled(0)
+  atoms.set_cell(atoms.cell[:] * 0.3, scale_atoms=True)  # V/N = 11.8 * 0.027
+  config = relaxation.RelaxConfig()
+  relaxed, record = relaxation.relax_structure(atoms, config, Refuses())
+  assert record['failure'] == 'degenerate cell' and record['steps'] == 0
+  np.testing.assert_array_equal(relaxed.positions, atoms.positions)
+  fine = relaxation.relax_structure(_rattled(0), config, EMT())[1]
+  assert fine['failure'] == '' and fine['converged']
+  assert relaxation.summarize([record, fine])['failures'] == {'degenerate cell': 1}
+
+
+def test_a_worker_killed_mid_structure_stops_the_run_instead_of_hanging(tmp_path, monkeypatch):
+  # A stand-in CHGNet whose calculator kills its own process, as the
+  # kernel's out-of-memory killer did: multiprocessing.Pool waited forever.
+  (tmp_path / 'chgnet' / 'model').mkdir(parents=True)
+  (tmp_path / 'chgnet' / '__init__.py').write_text('')
+  (tmp_path / 'chgnet' / 'model' / '__init__.py').write_text('')
+  (tmp_path / 'chgnet' / 'model' / 'dynamics.py').write_text(
+      'import os, signal\n'
+      'from ase.calculators.emt import EMT\n'
+      'class CHGNetCalculator(EMT):\n'
+      '  def __init__(self, use_device=None):\n'
+      '    super().__init__()\n'
+      '  def calculate(self, *args, **kwargs):\n'
+      '    os.kill(os.getpid(), signal.SIGKILL)\n')
+  monkeypatch.syspath_prepend(str(tmp_path))
+  config = relaxation.RelaxConfig(potential='chgnet')
+  with pytest.raises(errors.UserError, match=r'a relaxation worker died \(killed, out of '
+                     r'memory\?\) with 2 structures left.*--resume continues$'):
+    relaxation.relax_all([_rattled(0), _rattled(1)], config, tmp_path / 'j.jsonl',
+                         workers=2, progress=False)

@@ -17,6 +17,10 @@ coordination numbers before and after, and the failure reason if any:
   'exploded'          the volume changed by more than `max_volume_ratio`
                       or the energy is not finite
   'atoms merged'      two atoms closer than `merge_distance` after
+  'degenerate cell'   under `min_volume_per_atom` before: not relaxed (a
+                      potential's neighbour lists grow as 1/(V/N); CHGNet
+                      took 23 GB for a sampled carbon cell of 0.18 A^3
+                      per atom, and the kernel killed its worker)
   'potential: ...'    the potential raised (its message)
 
 Potentials (`POTENTIALS`): 'emt' (ASE's effective-medium theory; Al, Cu,
@@ -38,6 +42,8 @@ import multiprocessing
 import os
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -89,6 +95,9 @@ class RelaxConfig:
       is an explosion.
     merge_distance: atoms closer than this after relaxing (A) have merged.
     device: where the potential runs, 'cpu' or 'cuda' (CHGNet only).
+    min_volume_per_atom: cells with less volume per atom (A^3) are not
+      relaxed ('degenerate cell'); no solid at ambient pressure comes near
+      2 (diamond, the densest, has 5.7).
   """
   potential: str = 'emt'
   fmax: float = 0.05
@@ -98,6 +107,7 @@ class RelaxConfig:
   max_volume_ratio: float = 3.0
   merge_distance: float = 0.5
   device: str = 'cpu'
+  min_volume_per_atom: float = 2.0
 
   def calculator(self):
     """A new ASE calculator of `potential` on `device`."""
@@ -121,9 +131,10 @@ class RelaxConfig:
     if self.optimizer not in OPTIMIZERS:
       raise errors.UserError(f'--optimizer {self.optimizer}: choose one of {OPTIMIZERS}')
     if not (self.fmax > 0 and self.max_steps >= 1 and self.max_volume_ratio > 1
-            and self.merge_distance >= 0):
+            and self.merge_distance >= 0 and self.min_volume_per_atom >= 0):
       raise errors.UserError('relaxation: fmax must be > 0, max_steps >= 1, '
-                             'max_volume_ratio > 1 and merge_distance >= 0')
+                             'max_volume_ratio > 1, merge_distance >= 0 and '
+                             'min_volume_per_atom >= 0')
 
 
 def rmsd_angstrom(a: ase.Atoms, b: ase.Atoms) -> float:
@@ -163,17 +174,21 @@ def relax_structure(atoms: ase.Atoms, config: RelaxConfig, calculator) -> tuple[
   n = max(len(work), 1)
   record = {'num_atoms': len(atoms), 'energy_before': math.nan, 'energy_after': math.nan,
             'steps': 0, 'converged': False, 'rmsd': math.nan, 'failure': ''}
-  try:
-    record['energy_before'] = float(work.get_potential_energy()) / n
-    target = FrechetCellFilter(work) if config.relax_cell else work
-    optimizer = {'FIRE': FIRE, 'BFGS': BFGS}[config.optimizer](target, logfile=None)
-    with warnings.catch_warnings():
-      warnings.simplefilter('ignore')
-      record['converged'] = bool(optimizer.run(fmax=config.fmax, steps=config.max_steps))
-    record['steps'] = int(optimizer.get_number_of_steps())
-    record['energy_after'] = float(work.get_potential_energy()) / n
-  except Exception as err:  # the potential's own failure, named
-    record['failure'] = f'potential: {type(err).__name__}: {err}'.splitlines()[0][:200]
+  volume_per_atom = abs(atoms.get_volume()) / n if len(atoms) else math.inf
+  if not volume_per_atom >= config.min_volume_per_atom:  # NaN too
+    record['failure'] = 'degenerate cell'
+  else:
+    try:
+      record['energy_before'] = float(work.get_potential_energy()) / n
+      target = FrechetCellFilter(work) if config.relax_cell else work
+      optimizer = {'FIRE': FIRE, 'BFGS': BFGS}[config.optimizer](target, logfile=None)
+      with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        record['converged'] = bool(optimizer.run(fmax=config.fmax, steps=config.max_steps))
+      record['steps'] = int(optimizer.get_number_of_steps())
+      record['energy_after'] = float(work.get_potential_energy()) / n
+    except Exception as err:  # the potential's own failure, named
+      record['failure'] = f'potential: {type(err).__name__}: {err}'.splitlines()[0][:200]
   relaxed = ase.Atoms(numbers=work.numbers, cell=work.cell[:], positions=work.positions,
                       pbc=True, info=dict(atoms.info))
   volume_ratio = abs(relaxed.get_volume()) / max(abs(atoms.get_volume()), 1e-12)
@@ -295,11 +310,22 @@ def relax_all(structures: Sequence[ase.Atoms], config: RelaxConfig, journal: str
         for job in todo:
           keep(*_relax_job(job))
       else:
-        context = multiprocessing.get_context('spawn')
-        with _one_thread_children(), context.Pool(
-            workers, initializer=_init_worker, initargs=(config,)) as pool:
-          for result in pool.imap_unordered(_relax_job, todo):
-            keep(*result)
+        # An executor, not multiprocessing.Pool: a worker the kernel kills
+        # (out of memory) breaks it with an error, where a Pool waits forever.
+        with _one_thread_children(), ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context('spawn'),
+            initializer=_init_worker, initargs=(config,)) as pool:
+          futures = {pool.submit(_relax_job, job): job[0] for job in todo}
+          try:
+            for future in as_completed(futures):
+              keep(*future.result())
+          except BrokenProcessPool:
+            lost = sorted(i for f, i in futures.items() if i not in done)
+            raise errors.UserError(
+                f'{journal}: a relaxation worker died (killed, out of memory?) with '
+                f'{len(lost)} structures left, among them the one it was relaxing '
+                f'(positions {lost[:workers * 2]}...); {len(done)} are journaled and '
+                '--resume continues') from None
   order = sorted(done)
   if order != list(range(len(structures))):
     raise errors.DataError(f'{journal}: holds entries for other structures than these '
