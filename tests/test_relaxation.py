@@ -286,12 +286,19 @@ def test_a_potential_that_cannot_load_in_the_workers_stops_the_run_in_one_error(
   assert not (tmp_path / 'j.jsonl').read_text()  # nothing relaxed, nothing recorded
 
 
-def test_chgnet_batched_predictions_equal_single_ones():
-  """The batching benchmark's rows (benchmark_relax_batching.py): batched
-  CHGNet energies and forces are the single-structure ones."""
-  from jaxcrystal.recipes import benchmarks
-  structures = [_magnesia(rattle=0.05, seed=s) for s in range(3)]
-  rows = benchmarks.chgnet_batch_timing(structures, [2, 3], repeats=1)
+def test_chgnet_batched_predictions_equal_single_ones(tmp_path):
+  """The batching benchmark (benchmark_relax_batching.py, in its own process
+  like every torch-heavy test here: torch's thread pools stay out of the
+  test process, whose JAX programs once hung beside them): batched CHGNet
+  energies and forces are the single-structure ones."""
+  ase.io.write(tmp_path / 's.extxyz', [_magnesia(rattle=0.05, seed=s) for s in range(3)])
+  res = subprocess.run(
+      [sys.executable, str(ROOT / 'experiments' / 'benchmark_relax_batching.py'),
+       f'--structures={tmp_path / "s.extxyz"}', '--count=3', '--batch_sizes=2,3',
+       '--repeats=1', f'--out={tmp_path / "rows.json"}'],
+      capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert res.returncode == 0, res.stderr[-2000:]
+  rows = json.loads((tmp_path / 'rows.json').read_text())
   assert [r['batch_size'] for r in rows] == [1, 2, 3]
   for r in rows:
     assert r['seconds_per_structure'] > 0
